@@ -1,0 +1,4 @@
+//! Judging a model: generation, perplexity.
+
+pub mod generate;
+pub mod perplexity;

@@ -1,0 +1,535 @@
+//! The Llama-family decoder on burn: embeddings, decoder layers (RMSNorm, RoPE, grouped-query
+//! attention with a causal mask, SwiGLU MLP), final norm and LM head; forward passes that
+//! can record module outputs ("taps") and can start at any layer from given hidden states.
+//!
+//! Weights are immutable device tensors. A layer's tensors are reference-counted handles,
+//! so a compressed model that reuses a layer shares its memory with the original.
+
+use std::sync::Arc;
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::config::{ModelConfig, RopeScaling};
+use super::weights::{HostTensor, ModelFiles};
+use crate::error::{Error, Result};
+
+/// Upload a host tensor to the device with rank `D`.
+pub fn upload<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
+    Tensor::<D>::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
+}
+
+/// Upload the transpose of a 2-D host matrix `[rows, cols]` as `[cols, rows]`, so that
+/// `x.matmul(w)` computes `x @ W^T` as PyTorch's `Linear` does.
+fn upload_transposed(t: &HostTensor, device: &Device) -> Tensor<2> {
+    let (r, c) = (t.shape[0], t.shape[1]);
+    let mut out = vec![0f32; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = t.data[i * c + j];
+        }
+    }
+    Tensor::<2>::from_data(TensorData::new(out, [c, r]), device)
+}
+
+/// A linear projection: weight stored transposed `[in, out]`, optional bias `[out]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight_t: Tensor<2>,
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    /// `x`: `[batch, seq, in]` -> `[batch, seq, out]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, s, i] = x.dims();
+        let out = self.weight_t.dims()[1];
+        let y = x.reshape([b * s, i]).matmul(self.weight_t.clone());
+        let y = match &self.bias {
+            Some(bias) => y + bias.clone().unsqueeze_dim::<2>(0),
+            None => y,
+        };
+        y.reshape([b, s, out])
+    }
+
+    /// The weight back in PyTorch layout `[out, in]`, on the host.
+    pub fn weight_host(&self) -> Result<HostTensor> {
+        download(self.weight_t.clone().transpose())
+    }
+}
+
+/// Read a device tensor back to the host.
+pub fn download<const D: usize>(t: Tensor<D>) -> Result<HostTensor> {
+    let shape = t.dims().to_vec();
+    let data = t
+        .into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Device(format!("reading a tensor back: {e:?}")))?;
+    Ok(HostTensor::new(shape, data))
+}
+
+/// One decoder layer's parameters.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub input_norm: Tensor<1>,
+    pub post_attn_norm: Tensor<1>,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub q_norm: Option<Tensor<1>>,
+    pub k_norm: Option<Tensor<1>>,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// The module outputs of one layer, each `[batch, seq, features]`.
+#[derive(Clone, Debug)]
+pub struct LayerTaps {
+    /// Query projection, before RoPE.
+    pub q: Tensor<3>,
+    /// Key projection, before RoPE.
+    pub k: Tensor<3>,
+    pub v: Tensor<3>,
+    pub o: Tensor<3>,
+    pub gate: Tensor<3>,
+    pub up: Tensor<3>,
+    pub down: Tensor<3>,
+}
+
+impl LayerTaps {
+    pub const NAMES: [&'static str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+    /// The taps in [`LayerTaps::NAMES`] order.
+    pub fn all(&self) -> [&Tensor<3>; 7] {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+    }
+}
+
+/// Key/value cache of one generation: per layer `[batch, kv_heads, past, head_dim]`.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    entries: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> Self {
+        KvCache { entries: vec![None; layers] }
+    }
+
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.entries
+            .iter()
+            .flatten()
+            .next()
+            .map(|(k, _)| k.dims()[2])
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// RoPE cos/sin tables `[positions, head_dim]` on the device, grown on demand.
+#[derive(Clone, Debug)]
+struct Rope {
+    inv_freq: Vec<f64>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    positions: usize,
+}
+
+/// RoPE inverse frequencies, with the configured scaling applied.
+pub fn rope_inv_freq(cfg: &ModelConfig, freq_factors: Option<&[f32]>) -> Vec<f64> {
+    let d = cfg.head_dim;
+    let mut inv: Vec<f64> = (0..d / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64))
+        .collect();
+    if let Some(f) = freq_factors {
+        for (x, f) in inv.iter_mut().zip(f) {
+            *x /= *f as f64;
+        }
+        return inv;
+    }
+    match cfg.rope_scaling {
+        Some(RopeScaling::Linear { factor }) => {
+            for x in inv.iter_mut() {
+                *x /= factor;
+            }
+        }
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            let old = original_max_position_embeddings as f64;
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            for x in inv.iter_mut() {
+                let wavelen = 2.0 * std::f64::consts::PI / *x;
+                if wavelen > low_wavelen {
+                    *x /= factor;
+                } else if wavelen >= high_wavelen {
+                    let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    *x = (1.0 - smooth) * *x / factor + smooth * *x;
+                }
+            }
+        }
+        None => {}
+    }
+    inv
+}
+
+impl Rope {
+    fn new(inv_freq: Vec<f64>, positions: usize, device: &Device) -> Self {
+        let (cos, sin) = Self::tables(&inv_freq, positions, device);
+        Rope {
+            inv_freq,
+            cos,
+            sin,
+            positions,
+        }
+    }
+
+    fn tables(inv: &[f64], positions: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let half = inv.len();
+        let d = half * 2;
+        let mut cos = vec![0f32; positions * d];
+        let mut sin = vec![0f32; positions * d];
+        for p in 0..positions {
+            for (i, f) in inv.iter().enumerate() {
+                // as transformers: angles in float32
+                let a = (p as f32) * (*f as f32);
+                let (s, c) = (a.sin(), a.cos());
+                cos[p * d + i] = c;
+                cos[p * d + half + i] = c;
+                sin[p * d + i] = s;
+                sin[p * d + half + i] = s;
+            }
+        }
+        (
+            Tensor::<2>::from_data(TensorData::new(cos, [positions, d]), device),
+            Tensor::<2>::from_data(TensorData::new(sin, [positions, d]), device),
+        )
+    }
+
+    /// cos, sin for positions `start..start+len`, shaped `[1, 1, len, head_dim]`.
+    fn slice(&mut self, start: usize, len: usize) -> (Tensor<4>, Tensor<4>) {
+        if start + len > self.positions {
+            let want = (start + len).next_power_of_two().max(self.positions * 2);
+            let device = self.cos.device();
+            let (c, s) = Self::tables(&self.inv_freq, want, &device);
+            self.cos = c;
+            self.sin = s;
+            self.positions = want;
+        }
+        let c = self.cos.clone().slice([start..start + len]).unsqueeze_dims::<4>(&[0, 1]);
+        let s = self.sin.clone().slice([start..start + len]).unsqueeze_dims::<4>(&[0, 1]);
+        (c, s)
+    }
+}
+
+/// Per-call state of a forward pass: RoPE tables (shared, grown on demand).
+#[derive(Clone, Debug)]
+pub struct ForwardState {
+    rope: Rope,
+}
+
+/// The model: configuration plus device tensors.
+#[derive(Clone, Debug)]
+pub struct Llama {
+    pub config: ModelConfig,
+    pub embed: Tensor<2>,
+    pub layers: Vec<Arc<Layer>>,
+    pub norm: Tensor<1>,
+    /// LM head, transposed `[hidden, vocab]`; shares the embedding when tied.
+    pub head_t: Tensor<2>,
+    inv_freq: Vec<f64>,
+    pub device: Device,
+}
+
+fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
+    let var = x.clone().square().mean_dim(2);
+    let x = x * var.add_scalar(eps).sqrt().recip();
+    x * weight.clone().unsqueeze_dims::<3>(&[0, 1])
+}
+
+fn rms_norm4(x: Tensor<4>, weight: &Tensor<1>, eps: f64) -> Tensor<4> {
+    let var = x.clone().square().mean_dim(3);
+    let x = x * var.add_scalar(eps).sqrt().recip();
+    x * weight.clone().unsqueeze_dims::<4>(&[0, 1, 2])
+}
+
+/// `x`: `[b, heads, s, d]`; rotate pairs (i, i + d/2) as transformers' `rotate_half`.
+fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let d = x.dims()[3];
+    let x1 = x.clone().slice_dim(3, 0..d / 2);
+    let x2 = x.clone().slice_dim(3, d / 2..d);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// Additive attention mask `[1, 1, s, past + s]`: 0 where query i may see key j.
+fn causal_mask(s: usize, past: usize, window: Option<usize>, device: &Device) -> Tensor<4> {
+    let t = past + s;
+    let mut m = vec![0f32; s * t];
+    for i in 0..s {
+        let qpos = past + i;
+        for j in 0..t {
+            let hidden = j > qpos || window.is_some_and(|w| qpos - j.min(qpos) >= w);
+            if hidden {
+                m[i * t + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Tensor::<2>::from_data(TensorData::new(m, [s, t]), device).unsqueeze_dims::<4>(&[0, 1])
+}
+
+impl Llama {
+    /// Load every tensor of `files` onto `device`.
+    pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
+        let cfg = files.config.clone();
+        let t = |name: &str| files.tensor(name);
+        let vec1 = |name: &str| -> Result<Tensor<1>> { Ok(upload::<1>(&t(name)?, device)) };
+        let linear = |prefix: &str, bias: bool| -> Result<Linear> {
+            let w = t(&format!("{prefix}.weight"))?;
+            Ok(Linear {
+                weight_t: upload_transposed(&w, device),
+                bias: if bias { Some(vec1(&format!("{prefix}.bias"))?) } else { None },
+            })
+        };
+        let embed_host = t("model.embed_tokens.weight")?;
+        let embed = upload::<2>(&embed_host, device);
+        let head_t = if cfg.tie_word_embeddings {
+            upload_transposed(&embed_host, device)
+        } else {
+            upload_transposed(&t("lm_head.weight")?, device)
+        };
+        drop(embed_host);
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            let b = cfg.attention_bias;
+            layers.push(Arc::new(Layer {
+                input_norm: vec1(&p("input_layernorm.weight"))?,
+                post_attn_norm: vec1(&p("post_attention_layernorm.weight"))?,
+                q: linear(&p("self_attn.q_proj"), b)?,
+                k: linear(&p("self_attn.k_proj"), b)?,
+                v: linear(&p("self_attn.v_proj"), b)?,
+                o: linear(&p("self_attn.o_proj"), false)?,
+                q_norm: if cfg.qk_norm { Some(vec1(&p("self_attn.q_norm.weight"))?) } else { None },
+                k_norm: if cfg.qk_norm { Some(vec1(&p("self_attn.k_norm.weight"))?) } else { None },
+                gate: linear(&p("mlp.gate_proj"), false)?,
+                up: linear(&p("mlp.up_proj"), false)?,
+                down: linear(&p("mlp.down_proj"), false)?,
+            }));
+        }
+        // llama.cpp stores Llama 3 frequency factors as a tensor instead of config fields
+        let freq_factors = match files.gguf().and_then(|g| g.tensor("rope_freqs.weight")) {
+            Some(info) => files.gguf().map(|g| g.dequantize(info)).transpose()?,
+            None => None,
+        };
+        let inv_freq = rope_inv_freq(&cfg, freq_factors.as_deref());
+        Ok(Llama {
+            norm: vec1("model.norm.weight")?,
+            config: cfg,
+            embed,
+            layers,
+            head_t,
+            inv_freq,
+            device: device.clone(),
+        })
+    }
+
+    /// A model with the same embeddings, norm and head but another list of layers
+    /// (shared handles: no tensor is copied).
+    pub fn with_layers(&self, layers: Vec<Arc<Layer>>) -> Self {
+        let mut m = self.clone();
+        m.config.num_layers = layers.len();
+        m.layers = layers;
+        m
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Fresh forward state (RoPE tables for `positions`, grown when needed).
+    pub fn state(&self, positions: usize) -> ForwardState {
+        ForwardState {
+            rope: Rope::new(self.inv_freq.clone(), positions.max(1), &self.device),
+        }
+    }
+
+    /// Token ids `[batch][seq]` (equal lengths) -> an Int tensor `[batch, seq]`.
+    pub fn ids_tensor(&self, ids: &[Vec<u32>]) -> Result<Tensor<2, Int>> {
+        let b = ids.len();
+        let s = ids.first().map(Vec::len).unwrap_or(0);
+        if b == 0 || s == 0 || ids.iter().any(|r| r.len() != s) {
+            return Err(Error::Invalid("a batch needs rows of one non-zero length".into()));
+        }
+        let vocab = self.config.vocab_size as u32;
+        if let Some(bad) = ids.iter().flatten().find(|&&t| t >= vocab) {
+            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        }
+        let flat: Vec<i32> = ids.iter().flatten().map(|&t| t as i32).collect();
+        Ok(Tensor::<2, Int>::from_data(TensorData::new(flat, [b, s]), &self.device))
+    }
+
+    /// Embeddings of `[batch, seq]` ids: `[batch, seq, hidden]`.
+    pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [b, s] = ids.dims();
+        let h = self.config.hidden_size;
+        self.embed.clone().select(0, ids.reshape([b * s])).reshape([b, s, h])
+    }
+
+    /// Run layers `range` on `hidden` (`[batch, seq, hidden]`, positions starting at the
+    /// cache length), optionally recording taps and extending a KV cache.
+    pub fn run_layers(
+        &self,
+        mut hidden: Tensor<3>,
+        range: std::ops::Range<usize>,
+        state: &mut ForwardState,
+        mut cache: Option<&mut KvCache>,
+        mut taps: Option<&mut Vec<LayerTaps>>,
+    ) -> Tensor<3> {
+        let [_, s, _] = hidden.dims();
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let (cos, sin) = state.rope.slice(past, s);
+        let mask = if s > 1 || past > 0 {
+            Some(causal_mask(s, past, self.config.sliding_window, &self.device))
+        } else {
+            None
+        };
+        for l in range {
+            let entry = cache.as_deref_mut().map(|c| &mut c.entries[l]);
+            let (h, t) = self.layer_forward(&self.layers[l], hidden, &cos, &sin, mask.as_ref(), entry, taps.is_some());
+            hidden = h;
+            if let (Some(out), Some(t)) = (taps.as_deref_mut(), t) {
+                out.push(t);
+            }
+        }
+        hidden
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: Option<&Tensor<4>>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        want_taps: bool,
+    ) -> (Tensor<3>, Option<LayerTaps>) {
+        let c = &self.config;
+        let [b, s, _] = x.dims();
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let eps = c.rms_norm_eps;
+
+        let xn = rms_norm(x.clone(), &layer.input_norm, eps);
+        let q_out = layer.q.forward(xn.clone());
+        let k_out = layer.k.forward(xn.clone());
+        let v_out = layer.v.forward(xn);
+
+        let mut q = q_out.clone().reshape([b, s, nh, hd]).swap_dims(1, 2);
+        let mut k = k_out.clone().reshape([b, s, nkv, hd]).swap_dims(1, 2);
+        let mut v = v_out.clone().reshape([b, s, nkv, hd]).swap_dims(1, 2);
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = rms_norm4(q, qn, eps);
+            k = rms_norm4(k, kn, eps);
+        }
+        q = apply_rope(q, cos, sin);
+        k = apply_rope(k, cos, sin);
+        if let Some(entry) = cache {
+            if let Some((pk, pv)) = entry.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *entry = Some((k.clone(), v.clone()));
+        }
+        let t = k.dims()[2];
+        let rep = nh / nkv;
+        if rep > 1 {
+            k = k.unsqueeze_dim::<5>(2).repeat_dim(2, rep).reshape([b, nh, t, hd]);
+            v = v.unsqueeze_dim::<5>(2).repeat_dim(2, rep).reshape([b, nh, t, hd]);
+        }
+        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
+        if let Some(m) = mask {
+            scores = scores + m.clone();
+        }
+        let attn = softmax(scores, 3).matmul(v);
+        let attn = attn.swap_dims(1, 2).reshape([b, s, nh * hd]);
+        let o_out = layer.o.forward(attn);
+        let x = x + o_out.clone();
+
+        let xn = rms_norm(x.clone(), &layer.post_attn_norm, eps);
+        let gate = layer.gate.forward(xn.clone());
+        let up = layer.up.forward(xn);
+        let down = layer.down.forward(silu(gate.clone()) * up.clone());
+        let out = x + down.clone();
+        let taps = want_taps.then(|| LayerTaps {
+            q: q_out,
+            k: k_out,
+            v: v_out,
+            o: o_out,
+            gate,
+            up,
+            down,
+        });
+        (out, taps)
+    }
+
+    /// Hidden states `[batch, seq, hidden]` from the host onto this model's device, e.g. to
+    /// resume a forward pass at a later layer.
+    pub fn hidden_from_host(&self, t: &HostTensor) -> Tensor<3> {
+        upload::<3>(t, &self.device)
+    }
+
+    /// Final RMSNorm: what the LM head reads.
+    pub fn final_norm(&self, hidden: Tensor<3>) -> Tensor<3> {
+        rms_norm(hidden, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// LM head: `[batch, seq, hidden]` -> `[batch, seq, vocab]`.
+    pub fn logits(&self, normed: Tensor<3>) -> Tensor<3> {
+        let [b, s, h] = normed.dims();
+        normed
+            .reshape([b * s, h])
+            .matmul(self.head_t.clone())
+            .reshape([b, s, self.config.vocab_size])
+    }
+
+    /// Full forward of a batch of equal-length rows, with all taps if asked.
+    ///
+    /// Returns the final hidden state after the final norm, `[batch, seq, hidden]`.
+    pub fn forward(&self, ids: &[Vec<u32>], taps: Option<&mut Vec<LayerTaps>>) -> Result<Tensor<3>> {
+        let ids_t = self.ids_tensor(ids)?;
+        let mut state = self.state(ids[0].len());
+        let h = self.embed(ids_t);
+        let h = self.run_layers(h, 0..self.layers.len(), &mut state, None, taps);
+        Ok(self.final_norm(h))
+    }
+
+    /// Right-pad rows of different lengths with `pad` to one length; returns the lengths.
+    /// With a causal mask, a row's real positions never see the padding after them, so
+    /// their outputs equal the unpadded forward's.
+    pub fn pad_batch(rows: &[Vec<u32>], pad: u32) -> (Vec<Vec<u32>>, Vec<usize>) {
+        let max = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let lens = rows.iter().map(Vec::len).collect();
+        let padded = rows
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.resize(max, pad);
+                r
+            })
+            .collect();
+        (padded, lens)
+    }
+}

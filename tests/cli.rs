@@ -1,0 +1,195 @@
+//! The `gelaco` command line: bad input gives one clear line and exit code 2, never a
+//! panic; good input gives the documented JSON fields.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::Tiny;
+use gelaco::model::gguf::{self, GgmlType, TensorOut, Value};
+
+fn gelaco(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gelaco"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn inspect(path: &Path) -> Output {
+    gelaco(&["inspect", "--model", path.to_str().unwrap()])
+}
+
+/// Exit code 2, one `error:` line naming `names`, and no panic.
+fn assert_input_error(out: &Output, names: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in {stderr}"));
+    for n in names {
+        assert!(line.contains(n), "'{n}' not in: {line}");
+    }
+}
+
+#[test]
+fn missing_file() {
+    let out = inspect(Path::new("/nonexistent/model.gguf"));
+    assert_input_error(&out, &["/nonexistent/model.gguf", "No such file"]);
+}
+
+#[test]
+fn not_a_gguf_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notes.gguf");
+    std::fs::write(&p, "hello, this is text").unwrap();
+    assert_input_error(&inspect(&p), &["notes.gguf", "not a GGUF file"]);
+}
+
+#[test]
+fn truncated_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tiny.gguf");
+    Tiny::default().write_gguf(&p);
+    let bytes = std::fs::read(&p).unwrap();
+    for cut in [bytes.len() / 2, 100, 30] {
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        assert_input_error(&inspect(&p), &["tiny.gguf", "truncated"]);
+    }
+}
+
+#[test]
+fn tensor_larger_than_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.gguf");
+    let tiny = Tiny::default();
+    let mut tensors = tiny.gguf_tensors();
+    // declare a huge matrix while storing a few bytes
+    tensors[0].dims = vec![1 << 20, 1 << 20];
+    std::fs::write(&p, gguf::encode(&tiny.gguf_metadata(), &tensors, 32)).unwrap();
+    assert_input_error(&inspect(&p), &["big.gguf", "extends past the end of the file"]);
+}
+
+#[test]
+fn truncated_safetensors() {
+    let tiny = Tiny::default();
+    let (_dir, _g, hf) = tiny.write_both();
+    let st = hf.join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() - 1000]).unwrap();
+    assert_input_error(&inspect(&hf), &["model.safetensors", "truncated or corrupt"]);
+}
+
+#[test]
+fn unsupported_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("gpt2.gguf");
+    let tiny = Tiny::default();
+    let mut md = tiny.gguf_metadata();
+    md[0].1 = Value::String("gpt2".into());
+    std::fs::write(&p, gguf::encode(&md, &tiny.gguf_tensors(), 32)).unwrap();
+    assert_input_error(&inspect(&p), &["gpt2.gguf", "unsupported architecture 'gpt2'"]);
+
+    let (_d, _g, hf) = tiny.write_both();
+    let cfg = hf.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("LlamaForCausalLM", "GemmaForCausalLM");
+    std::fs::write(&cfg, text).unwrap();
+    assert_input_error(&inspect(&hf), &["config.json", "GemmaForCausalLM"]);
+}
+
+#[test]
+fn unsupported_quantisation_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("q2k.gguf");
+    let tiny = Tiny {
+        hidden: 256,
+        ff: 256,
+        layers: 1,
+        ..Tiny::default()
+    };
+    let mut tensors = tiny.gguf_tensors();
+    let t = tensors.iter_mut().find(|t| t.name == "blk.0.ffn_up.weight").unwrap();
+    *t = TensorOut {
+        name: t.name.clone(),
+        dims: t.dims.clone(),
+        kind: GgmlType::Q2K,
+        data: vec![0u8; 256 * 256 / 256 * 84],
+    };
+    std::fs::write(&p, gguf::encode(&tiny.gguf_metadata(), &tensors, 32)).unwrap();
+    assert_input_error(&inspect(&p), &["q2k.gguf", "blk.0.ffn_up", "Q2_K"]);
+}
+
+#[test]
+fn config_missing_required_field() {
+    let tiny = Tiny::default();
+    let (_dir, _g, hf) = tiny.write_both();
+    let cfg = hf.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("intermediate_size");
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    assert_input_error(&inspect(&hf), &["config.json", "intermediate_size"]);
+
+    // and in GGUF metadata
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("nokey.gguf");
+    let md: Vec<_> = tiny.gguf_metadata().into_iter().filter(|(k, _)| k != "llama.block_count").collect();
+    std::fs::write(&p, gguf::encode(&md, &tiny.gguf_tensors(), 32)).unwrap();
+    assert_input_error(&inspect(&p), &["nokey.gguf", "llama.block_count"]);
+}
+
+#[test]
+fn wrong_flag_is_a_usage_error() {
+    let out = gelaco(&["inspect", "--modle", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = gelaco(&["generate", "--model", "x", "--prompt", "p", "--device", "tpu"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn inspect_generate_perplexity_json() {
+    let tiny = Tiny::default();
+    let (dir, g, hf) = tiny.write_both();
+    for model in [&g, &hf] {
+        let out = gelaco(&["inspect", "--model", model.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["architecture"], "llama");
+        assert_eq!(v["layers"], 4);
+        assert_eq!(v["heads"], 4);
+        assert_eq!(v["kv_heads"], 2);
+        assert_eq!(v["vocab_size"], tiny.vocab_size());
+        assert!(v["parameters"].as_u64().unwrap() > 0);
+    }
+    let out = gelaco(&["inspect", "--model", g.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["quantization_types"]["Q8_0"].as_u64().unwrap(), 4 * 7 + 2);
+
+    let out = gelaco(&[
+        "generate", "--model", g.to_str().unwrap(), "--prompt", "the answer", "--max-new-tokens", "5", "--json", "--device", "cpu",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!v["prompt_ids"].as_array().unwrap().is_empty());
+    assert!(v["text"].is_string());
+    let top = v["top_logits"].as_array().unwrap();
+    assert_eq!(top.len(), 10);
+    assert!(top[0]["logit"].as_f64().unwrap() >= top[9]["logit"].as_f64().unwrap());
+    assert!(top[0]["id"].is_u64() && top[0]["token"].is_string());
+
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "the hand and the thing. ".repeat(40)).unwrap();
+    let out = gelaco(&[
+        "perplexity", "--model", g.to_str().unwrap(), "--text", text.to_str().unwrap(), "--window", "64", "--max-windows", "3",
+        "--json", "--device", "cpu",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["windows"], 3);
+    assert_eq!(v["tokens_scored"], 3 * 63);
+    assert!(v["perplexity"].as_f64().unwrap() > 1.0);
+
+    // a text shorter than one window is refused clearly
+    std::fs::write(&text, "short").unwrap();
+    let out = gelaco(&["perplexity", "--model", g.to_str().unwrap(), "--text", text.to_str().unwrap(), "--device", "cpu"]);
+    assert_input_error(&out, &["fewer than one window"]);
+}
