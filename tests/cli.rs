@@ -193,3 +193,48 @@ fn inspect_generate_perplexity_json() {
     let out = gelaco(&["perplexity", "--model", g.to_str().unwrap(), "--text", text.to_str().unwrap(), "--device", "cpu"]);
     assert_input_error(&out, &["fewer than one window"]);
 }
+
+#[test]
+fn fitness_bad_input() {
+    let tiny = Tiny::default();
+    let (dir, g, _) = tiny.write_both();
+    let model = g.to_str().unwrap();
+    let calib = dir.path().join("calib.txt");
+    std::fs::write(&calib, (0..10).map(|i| format!("a calibration line number {i}, long enough to count\n")).collect::<String>()).unwrap();
+    let c = calib.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["fitness", "--model", model, "--device", "cpu"];
+        if !extra.contains(&"--samples") {
+            args.extend_from_slice(&["--samples", "4"]);
+        }
+        args.extend_from_slice(extra);
+        gelaco(&args)
+    };
+    assert_input_error(&run(&["--calib", c, "--merges", "2:9"]), &["2:9", "out of range"]);
+    assert_input_error(&run(&["--calib", c, "--merges", "3:1"]), &["3:1", "B < E"]);
+    assert_input_error(&run(&["--calib", c, "--merges", "1-2"]), &["1-2", "B:E"]);
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    assert_input_error(&run(&["--calib", empty.to_str().unwrap(), "--merges", "1:2"]), &["empty.txt", "0 sample(s)"]);
+    assert_input_error(&run(&["--calib", c, "--samples", "11", "--merges", "1:2"]), &["calib.txt", "10 sample(s)", "11 asked"]);
+    let pq = dir.path().join("data.parquet");
+    common::write_parquet(&pq, "content", &["x".repeat(50)]);
+    assert_input_error(&run(&["--calib", pq.to_str().unwrap(), "--merges", "1:2"]), &["data.parquet", "no column 'text'"]);
+    let long = dir.path().join("long.txt");
+    std::fs::write(&long, "word ".repeat(30_000) + "\n").unwrap();
+    assert_input_error(
+        &run(&["--calib", long.to_str().unwrap(), "--samples", "1", "--max-tokens", "100000", "--cache-mb", "1", "--merges", "1:2"]),
+        &["--cache-mb 1"],
+    );
+    assert_input_error(&run(&["--calib", "/no/such/file.txt", "--merges", "1:2"]), &["/no/such/file.txt"]);
+
+    // and a good run prints the documented fields
+    let out = run(&["--calib", c, "--merges", "1:2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["fitness", "attention", "ffn", "hidden", "compression", "remaining_layers", "psi", "canonical", "calibration_hash"] {
+        assert!(!v[k].is_null(), "{k} missing");
+    }
+    assert_eq!(v["remaining_layers"], 3);
+    assert_eq!(v["psi"], serde_json::json!([0, 1, 1, 2]));
+}

@@ -101,3 +101,62 @@ fn perplexity_matches_transformers() {
     eprintln!("perplexity {:.4} vs transformers {:.4} ({:.3}%)", r.perplexity, reference, rel * 100.0);
     assert!(rel < 0.005, "perplexity {} vs transformers {reference}", r.perplexity);
 }
+
+/// The engine against an independent PyTorch implementation of METHOD.md 1-3
+/// (`tests/make_fitness_reference.py`), every case within 1e-3.
+fn check_fitness_parity(choice: DeviceChoice) {
+    use gelaco::collapse::{MergeOp, MergeSettings, Plan};
+    use gelaco::fitness::calibration::{CalibOptions, CalibSource, Calibration};
+    use gelaco::fitness::{EngineOptions, FitnessEngine};
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_fitness.json");
+    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let device = backend::select(choice).unwrap();
+    let desc = device.description.clone();
+    let lm = model::load(&common::demo_model(), device).unwrap();
+    // our own reading of the calibration file gives the fixture's token ids
+    let c = &fx["calibration"];
+    let opts = CalibOptions {
+        samples: c["samples"].as_u64().unwrap() as usize,
+        min_chars: c["min_chars"].as_u64().unwrap() as usize,
+        max_tokens: c["max_tokens"].as_u64().unwrap() as usize,
+        ..CalibOptions::default()
+    };
+    let file = common::shared_data().join("wikitext-2-raw").join(c["file"].as_str().unwrap());
+    let cal = gelaco::fitness::calibration::load(&CalibSource::File(file), &opts, &lm.model, &lm.tokenizer).unwrap();
+    let want_ids: Vec<Vec<u32>> = serde_json::from_value(c["token_ids"].clone()).unwrap();
+    assert_eq!(cal.samples, want_ids);
+    let mut engines = std::collections::HashMap::new();
+    let mut worst = 0f64;
+    for case in fx["cases"].as_array().unwrap() {
+        let keep_norms = case["keep_norms"].as_bool().unwrap();
+        let engine = engines.entry(keep_norms).or_insert_with(|| {
+            let opts = EngineOptions { merge: MergeSettings { keep_base_norms: keep_norms }, ..EngineOptions::default() };
+            FitnessEngine::new(&lm.model, Calibration::clone(&cal), opts).unwrap()
+        });
+        let ranges: Vec<(usize, usize)> = serde_json::from_value(case["merges"].clone()).unwrap();
+        let op = MergeOp::from_name(case["op"].as_str().unwrap()).unwrap();
+        let plan = Plan::from_ranges(&ranges, 30, op).unwrap();
+        let psi: Vec<usize> = serde_json::from_value(case["psi"].clone()).unwrap();
+        assert_eq!(plan.psi, psi);
+        let r = engine.evaluate(&plan).unwrap();
+        for (got, key) in [(r.fitness, "fitness"), (r.attention, "attention"), (r.ffn, "ffn"), (r.hidden, "hidden")] {
+            let want = case[key].as_f64().unwrap();
+            worst = worst.max((got - want).abs());
+            assert!((got - want).abs() < 1e-3, "{desc}: {} {} {key}: {got} vs {want}", case["label"], case["op"]);
+        }
+    }
+    eprintln!("{desc}: max |fitness component - PyTorch| = {worst:.2e}");
+}
+
+#[test]
+fn fitness_matches_pytorch_on_cpu() {
+    check_fitness_parity(DeviceChoice::Cpu);
+}
+
+#[test]
+fn fitness_matches_pytorch_on_wgpu() {
+    if std::env::var("GELACO_SKIP_WGPU").is_ok() {
+        return;
+    }
+    check_fitness_parity(DeviceChoice::Gpu);
+}

@@ -14,6 +14,8 @@ use gelaco::eval::perplexity::perplexity;
 use gelaco::model::{self, LoadedModel, ModelFiles};
 
 mod bench;
+mod fitness;
+mod search;
 
 #[derive(Parser)]
 #[command(name = "gelaco", version, about = "Make language models smaller by collapsing transformer layers")]
@@ -60,6 +62,8 @@ enum Command {
         /// Never put a BOS token in front of the prompt, even if the model asks for one.
         #[arg(long)]
         no_bos: bool,
+        #[command(flatten)]
+        compress: fitness::CompressArgs,
         #[arg(long)]
         json: bool,
     },
@@ -73,8 +77,23 @@ enum Command {
         window: usize,
         #[arg(long)]
         max_windows: Option<usize>,
+        #[command(flatten)]
+        compress: fitness::CompressArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// The GeLaCo fitness (module-wise similarity) of a collapse plan.
+    Fitness(fitness::FitnessArgs),
+    /// Search for collapse plans: a Pareto front (NSGA-II) or the best model of one size.
+    Search(search::SearchArgs),
+    /// Continue a stopped or killed search from its run folder.
+    Resume(search::ResumeArgs),
+    /// Print the front saved in a run folder.
+    Front(search::FrontArgs),
+    /// LaCo and ShortGPT, scored with the same fitness.
+    Baseline {
+        #[command(subcommand)]
+        method: search::BaselineCommand,
     },
     /// Prefill throughput on each backend (batch 16 x 64 and 1 x 512 tokens).
     Bench(bench::BenchArgs),
@@ -107,7 +126,7 @@ pub fn load(path: &Path, choice: DeviceChoice) -> Result<LoadedModel> {
     Ok(m)
 }
 
-fn print_json(v: &serde_json::Value) -> Result<()> {
+pub fn print_json(v: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
@@ -130,9 +149,12 @@ pub fn try_main() -> Result<()> {
             temperature,
             seed,
             no_bos,
+            compress,
             json
         } => {
-            let m = load(&model, device)?;
+            compress.check()?;
+            let mut m = load(&model, device)?;
+            compress.apply(&mut m)?;
             let ids = m.tokenizer.encode_prompt(&prompt, !no_bos)?;
             let opts = GenerateOptions {
                 max_new_tokens,
@@ -189,10 +211,13 @@ pub fn try_main() -> Result<()> {
             text,
             window,
             max_windows,
+            compress,
             json
         } => {
+            compress.check()?;
             let content = std::fs::read_to_string(&text).map_err(|e| gelaco::Error::io(&text, e))?;
-            let m = load(&model, device)?;
+            let mut m = load(&model, device)?;
+            let plan = compress.apply(&mut m)?;
             let ids = m.tokenizer.encode(&content)?;
             let bar = ProgressBar::new(0);
             bar.set_style(
@@ -211,6 +236,8 @@ pub fn try_main() -> Result<()> {
                     "tokens_scored": r.tokens_scored,
                     "window": r.window,
                     "text_tokens": ids.len(),
+                    "merges": plan.merges_text(),
+                    "remaining_layers": plan.remaining(),
                     "nll": r.nll,
                     "seconds": r.seconds,
                     "device": m.device.description,
@@ -223,6 +250,11 @@ pub fn try_main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Fitness(args) => fitness::run(args, device),
+        Command::Search(args) => search::search(args, device),
+        Command::Resume(args) => search::resume(args, device),
+        Command::Front(args) => search::front(args),
+        Command::Baseline { method } => search::baseline(method, device),
         Command::Bench(args) => bench::run(args, common.device),
         Command::Devices => {
             let all = backend::adapters();

@@ -146,6 +146,38 @@ pub fn generate(
     })
 }
 
+/// Continue `prompts` (all of one length) by `new_tokens` tokens each, in one batch with a
+/// KV cache; returns the new tokens of each row. Temperature 0 is greedy.
+pub fn sample_batch(model: &Llama, prompts: &[Vec<u32>], new_tokens: usize, temperature: f32, seed: u64) -> Result<Vec<Vec<u32>>> {
+    let b = prompts.len();
+    if b == 0 {
+        return Ok(Vec::new());
+    }
+    let len = prompts[0].len();
+    if len == 0 || prompts.iter().any(|p| p.len() != len) {
+        return Err(Error::Invalid("batched generation needs non-empty prompts of one length".into()));
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cache = KvCache::new(model.num_layers());
+    let mut state = model.state(len + new_tokens + 1);
+    let mut out = vec![Vec::with_capacity(new_tokens); b];
+    let mut input = prompts.to_vec();
+    let vocab = model.config.vocab_size;
+    for _ in 0..new_tokens {
+        let ids = model.ids_tensor(&input)?;
+        let h = model.run_layers(model.embed(ids), 0..model.num_layers(), &mut state, Some(&mut cache), None);
+        let s = h.dims()[1];
+        let logits = download(model.logits(model.final_norm(h.slice_dim(1, s - 1..s))))?.data;
+        input = Vec::with_capacity(b);
+        for (row, o) in logits.chunks_exact(vocab).zip(out.iter_mut()) {
+            let next = pick(row, temperature, &mut rng)?;
+            o.push(next);
+            input.push(vec![next]);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -307,3 +307,21 @@ pub fn demo_model() -> PathBuf {
 pub fn shared_data() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
 }
+
+/// A one-column Parquet file of strings.
+pub fn write_parquet(path: &Path, column: &str, values: &[String]) {
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+    let schema = std::sync::Arc::new(parse_message_type(&format!("message s {{ REQUIRED BYTE_ARRAY {column} (UTF8); }}")).unwrap());
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(file, schema, Default::default()).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    while let Some(mut col) = group.next_column().unwrap() {
+        let data: Vec<ByteArray> = values.iter().map(|v| ByteArray::from(v.as_str())).collect();
+        col.typed::<ByteArrayType>().write_batch(&data, None, None).unwrap();
+        col.close().unwrap();
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+}

@@ -1,0 +1,7 @@
+//! Layer collapse: genotypes and plans (METHOD.md 1), merge operators (METHOD.md 2).
+
+pub mod merge;
+pub mod plan;
+
+pub use merge::{MergeOp, MergeSettings, build};
+pub use plan::{Plan, Span, Triple};

@@ -1,0 +1,498 @@
+//! A search in a worker thread: commands in (pause, resume, stop), events out (progress,
+//! each evaluation, each generation, baselines, done, failed). The GUI and the command line
+//! drive the same [`JobHandle`].
+//!
+//! Every evaluation is appended to the run folder as it is made and every generation is
+//! checkpointed, so an error, a panic or a killed process loses at most the evaluation in
+//! flight; a panic or error becomes a `Failed` event.
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::FrontEntry;
+use super::store::{Checkpoint, ModelIdentity, RunInfo, RunStore, Status};
+use crate::backend::{self, DeviceChoice};
+use crate::collapse::MergeSettings;
+use crate::error::{Error, Result};
+use crate::fitness::calibration::{self, CalibOptions, CalibSource};
+use crate::fitness::{EngineOptions, FitnessEngine};
+use crate::model::{self, LoadedModel};
+use crate::search::algorithm::{Algorithm, StepOutcome};
+use crate::search::baselines::{self, BaselineSolution, LacoSettings};
+use crate::search::problem::{EvaluatedPlan, Mode, PlanProblem};
+use crate::search::{Init, SearchSettings, best_of, hypervolume, initial_population};
+
+/// Commands to a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Pause,
+    Resume,
+    Stop,
+}
+
+/// Why a search ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Evaluations,
+    Generations,
+    WallTime,
+    Stopped,
+}
+
+/// Progress, sent at most a few times per second.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Progress {
+    pub generation: usize,
+    pub evaluations: usize,
+    pub budget: usize,
+    /// Evaluations per second in this session.
+    pub rate: f64,
+    pub cache_hits: usize,
+    pub unique: usize,
+    pub best_fitness: f64,
+    pub front_size: usize,
+    pub hypervolume: f64,
+    pub eta_seconds: Option<f64>,
+    pub paused: bool,
+}
+
+/// What a job reports.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Started { run_dir: PathBuf, device: String, layers: usize, calibration_hash: String, resumed: bool },
+    Baselines { solutions: Vec<BaselineSolution> },
+    Evaluated { evaluation: EvaluatedPlan },
+    Progress(Progress),
+    Generation { generation: usize, evaluations: usize, front: Vec<FrontEntry>, population: Vec<[f64; 2]>, hypervolume: f64 },
+    Done { reason: StopReason, front: Vec<FrontEntry>, run_dir: PathBuf },
+    Failed { error: String, run_dir: Option<PathBuf> },
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub enum JobSpec {
+    New {
+        model: PathBuf,
+        device: DeviceChoice,
+        calib: CalibSource,
+        calib_options: CalibOptions,
+        engine: EngineOptions,
+        settings: SearchSettings,
+        out: PathBuf,
+        /// Compute LaCo and ShortGPT reference solutions first.
+        baselines: bool,
+    },
+    Resume {
+        dir: PathBuf,
+        device: DeviceChoice,
+        /// Use the model at this path instead of the one recorded (it must be the same file).
+        model: Option<PathBuf>,
+        /// New limits for the continued run.
+        evaluations: Option<usize>,
+    },
+}
+
+/// A handle on a running job.
+pub struct JobHandle {
+    commands: Sender<Command>,
+    pub events: Receiver<Event>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl JobHandle {
+    pub fn send(&self, c: Command) {
+        if c == Command::Stop {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        let _ = self.commands.send(c);
+    }
+
+    /// A flag that stops the job when set (for signal handlers).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Wait for the worker to end.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+/// Start a job; `repaint` is called after every event (the GUI asks for a new frame).
+pub fn spawn(spec: JobSpec, repaint: Option<Arc<dyn Fn() + Send + Sync>>) -> JobHandle {
+    let (ctx, crx) = channel();
+    let (etx, erx) = channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("gelaco-search".into())
+        .spawn(move || {
+            let out = Outbox { tx: etx, repaint };
+            let run_dir = match &spec {
+                JobSpec::New { out, .. } => Some(out.clone()),
+                JobSpec::Resume { dir, .. } => Some(dir.clone()),
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, &out, &crx, &flag)));
+            let error = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(panic) => Some(format!(
+                    "the search worker panicked: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                )),
+            };
+            if let Some(error) = error {
+                if let Some(dir) = &run_dir {
+                    if let Ok(mut info) = super::store::read_info(dir) {
+                        if let Ok((store, ..)) = RunStore::open(dir) {
+                            let _ = store.set_status(&mut info, Status::Failed, Some(error.clone()));
+                        }
+                    }
+                }
+                out.send(Event::Failed { error, run_dir });
+            }
+        })
+        .expect("spawning the search thread");
+    JobHandle { commands: ctx, events: erx, stop, thread: Some(thread) }
+}
+
+struct Outbox {
+    tx: Sender<Event>,
+    repaint: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl Outbox {
+    fn send(&self, e: Event) {
+        let _ = self.tx.send(e);
+        if let Some(r) = &self.repaint {
+            r();
+        }
+    }
+}
+
+/// SHA-256 of the model's files (the GGUF file, or config and safetensors of a folder).
+pub fn model_identity(m: &LoadedModel) -> Result<ModelIdentity> {
+    let path = &m.files.path;
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json"))
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.clone()]
+    };
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    for f in files {
+        let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
+        std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(&f, e))?;
+    }
+    Ok(ModelIdentity {
+        path: std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
+        sha256: format!("{:x}", sha2::Digest::finalize(hasher)),
+        architecture: m.files.config.arch.name().to_string(),
+        layers: m.files.config.num_layers,
+    })
+}
+
+/// LaCo and ShortGPT solutions at a spread of sizes, scored by `engine`.
+pub fn compute_baselines(engine: &FitnessEngine, merge_op: crate::collapse::MergeOp) -> Result<Vec<BaselineSolution>> {
+    let layers = engine.model().num_layers();
+    let mut out = Vec::new();
+    let influence = baselines::block_influence(engine.model(), &engine.calibration.samples, engine.options.batch_size)?;
+    let step = (layers / 10).max(1);
+    let mut r = step;
+    while r <= layers / 2 {
+        out.push(baselines::shortgpt(engine, &influence, r)?);
+        r += step;
+    }
+    for threshold in [0.9, 0.8, 0.65] {
+        for op in [crate::collapse::MergeOp::Rdsc, merge_op] {
+            let s = LacoSettings { threshold, op, ..LacoSettings::default() };
+            let sol = baselines::laco(engine, &s)?;
+            if sol.plan.removed() > 0 && !out.iter().any(|o: &BaselineSolution| o.plan == sol.plan) {
+                out.push(sol);
+            }
+            if op == crate::collapse::MergeOp::Rdsc && merge_op == op {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn front_entries(problem: &PlanProblem, algo: &Algorithm, mode: Mode) -> Vec<FrontEntry> {
+    best_of(&algo.state.population, mode)
+        .into_iter()
+        .filter_map(|ind| {
+            let plan = problem.encoding.decode(&ind.x);
+            let r = problem.cached(&plan.model_key())?;
+            Some(FrontEntry {
+                fitness: r.fitness,
+                attention: r.attention,
+                ffn: r.ffn,
+                hidden: r.hidden,
+                compression: r.compression,
+                params_removed: r.params_removed,
+                remaining_layers: r.remaining_layers,
+                merges: plan.merges_text(),
+                canonical: plan.canonical.clone(),
+                psi: plan.psi.clone(),
+                genes: ind.x.clone(),
+                per_layer: r.per_layer.clone(),
+            })
+        })
+        .collect()
+}
+
+fn front_hypervolume(front: &[FrontEntry]) -> f64 {
+    hypervolume(&front.iter().map(|f| [f.fitness, f.compression]).collect::<Vec<_>>())
+}
+
+fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicBool) -> Result<()> {
+    let (device_choice, resumed) = match &spec {
+        JobSpec::New { device, .. } => (*device, false),
+        JobSpec::Resume { device, .. } => (*device, true),
+    };
+    let device = backend::select(device_choice)?;
+    let description = device.description.clone();
+
+    let (m, store, mut info, calibration, logged, checkpoint, want_baselines) = match spec {
+        JobSpec::New { model: path, calib, calib_options, engine, settings, out: dir, baselines, .. } => {
+            let m = model::load(&path, device)?;
+            settings.validate(m.model.num_layers())?;
+            let calibration = calibration::load(&calib, &calib_options, &m.model, &m.tokenizer)?;
+            let info = RunInfo {
+                tool_version: env!("CARGO_PKG_VERSION").into(),
+                settings,
+                engine,
+                model: model_identity(&m)?,
+                calibration_hash: calibration.hash.clone(),
+                calibration_source: calib.describe(),
+                status: Status::Running,
+                message: None,
+            };
+            let store = RunStore::create(&dir, &info, &calibration)?;
+            (m, store, info, calibration, Vec::new(), None, baselines)
+        }
+        JobSpec::Resume { dir, model: override_path, evaluations, .. } => {
+            let (store, mut info, calibration, logged, checkpoint) = RunStore::open(&dir)?;
+            let path = override_path.unwrap_or_else(|| info.model.path.clone());
+            let m = model::load(&path, device)?;
+            let identity = model_identity(&m)?;
+            if identity.sha256 != info.model.sha256 {
+                return Err(Error::Invalid(format!(
+                    "{} is not the model this run was made with (SHA-256 {} differs from the recorded {})",
+                    path.display(),
+                    &identity.sha256[..12],
+                    &info.model.sha256[..12]
+                )));
+            }
+            if let Some(n) = evaluations {
+                info.settings.evaluations = n;
+            }
+            store.set_status(&mut info, Status::Running, None)?;
+            (m, store, info, calibration, logged, checkpoint, false)
+        }
+    };
+    let settings = info.settings.clone();
+    let layers = m.model.num_layers();
+    let engine = FitnessEngine::new(&m.model, calibration, EngineOptions { merge: MergeSettings { keep_base_norms: settings.keep_norms }, ..info.engine })?;
+    out.send(Event::Started { run_dir: store.dir.clone(), device: description, layers, calibration_hash: engine.calibration.hash.clone(), resumed });
+
+    let mut baseline_plans = Vec::new();
+    if want_baselines || (settings.init == Init::Warm && !resumed) {
+        let b = compute_baselines(&engine, settings.merge_op.unwrap_or(crate::collapse::merge::DEFAULT_MERGE_OP))?;
+        store.write_baselines(&b)?;
+        baseline_plans = b.iter().map(|s| s.plan.clone()).collect();
+        out.send(Event::Baselines { solutions: b });
+    } else if resumed {
+        let b = super::store::read_baselines(&store.dir)?;
+        if !b.is_empty() {
+            out.send(Event::Baselines { solutions: b });
+        }
+    }
+
+    let encoding = settings.encoding(layers);
+    let budget = settings.evaluations;
+    let session_start = Instant::now();
+    let previous_seconds = checkpoint.as_ref().map_or(0.0, |c| c.seconds);
+    let elapsed = || previous_seconds + session_start.elapsed().as_secs_f64();
+    let mut hv_history = checkpoint.as_ref().map_or_else(Vec::new, |c| c.hypervolume.clone());
+
+    // shared between the evaluation callback and the generation loop
+    let store = RefCell::new(store);
+    let shown = Cell::new((0f64, 0usize, 0f64)); // best fitness, front size, hypervolume
+    let counters = Cell::new((0usize, 0usize)); // cache hits, unique models
+    let generation_now = Cell::new(checkpoint.as_ref().map_or(0, |c| c.state.generation));
+    let session_done = Cell::new(0usize);
+    let evals_now = Cell::new(checkpoint.as_ref().map_or(0, |c| c.state.evaluations));
+    let last_progress = Cell::new(Instant::now() - Duration::from_secs(1));
+    let paused = Cell::new(false);
+    let reason: Cell<Option<StopReason>> = Cell::new(None);
+
+    let progress = |evaluations: usize, force: bool| {
+        if !force && last_progress.get().elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        last_progress.set(Instant::now());
+        let rate = session_done.get() as f64 / session_start.elapsed().as_secs_f64().max(1e-9);
+        let (best, size, hv) = shown.get();
+        let (hits, unique) = counters.get();
+        out.send(Event::Progress(Progress {
+            generation: generation_now.get(),
+            evaluations,
+            budget,
+            rate,
+            cache_hits: hits,
+            unique,
+            best_fitness: best,
+            front_size: size,
+            hypervolume: hv,
+            eta_seconds: (rate > 0.0).then(|| budget.saturating_sub(evaluations) as f64 / rate),
+            paused: paused.get(),
+        }));
+    };
+
+    let mut problem = PlanProblem::new(
+        &engine,
+        encoding,
+        settings.mode,
+        Box::new(|e: &EvaluatedPlan| {
+            store.borrow_mut().append(e)?;
+            session_done.set(session_done.get() + 1);
+            evals_now.set(e.index + 1);
+            out.send(Event::Evaluated { evaluation: e.clone() });
+            progress(e.index + 1, false);
+            Ok(())
+        }),
+    );
+    for e in &logged {
+        problem.preload(e.key.clone(), e.result.clone());
+    }
+    for b in super::store::read_baselines(&store.borrow().dir)? {
+        problem.preload(b.plan.model_key(), Arc::new(b.result));
+    }
+    if let Some(cp) = &checkpoint {
+        problem.evaluated = cp.evaluated;
+        problem.cache_hits = cp.cache_hits;
+    }
+
+    let should_stop = || {
+        loop {
+            while let Ok(c) = commands.try_recv() {
+                match c {
+                    Command::Pause => paused.set(true),
+                    Command::Resume => paused.set(false),
+                    Command::Stop => stop.store(true, Ordering::SeqCst),
+                }
+            }
+            if stop.load(Ordering::SeqCst) {
+                reason.set(Some(StopReason::Stopped));
+                return true;
+            }
+            if settings.max_seconds.is_some_and(|m| elapsed() >= m) {
+                reason.set(Some(StopReason::WallTime));
+                return true;
+            }
+            if !paused.get() {
+                return false;
+            }
+            progress(evals_now.get(), true);
+            match commands.recv_timeout(Duration::from_millis(250)) {
+                Ok(Command::Pause) => {}
+                Ok(Command::Resume) => paused.set(false),
+                Ok(Command::Stop) => stop.store(true, Ordering::SeqCst),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => stop.store(true, Ordering::SeqCst),
+            }
+        }
+    };
+
+    let mut algo = match &checkpoint {
+        Some(cp) => Algorithm::resume(settings.algorithm(layers), cp.state.clone()),
+        None => Algorithm::new(settings.algorithm(layers)),
+    };
+    let mut initialized = checkpoint.is_some();
+    loop {
+        if initialized {
+            let evals = algo.state.evaluations;
+            if evals >= budget {
+                reason.set(Some(StopReason::Evaluations));
+            } else if settings.generations.is_some_and(|g| algo.state.generation >= g) {
+                reason.set(Some(StopReason::Generations));
+            }
+            if reason.get().is_some() || should_stop() {
+                break;
+            }
+        }
+        let outcome = if initialized {
+            algo.step(&mut problem, Some(budget - algo.state.evaluations), &should_stop)?
+        } else {
+            let seeds = initial_population(&settings, &encoding, &baseline_plans);
+            algo.initialize(&mut problem, seeds, Some(budget), &should_stop)?
+        };
+        if outcome == StepOutcome::Interrupted {
+            break;
+        }
+        initialized = true;
+        let front = front_entries(&problem, &algo, settings.mode);
+        let hv = front_hypervolume(&front);
+        hv_history.push(hv);
+        let best = front.iter().map(|f| f.fitness).fold(f64::NEG_INFINITY, f64::max);
+        shown.set((best, front.len(), hv));
+        counters.set((problem.cache_hits, problem.unique()));
+        generation_now.set(algo.state.generation);
+        {
+            let store = store.borrow();
+            store.checkpoint(&Checkpoint {
+                state: algo.state.clone(),
+                evaluated: problem.evaluated,
+                cache_hits: problem.cache_hits,
+                unique: problem.unique(),
+                seconds: elapsed(),
+                hypervolume: hv_history.clone(),
+            })?;
+            store.write_front(&front)?;
+        }
+        let population = algo
+            .state
+            .population
+            .iter()
+            .map(|i| [i.eval.objectives[0], problem.encoding.decode(&i.x).compression()])
+            .collect();
+        out.send(Event::Generation { generation: algo.state.generation, evaluations: algo.state.evaluations, front, population, hypervolume: hv });
+        progress(algo.state.evaluations, true);
+    }
+    let reason = reason.get().unwrap_or(StopReason::Stopped);
+    let front = if initialized { front_entries(&problem, &algo, settings.mode) } else { Vec::new() };
+    drop(problem);
+    let store = store.into_inner();
+    let status = if reason == StopReason::Stopped { Status::Stopped } else { Status::Finished };
+    store.set_status(&mut info, status, None)?;
+    out.send(Event::Done { reason, front, run_dir: store.dir.clone() });
+    Ok(())
+}
+

@@ -1,0 +1,245 @@
+//! The collapse and fitness engine on tiny random models: against the straightforward
+//! evaluation, across backends, cached and chunked, with shared tensors.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Tiny, TinyArch};
+use gelaco::backend::{self, ComputeDevice, DeviceChoice};
+use gelaco::collapse::{MergeOp, MergeSettings, Plan, Triple, build};
+use gelaco::fitness::calibration::{self, CalibOptions, CalibSource, Calibration, Pick};
+use gelaco::fitness::{EngineOptions, FitnessEngine, FitnessResult, naive};
+use gelaco::model::{self, LoadedModel};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+fn devices() -> Vec<ComputeDevice> {
+    let mut d = vec![backend::select(DeviceChoice::Cpu).unwrap()];
+    if std::env::var("GELACO_SKIP_WGPU").is_err() {
+        d.push(backend::select(DeviceChoice::Gpu).expect("no WGPU adapter: install mesa-vulkan-drivers or set GELACO_SKIP_WGPU=1"));
+    }
+    d
+}
+
+fn calibration(samples: usize) -> Calibration {
+    let mut rng = StdRng::seed_from_u64(3);
+    let ids: Vec<Vec<u32>> = (0..samples)
+        .map(|i| (0..(5 + (i * 7) % 13)).map(|_| rng.random_range(0..256)).collect())
+        .collect();
+    Calibration::from_samples(ids, CalibSource::SelfGenerated, CalibOptions::default())
+}
+
+fn plans(layers: usize) -> Vec<(&'static str, Vec<(usize, usize)>)> {
+    vec![
+        ("identity", vec![]),
+        ("one span", vec![(1, 2)]),
+        ("two spans", vec![(0, 1), (layers - 3, layers - 1)]),
+        ("overlap through psi", vec![(1, 2), (2, 4)]),
+        ("long span", vec![(1, layers - 1)]),
+    ]
+}
+
+fn close(a: &FitnessResult, b: &FitnessResult, tol: f64, what: &str) {
+    for (x, y, name) in [
+        (a.fitness, b.fitness, "fitness"),
+        (a.attention, b.attention, "attention"),
+        (a.ffn, b.ffn, "ffn"),
+        (a.hidden, b.hidden, "hidden"),
+    ] {
+        assert!((x - y).abs() < tol, "{what}: {name} {x} vs {y}");
+    }
+    for (j, (p, q)) in a.per_layer.iter().zip(&b.per_layer).enumerate() {
+        assert!((p.attention - q.attention).abs() < tol && (p.ffn - q.ffn).abs() < tol, "{what}: layer {j}");
+    }
+    assert_eq!(a.psi, b.psi);
+    assert_eq!(a.canonical, b.canonical);
+}
+
+fn tiny_loaded(tiny: &Tiny, d: &ComputeDevice) -> (tempfile::TempDir, LoadedModel) {
+    let (dir, g, _) = tiny.write_both();
+    let m = model::load(&g, d.clone()).unwrap();
+    (dir, m)
+}
+
+#[test]
+fn engine_equals_straightforward_evaluation() {
+    let tiny = Tiny { layers: 6, arch: TinyArch::Qwen2, ..Tiny::default() };
+    let cal = calibration(6);
+    for d in devices() {
+        let (_dir, m) = tiny_loaded(&tiny, &d);
+        for keep_base_norms in [false, true] {
+            let settings = MergeSettings { keep_base_norms };
+            let opts = EngineOptions { batch_size: 4, cache_mb: 64, merge: settings };
+            let engine = FitnessEngine::new(&m.model, cal.clone(), opts).unwrap();
+            for op in MergeOp::ALL {
+                for (label, ranges) in plans(6) {
+                    let plan = Plan::from_ranges(&ranges, 6, op).unwrap();
+                    let fast = engine.evaluate(&plan).unwrap();
+                    let slow = naive::evaluate(&m.model, &cal, &plan, settings).unwrap();
+                    close(&fast, &slow, 2e-4, &format!("{} {label} {op} norms={keep_base_norms}", d.description));
+                    if ranges.is_empty() {
+                        assert_eq!(fast.fitness, 1.0, "identity must score exactly 1");
+                    } else {
+                        assert!(fast.fitness < 1.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn chunked_reference_gives_the_same_numbers() {
+    // wide enough that 1 MiB holds only some of the samples' activations
+    let tiny = Tiny { layers: 5, hidden: 256, ff: 512, ..Tiny::default() };
+    let cal = calibration(7);
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(&tiny, &cpu);
+    let cached = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { batch_size: 3, cache_mb: 64, ..Default::default() }).unwrap();
+    assert_eq!(cached.cache_state(), (3, 3));
+    let chunked = FitnessEngine::new(&m.model, cal, EngineOptions { batch_size: 3, cache_mb: 1, ..Default::default() }).unwrap();
+    let (chunks, kept) = chunked.cache_state();
+    assert!(kept < chunks, "{kept} of {chunks} cached");
+    for (label, ranges) in plans(5) {
+        let plan = Plan::from_ranges(&ranges, 5, MergeOp::Rdsc).unwrap();
+        close(&cached.evaluate(&plan).unwrap(), &chunked.evaluate(&plan).unwrap(), 1e-6, label);
+    }
+}
+
+#[test]
+fn budget_too_small_is_refused() {
+    let tiny = Tiny::default();
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(&tiny, &cpu);
+    let long = Calibration::from_samples(vec![vec![1; 20_000]], CalibSource::SelfGenerated, CalibOptions::default());
+    let e = FitnessEngine::new(&m.model, long, EngineOptions { cache_mb: 1, ..Default::default() }).err().unwrap();
+    assert!(e.to_string().contains("--cache-mb"), "{e}");
+}
+
+#[test]
+fn untouched_layers_share_the_original_tensors() {
+    let tiny = Tiny { layers: 6, ..Tiny::default() };
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(&tiny, &cpu);
+    let plan = Plan::from_ranges(&[(1, 3)], 6, MergeOp::Rdsc).unwrap();
+    let c = build(&m.model, &plan, MergeSettings::default());
+    assert_eq!(c.num_layers(), 4);
+    assert!(Arc::ptr_eq(&c.layers[0], &m.model.layers[0]));
+    assert!(!Arc::ptr_eq(&c.layers[1], &m.model.layers[1]));
+    assert!(Arc::ptr_eq(&c.layers[2], &m.model.layers[4]));
+    assert!(Arc::ptr_eq(&c.layers[3], &m.model.layers[5]));
+    // keep-first creates nothing new at all
+    let c = build(&m.model, &Plan::from_ranges(&[(1, 3)], 6, MergeOp::KeepFirst).unwrap(), MergeSettings::default());
+    assert!(Arc::ptr_eq(&c.layers[1], &m.model.layers[1]));
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[test]
+fn two_hundred_plans_do_not_grow_memory() {
+    // measured in a process of its own: other tests share this one's memory
+    const CHILD: &str = "GELACO_MEMORY_TEST_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "two_hundred_plans_do_not_grow_memory", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("after 200 plans"), "{text}");
+        return;
+    }
+    // about 17 MB of weights: copying the model per evaluation would show
+    let tiny = Tiny { layers: 8, hidden: 256, ff: 512, heads: 4, kv_heads: 2, ..Tiny::default() };
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(&tiny, &cpu);
+    let engine = FitnessEngine::new(&m.model, calibration(8), EngineOptions::default()).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut random_plan = || {
+        let g: Vec<Triple> = (0..8)
+            .map(|_| {
+                let b = rng.random_range(0..8);
+                Triple { b, e: (b + rng.random_range(1..4)).min(7), active: rng.random_bool(0.3), op: Some(MergeOp::ALL[rng.random_range(0..4)]) }
+            })
+            .collect();
+        Plan::decode(&g, 8, MergeOp::Rdsc)
+    };
+    for _ in 0..20 {
+        engine.evaluate(&random_plan()).unwrap();
+    }
+    let warm = rss_bytes();
+    for i in 0..200 {
+        let r = engine.evaluate(&random_plan()).unwrap();
+        assert!(r.fitness.is_finite());
+    }
+    let after = rss_bytes();
+    let grown = after.saturating_sub(warm) as f64 / 1e6;
+    eprintln!("RSS after warm-up {:.1} MB, after 200 plans {:.1} MB", warm as f64 / 1e6, after as f64 / 1e6);
+    // one copy of this model is 17 MB: copying it per evaluation would grow by gigabytes
+    assert!(grown < 16.0, "memory grew by {grown:.1} MB over 200 evaluations");
+}
+
+#[test]
+fn non_finite_activations_give_the_worst_fitness() {
+    let tiny = Tiny::default();
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(&tiny, &cpu);
+    let engine = FitnessEngine::new(&m.model, calibration(4), EngineOptions::default()).unwrap();
+    let plan = Plan::from_ranges(&[(1, 2)], 4, MergeOp::KeepFirst).unwrap();
+    let mut broken = build(&m.model, &plan, MergeSettings::default());
+    let mut layer = (*broken.layers[1]).clone();
+    layer.up.weight_t = layer.up.weight_t.clone().mul_scalar(f32::NAN);
+    broken.layers[1] = Arc::new(layer);
+    let r = engine.evaluate_model(&broken, &plan).unwrap();
+    assert!(r.non_finite);
+    assert_eq!(r.fitness, gelaco::fitness::WORST_FITNESS);
+    assert!(r.per_layer.iter().all(|l| l.attention.is_finite() && l.ffn.is_finite()));
+    serde_json::to_string(&r).unwrap();
+}
+
+#[test]
+fn calibration_sources_are_reproducible() {
+    let tiny = Tiny::default();
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let (dir, m) = tiny_loaded(&tiny, &cpu);
+    let lines: Vec<String> = (0..30).map(|i| format!("line number {i} is long enough to be a calibration sample")).collect();
+    let txt = dir.path().join("c.txt");
+    std::fs::write(&txt, format!("short\n\n{}\n", lines.join("\n"))).unwrap();
+    let jsonl = dir.path().join("c.jsonl");
+    std::fs::write(&jsonl, lines.iter().map(|l| serde_json::json!({"text": l}).to_string() + "\n").collect::<String>()).unwrap();
+    let pq = dir.path().join("c.parquet");
+    common::write_parquet(&pq, "text", &lines);
+
+    let opts = CalibOptions { samples: 10, max_tokens: 40, ..CalibOptions::default() };
+    let load = |p: &std::path::Path, o: &CalibOptions| calibration::load(&CalibSource::File(p.to_path_buf()), o, &m.model, &m.tokenizer).unwrap();
+    let a = load(&txt, &opts);
+    assert_eq!(a.samples.len(), 10);
+    assert!(a.samples.iter().all(|s| s.len() <= 40));
+    assert_eq!(a.samples[0], m.tokenizer.encode(&lines[0]).unwrap()[..40].to_vec());
+    assert_eq!(load(&jsonl, &opts).hash, a.hash);
+    assert_eq!(load(&pq, &opts).hash, a.hash);
+
+    let random = CalibOptions { pick: Pick::Random, seed: 9, ..opts.clone() };
+    let r1 = load(&txt, &random);
+    assert_eq!(r1.hash, load(&txt, &random).hash);
+    assert_ne!(r1.hash, a.hash);
+    assert_ne!(load(&txt, &CalibOptions { seed: 10, ..random.clone() }).hash, r1.hash);
+
+    let selfgen = CalibOptions { samples: 5, max_tokens: 10, seed: 4, ..CalibOptions::default() };
+    let s1 = calibration::load(&CalibSource::SelfGenerated, &selfgen, &m.model, &m.tokenizer).unwrap();
+    let s2 = calibration::load(&CalibSource::SelfGenerated, &selfgen, &m.model, &m.tokenizer).unwrap();
+    assert_eq!(s1.samples.len(), 5);
+    assert_eq!(s1.hash, s2.hash);
+    assert!(s1.samples.iter().all(|s| !s.is_empty() && s.len() <= 10));
+
+    // too few usable lines, missing column
+    let e = calibration::load(&CalibSource::File(txt.clone()), &CalibOptions { samples: 31, ..opts.clone() }, &m.model, &m.tokenizer).unwrap_err();
+    assert!(e.to_string().contains("30 sample(s)"), "{e}");
+    let e = calibration::load(&CalibSource::File(pq.clone()), &CalibOptions { text_field: "body".into(), ..opts.clone() }, &m.model, &m.tokenizer).unwrap_err();
+    assert!(e.to_string().contains("no column 'body'"), "{e}");
+}

@@ -1,0 +1,214 @@
+//! Searches on a tiny model: determinism, the job API, and a run killed with SIGKILL and
+//! resumed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Tiny;
+use gelaco::backend::DeviceChoice;
+use gelaco::fitness::EngineOptions;
+use gelaco::fitness::calibration::{CalibOptions, CalibSource};
+use gelaco::run::job::{self, Event, JobSpec};
+use gelaco::run::{FrontEntry, store};
+use gelaco::search::problem::Mode;
+use gelaco::search::{Init, SearchSettings};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    model: PathBuf,
+    calib: PathBuf,
+    root: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tiny = Tiny { layers: 8, ..Tiny::default() };
+    let (dir, g, _) = tiny.write_both();
+    let calib = dir.path().join("calib.txt");
+    let lines: String = (0..12).map(|i| format!("the thing and the hand number {i} went to the shop\n")).collect();
+    std::fs::write(&calib, lines).unwrap();
+    let root = dir.path().to_path_buf();
+    Fixture { _dir: dir, model: g, calib, root }
+}
+
+fn spec(f: &Fixture, out: &Path, settings: SearchSettings) -> JobSpec {
+    JobSpec::New {
+        model: f.model.clone(),
+        device: DeviceChoice::Cpu,
+        calib: CalibSource::File(f.calib.clone()),
+        calib_options: CalibOptions { samples: 6, max_tokens: 16, ..CalibOptions::default() },
+        engine: EngineOptions::default(),
+        settings,
+        out: out.to_path_buf(),
+        baselines: false,
+    }
+}
+
+fn settings(evaluations: usize) -> SearchSettings {
+    SearchSettings { population: 12, evaluations, seed: 3, ..SearchSettings::default() }
+}
+
+/// Run a job to the end and return its events.
+fn run_to_end(spec: JobSpec) -> Vec<Event> {
+    let h = job::spawn(spec, None);
+    let events: Vec<Event> = h.events.iter().collect();
+    h.join();
+    events
+}
+
+fn final_front(events: &[Event]) -> Vec<FrontEntry> {
+    for e in events {
+        match e {
+            Event::Done { front, .. } => return front.clone(),
+            Event::Failed { error, .. } => panic!("search failed: {error}"),
+            _ => {}
+        }
+    }
+    panic!("no Done event");
+}
+
+#[test]
+fn same_seed_same_front_and_a_complete_run_folder() {
+    let f = fixture();
+    let a = run_to_end(spec(&f, &f.root.join("a"), settings(60)));
+    let b = run_to_end(spec(&f, &f.root.join("b"), settings(60)));
+    let (fa, fb) = (final_front(&a), final_front(&b));
+    assert!(!fa.is_empty());
+    assert_eq!(fa, fb);
+    // the run folder holds every evaluation, the checkpoint and the front
+    let log = std::fs::read_to_string(f.root.join("a/evaluations.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 60);
+    assert_eq!(store::read_front(&f.root.join("a")).unwrap(), fa);
+    let info = store::read_info(&f.root.join("a")).unwrap();
+    assert_eq!(info.status, store::Status::Finished);
+    // events: one per evaluation, generations with a front, cache hits counted
+    let evaluated = a.iter().filter(|e| matches!(e, Event::Evaluated { .. })).count();
+    assert_eq!(evaluated, 60);
+    let generations = a.iter().filter(|e| matches!(e, Event::Generation { .. })).count();
+    assert_eq!(generations, 5);
+    let cached = a.iter().filter(|e| matches!(e, Event::Evaluated { evaluation } if evaluation.cached)).count();
+    let unique: std::collections::HashSet<String> = a
+        .iter()
+        .filter_map(|e| match e {
+            Event::Evaluated { evaluation } => Some(evaluation.key.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cached + unique.len(), 60, "every evaluation is either new or a cache hit");
+    // a different seed explores differently
+    let c = run_to_end(spec(&f, &f.root.join("c"), SearchSettings { seed: 4, ..settings(60) }));
+    assert_ne!(final_front(&c), fa);
+    // an existing run folder is not overwritten
+    let again = run_to_end(spec(&f, &f.root.join("a"), settings(60)));
+    assert!(again.iter().any(|e| matches!(e, Event::Failed { error, .. } if error.contains("not empty"))));
+}
+
+#[test]
+fn single_objective_search_hits_the_target_size() {
+    let f = fixture();
+    let s = SearchSettings { mode: Mode::Single { target_removed: 3 }, init: Init::Paper, ..settings(72) };
+    let front = final_front(&run_to_end(spec(&f, &f.root.join("s"), s)));
+    assert_eq!(front.len(), 1);
+    assert_eq!(front[0].remaining_layers, 5);
+}
+
+#[test]
+fn stop_pause_and_failure_are_events() {
+    let f = fixture();
+    let h = job::spawn(spec(&f, &f.root.join("p"), settings(100_000)), None);
+    let mut seen = 0;
+    let mut paused_progress = false;
+    let start = Instant::now();
+    let mut done = None;
+    for e in h.events.iter() {
+        match e {
+            Event::Evaluated { .. } => {
+                seen += 1;
+                if seen == 20 {
+                    h.send(job::Command::Pause);
+                }
+            }
+            Event::Progress(p) if p.paused => {
+                paused_progress = true;
+                h.send(job::Command::Stop);
+            }
+            Event::Done { reason, .. } => {
+                done = Some(reason);
+                break;
+            }
+            Event::Failed { error, .. } => panic!("{error}"),
+            _ => {}
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "the job did not stop");
+    }
+    h.join();
+    assert!(paused_progress);
+    assert_eq!(done, Some(job::StopReason::Stopped));
+    assert_eq!(store::read_info(&f.root.join("p")).unwrap().status, store::Status::Stopped);
+
+    // a model that cannot be read fails the job, it does not panic the caller
+    let mut bad = spec(&f, &f.root.join("q"), settings(10));
+    if let JobSpec::New { model, .. } = &mut bad {
+        *model = f.root.join("missing.gguf");
+    }
+    let events = run_to_end(bad);
+    assert!(matches!(events.last(), Some(Event::Failed { error, .. }) if error.contains("missing.gguf")));
+}
+
+fn gelaco_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gelaco"));
+    c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    c
+}
+
+fn log_lines(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("evaluations.jsonl")).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+#[test]
+fn a_killed_search_resumes_to_the_same_front() {
+    let f = fixture();
+    let (model, calib) = (f.model.to_str().unwrap(), f.calib.to_str().unwrap());
+    let args = |out: &Path| -> Vec<String> {
+        ["search", "--model", model, "--calib", calib, "--samples", "6", "--max-tokens", "16", "--population", "10", "--evaluations", "120", "--seed", "9", "--device", "cpu", "--out", out.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let whole = f.root.join("whole");
+    let out = gelaco_cmd(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let killed = f.root.join("killed");
+    let mut child = gelaco_cmd(&args(&killed).iter().map(String::as_str).collect::<Vec<_>>()).spawn().unwrap();
+    // kill it in the middle of its third generation
+    let start = Instant::now();
+    while log_lines(&killed) < 25 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the search made no progress");
+        assert!(child.try_wait().unwrap().is_none(), "the search ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let at_kill = log_lines(&killed);
+    assert!(at_kill < 120);
+
+    let out = gelaco_cmd(&["resume", killed.to_str().unwrap(), "--device", "cpu"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(store::read_front(&killed).unwrap(), store::read_front(&whole).unwrap());
+    // nothing logged twice, nothing lost: the same evaluations in the same order
+    let keys = |d: &Path| -> Vec<(usize, String)> {
+        std::fs::read_to_string(d.join("evaluations.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["index"].as_u64().unwrap() as usize, v["key"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    assert_eq!(keys(&killed), keys(&whole));
+    assert_eq!(store::read_info(&killed).unwrap().status, store::Status::Finished);
+}
