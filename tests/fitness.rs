@@ -173,7 +173,7 @@ fn two_hundred_plans_do_not_grow_memory() {
         engine.evaluate(&random_plan()).unwrap();
     }
     let warm = rss_bytes();
-    for i in 0..200 {
+    for _ in 0..200 {
         let r = engine.evaluate(&random_plan()).unwrap();
         assert!(r.fitness.is_finite());
     }

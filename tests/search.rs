@@ -111,7 +111,7 @@ fn single_objective_search_hits_the_target_size() {
     let s = SearchSettings { mode: Mode::Single { target_removed: 3 }, init: Init::Paper, ..settings(72) };
     let front = final_front(&run_to_end(spec(&f, &f.root.join("s"), s)));
     assert_eq!(front.len(), 1);
-    assert_eq!(front[0].remaining_layers, 5);
+    assert_eq!(front[0].result.remaining_layers, 5);
 }
 
 #[test]

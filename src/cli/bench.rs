@@ -22,6 +22,8 @@ pub enum Suite {
     Prefill,
     /// Fitness evaluations per second: the straightforward way against the engine.
     Fitness,
+    /// Initial populations: uniform (paper) against banded, by compression and fitness.
+    Init,
     /// Every merge operator on single spans of 2, 3 and 5 layers at three depths: fitness
     /// components and perplexity, as Markdown tables.
     MergeOps,
@@ -79,6 +81,7 @@ pub fn run(args: BenchArgs, device: Option<DeviceChoice>) -> Result<()> {
     match args.suite {
         Suite::Fitness => return fitness_bench(&args, &devices),
         Suite::MergeOps => return merge_ops(&args, devices[0]),
+        Suite::Init => return init_bench(&args, devices[0]),
         Suite::Prefill => {}
     }
     let mut rows = Vec::new();
@@ -244,6 +247,49 @@ fn merge_ops(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
     for op in gelaco::collapse::MergeOp::ALL {
         let v: Vec<f64> = rows.iter().filter(|r| r.0 == op).map(|r| r.1).collect();
         println!("  {op:<10} {:.4}", v.iter().sum::<f64>() / v.len() as f64);
+    }
+    Ok(())
+}
+
+fn init_bench(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
+    use gelaco::search::{Init, SearchSettings, initial_population};
+    let calib = args.calib.clone().ok_or_else(|| gelaco::Error::Invalid("--suite init needs --calib FILE".into()))?;
+    let m = super::load(&args.model, device)?;
+    let cal = calibration::load(&CalibSource::File(calib), &CalibOptions { samples: 16, max_tokens: 64, ..CalibOptions::default() }, &m.model, &m.tokenizer)?;
+    let layers = m.model.num_layers();
+    let engine = FitnessEngine::new(&m.model, cal, EngineOptions::default())?;
+    println!("| initialisation | plans | mean layers removed | plans removing > half | mean fitness | fitness < 0.5 | non-finite |");
+    println!("|---|---|---|---|---|---|---|");
+    for init in [Init::Paper, Init::Banded] {
+        let settings = SearchSettings { population: args.plans.max(2), init, seed: 1, ..SearchSettings::default() };
+        let encoding = settings.encoding(layers);
+        let genes: Vec<Vec<f64>> = match init {
+            Init::Paper => {
+                let bounds = encoding.bounds();
+                let mut rng = StdRng::seed_from_u64(1);
+                (0..settings.population).map(|_| bounds.sample(&mut rng)).collect()
+            }
+            _ => initial_population(&settings, &encoding, &[]),
+        };
+        let (mut removed, mut over_half, mut fit, mut low, mut bad) = (0usize, 0usize, 0f64, 0usize, 0usize);
+        for g in &genes {
+            let plan = encoding.decode(g);
+            let r = engine.evaluate(&plan)?;
+            removed += plan.removed();
+            over_half += (plan.removed() * 2 > layers) as usize;
+            fit += r.fitness;
+            low += (r.fitness < 0.5) as usize;
+            bad += r.non_finite as usize;
+        }
+        let n = genes.len();
+        println!(
+            "| {init:?} | {n} | {:.1} of {layers} | {:.0}% | {:.3} | {:.0}% | {:.0}% |",
+            removed as f64 / n as f64,
+            100.0 * over_half as f64 / n as f64,
+            fit / n as f64,
+            100.0 * low as f64 / n as f64,
+            100.0 * bad as f64 / n as f64
+        );
     }
     Ok(())
 }

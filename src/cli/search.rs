@@ -300,12 +300,13 @@ fn drive(handle: JobHandle, json: bool) -> Result<()> {
 fn print_front(front: &[FrontEntry], baselines: &[BaselineSolution]) {
     println!("{:>9} {:>11} {:>7} {:>9}  merges", "fitness", "compression", "layers", "params");
     for f in front {
+        let r = &f.result;
         println!(
             "{:>9.4} {:>10.1}% {:>7} {:>8.1}%  {}",
-            f.fitness,
-            100.0 * f.compression,
-            f.remaining_layers,
-            100.0 * f.params_removed,
+            r.fitness,
+            100.0 * r.compression,
+            r.remaining_layers,
+            100.0 * r.params_removed,
             if f.merges.is_empty() { "(none)" } else { &f.merges }
         );
     }

@@ -55,6 +55,14 @@ impl MaskedTaps {
         let sq_norms = outputs.clone().map(|t| per_sample_sum(t.square()));
         MaskedTaps { outputs, sq_norms }
     }
+
+    /// Outputs left as they are, norms over real tokens only: enough to compare with
+    /// masked reference outputs, whose zeros at padding cancel the padding here.
+    pub fn unmasked(taps: &LayerTaps, mask: &Tensor<3>) -> Self {
+        let outputs = taps.all().map(|t| t.clone());
+        let sq_norms = outputs.clone().map(|t| per_sample_sum(t.square() * mask.clone()));
+        MaskedTaps { outputs, sq_norms }
+    }
 }
 
 /// The original model's activations on one chunk.

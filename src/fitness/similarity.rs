@@ -48,7 +48,7 @@ pub fn chunk_similarity(compressed: &Llama, plan: &Plan, reference: &ReferenceAc
         let fin = compressed.final_norm(h) * chunk.mask.clone();
         let fin_sq = per_sample_sum(fin.clone().square());
         hidden_cos = cosine(&reference.final_hidden, &reference.final_sq, &fin, &fin_sq);
-        let masked: Vec<MaskedTaps> = taps.iter().map(|t| MaskedTaps::new(t, &chunk.mask)).collect();
+        let masked: Vec<MaskedTaps> = taps.iter().map(|t| MaskedTaps::unmasked(t, &chunk.mask)).collect();
         for j in first..layers {
             let c = &masked[plan.psi[j] - first];
             let r = &reference.taps[j];

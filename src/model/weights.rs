@@ -79,28 +79,10 @@ pub fn gguf_to_hf(name: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{h}"))
 }
 
-/// Undo llama.cpp's q/k row permutation (interleaved RoPE pairs back to halves).
-///
-/// llama.cpp stores, per head, row `2*j + i` what Hugging Face stores at row
-/// `i * head_dim/2 + j`. `rows` are the weight's rows (or a bias's elements).
-pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let head_dim = rows / heads;
-    let half = head_dim / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..heads {
-        for i in 0..2 {
-            for j in 0..half {
-                let dst = h * head_dim + i * half + j;
-                let src = h * head_dim + 2 * j + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
-/// Inverse of [`unpermute_rows`]: Hugging Face layout to llama.cpp's.
-pub fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+/// Move whole rows between Hugging Face's q/k layout and llama.cpp's. Per head, llama.cpp
+/// stores at row `2*j + i` what Hugging Face stores at row `i * head_dim/2 + j`;
+/// `to_gguf` picks the direction. `rows` are the weight's rows (or a bias's elements).
+fn move_rows(data: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
     let head_dim = rows / heads;
     let half = head_dim / 2;
     let mut out = vec![0f32; data.len()];
@@ -109,11 +91,22 @@ pub fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec
             for j in 0..half {
                 let hf = h * head_dim + i * half + j;
                 let gg = h * head_dim + 2 * j + i;
-                out[gg * cols..(gg + 1) * cols].copy_from_slice(&data[hf * cols..(hf + 1) * cols]);
+                let (dst, src) = if to_gguf { (gg, hf) } else { (hf, gg) };
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
     out
+}
+
+/// Undo llama.cpp's q/k row permutation (interleaved RoPE pairs back to halves).
+pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    move_rows(data, rows, cols, heads, false)
+}
+
+/// Inverse of [`unpermute_rows`]: Hugging Face layout to llama.cpp's.
+pub fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    move_rows(data, rows, cols, heads, true)
 }
 
 struct Shard {

@@ -249,26 +249,13 @@ fn front_entries(problem: &PlanProblem, algo: &Algorithm, mode: Mode) -> Vec<Fro
         .filter_map(|ind| {
             let plan = problem.encoding.decode(&ind.x);
             let r = problem.cached(&plan.model_key())?;
-            Some(FrontEntry {
-                fitness: r.fitness,
-                attention: r.attention,
-                ffn: r.ffn,
-                hidden: r.hidden,
-                compression: r.compression,
-                params_removed: r.params_removed,
-                remaining_layers: r.remaining_layers,
-                merges: plan.merges_text(),
-                canonical: plan.canonical.clone(),
-                psi: plan.psi.clone(),
-                genes: ind.x.clone(),
-                per_layer: r.per_layer.clone(),
-            })
+            Some(FrontEntry { merges: plan.merges_text(), genes: ind.x.clone(), result: (*r).clone() })
         })
         .collect()
 }
 
 fn front_hypervolume(front: &[FrontEntry]) -> f64 {
-    hypervolume(&front.iter().map(|f| [f.fitness, f.compression]).collect::<Vec<_>>())
+    hypervolume(&front.iter().map(|f| [f.result.fitness, f.result.compression]).collect::<Vec<_>>())
 }
 
 fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicBool) -> Result<()> {
@@ -461,7 +448,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         let front = front_entries(&problem, &algo, settings.mode);
         let hv = front_hypervolume(&front);
         hv_history.push(hv);
-        let best = front.iter().map(|f| f.fitness).fold(f64::NEG_INFINITY, f64::max);
+        let best = front.iter().map(|f| f.result.fitness).fold(f64::NEG_INFINITY, f64::max);
         shown.set((best, front.len(), hv));
         counters.set((problem.cache_hits, problem.unique()));
         generation_now.set(algo.state.generation);
