@@ -212,3 +212,44 @@ fn seeded_sampling_repeats() {
     let b = generate(&lm.model, &lm.tokenizer, &PROMPT, &opts, |_| {}).unwrap();
     assert_eq!(a.generated_ids, b.generated_ids);
 }
+
+#[test]
+fn sharded_f16_safetensors_load() {
+    let tiny = Tiny::default();
+    let (_dir, g, hf) = tiny.write_both();
+    common::write_sharded_f16(&tiny, &hf);
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let a = logits_of(&load(&g, &cpu).model, &[PROMPT.to_vec()]);
+    let b = logits_of(&load(&hf, &cpu).model, &[PROMPT.to_vec()]);
+    let d = max_abs_diff(&a, &b);
+    // f16 keeps about 3 decimal digits of every weight
+    assert!(d < 0.05, "sharded f16 logits differ by {d}");
+    assert!(d > 0.0, "the f16 shards were not what got loaded");
+}
+
+#[test]
+fn mistral_sliding_window_limits_attention() {
+    let tiny = Tiny { layers: 2, ..Tiny::default() };
+    let (_dir, _g, hf) = tiny.write_both();
+    let cfg = hf.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    v["model_type"] = serde_json::json!("mistral");
+    v["sliding_window"] = serde_json::json!(3);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let m = load(&hf, &cpu).model;
+    assert_eq!(m.config.sliding_window, Some(3));
+    let a: Vec<u32> = (10..22).collect();
+    let mut b = a.clone();
+    b[0] = 99;
+    let ha = download(m.forward(&[a], None).unwrap()).unwrap().data;
+    let hb = download(m.forward(&[b], None).unwrap()).unwrap().data;
+    let h = m.config.hidden_size;
+    let diff = |pos: usize| max_abs_diff(&ha[pos * h..(pos + 1) * h], &hb[pos * h..(pos + 1) * h]);
+    // two layers with a window of 3 reach back at most 4 positions
+    assert!(diff(1) > 1e-4);
+    for pos in 5..12 {
+        assert_eq!(diff(pos), 0.0, "position {pos} saw token 0 through the window");
+    }
+}

@@ -533,3 +533,68 @@ impl Llama {
         (padded, lens)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{Arch, ModelConfig};
+
+    fn llama31() -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Llama,
+            vocab_size: 8,
+            hidden_size: 4096,
+            intermediate_size: 8,
+            num_layers: 1,
+            num_heads: 32,
+            num_kv_heads: 8,
+            head_dim: 128,
+            rms_norm_eps: 1e-5,
+            rope_theta: 500_000.0,
+            rope_scaling: Some(RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            }),
+            max_position_embeddings: 131_072,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            qk_norm: false,
+            sliding_window: None,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn llama3_rope_scaling_has_three_regimes() {
+        let scaled = rope_inv_freq(&llama31(), None);
+        let plain = rope_inv_freq(&ModelConfig { rope_scaling: None, ..llama31() }, None);
+        let (low_wavelen, high_wavelen) = (8192.0, 2048.0);
+        let mut seen = [false; 3];
+        for (s, p) in scaled.iter().zip(&plain) {
+            let wavelen = 2.0 * std::f64::consts::PI / p;
+            if wavelen < high_wavelen {
+                assert_eq!(s, p, "high frequencies are kept");
+                seen[0] = true;
+            } else if wavelen > low_wavelen {
+                assert!((s - p / 8.0).abs() < 1e-15, "low frequencies are divided by the factor");
+                seen[1] = true;
+            } else {
+                assert!(*s < *p && *s > p / 8.0, "the band between is interpolated");
+                seen[2] = true;
+            }
+        }
+        assert_eq!(seen, [true; 3]);
+    }
+
+    #[test]
+    fn frequency_factors_divide_frequencies() {
+        let cfg = ModelConfig { rope_scaling: None, ..llama31() };
+        let factors: Vec<f32> = (0..64).map(|i| 1.0 + i as f32).collect();
+        let plain = rope_inv_freq(&cfg, None);
+        let f = rope_inv_freq(&cfg, Some(&factors));
+        assert!((f[10] - plain[10] / 11.0).abs() < 1e-15);
+    }
+}

@@ -325,3 +325,33 @@ pub fn write_parquet(path: &Path, column: &str, values: &[String]) {
     group.close().unwrap();
     writer.close().unwrap();
 }
+
+/// Write the Hugging Face weights of `tiny` as f16 in two shards with an index.
+pub fn write_sharded_f16(tiny: &Tiny, dir: &Path) {
+    let weights: Vec<(String, Vec<usize>, Vec<f32>)> = tiny.weights().into_iter().map(|(n, (s, d, _))| (n, s, d)).collect();
+    let half = weights.len() / 2;
+    let mut map = serde_json::Map::new();
+    for (i, part) in [&weights[..half], &weights[half..]].iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let mut header = serde_json::Map::new();
+        let mut data = Vec::new();
+        for (name, shape, values) in part.iter() {
+            let start = data.len();
+            for v in values {
+                data.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+            }
+            header.insert(name.clone(), serde_json::json!({"dtype": "F16", "shape": shape, "data_offsets": [start, data.len()]}));
+            map.insert(name.clone(), serde_json::Value::String(file.clone()));
+        }
+        let mut h = serde_json::to_vec(&header).unwrap();
+        while h.len() % 8 != 0 {
+            h.push(b' ');
+        }
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&data);
+        std::fs::write(dir.join(&file), out).unwrap();
+    }
+    std::fs::remove_file(dir.join("model.safetensors")).ok();
+    std::fs::write(dir.join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+}
