@@ -256,6 +256,11 @@ fn drive(handle: JobHandle, json: bool) -> Result<()> {
                 run_dir = Some(d);
             }
             Event::Baselines { solutions } => baselines = solutions,
+            Event::Stage { message } => {
+                if !json {
+                    eprintln!("{message}...");
+                }
+            }
             Event::Progress(p) => {
                 bar.set_length(p.budget as u64);
                 bar.set_position(p.evaluations as u64);

@@ -69,6 +69,8 @@ pub struct Progress {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     Started { run_dir: PathBuf, device: String, layers: usize, calibration_hash: String, resumed: bool },
+    /// What the job is doing before the search proper starts.
+    Stage { message: String },
     Baselines { solutions: Vec<BaselineSolution> },
     Evaluated { evaluation: EvaluatedPlan },
     Progress(Progress),
@@ -309,17 +311,17 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
     let engine = FitnessEngine::new(&m.model, calibration, EngineOptions { merge: MergeSettings { keep_base_norms: settings.keep_norms }, ..info.engine })?;
     out.send(Event::Started { run_dir: store.dir.clone(), device: description, layers, calibration_hash: engine.calibration.hash.clone(), resumed });
 
-    let mut baseline_plans = Vec::new();
-    if want_baselines || (settings.init == Init::Warm && !resumed) {
-        let b = compute_baselines(&engine, settings.merge_op.unwrap_or(crate::collapse::merge::DEFAULT_MERGE_OP))?;
-        store.write_baselines(&b)?;
-        baseline_plans = b.iter().map(|s| s.plan.clone()).collect();
-        out.send(Event::Baselines { solutions: b });
-    } else if resumed {
-        let b = super::store::read_baselines(&store.dir)?;
-        if !b.is_empty() {
-            out.send(Event::Baselines { solutions: b });
-        }
+    // a resumed run reuses its baselines (a warm start must see the same seeds)
+    let mut baselines = super::store::read_baselines(&store.dir)?;
+    if baselines.is_empty() && (want_baselines || settings.init == Init::Warm) {
+        out.send(Event::Stage { message: "computing the LaCo and ShortGPT baselines".into() });
+        baselines = compute_baselines(&engine, settings.merge_op.unwrap_or(crate::collapse::merge::DEFAULT_MERGE_OP))?;
+        store.write_baselines(&baselines)?;
+    }
+    let baseline_plans: Vec<_> = baselines.iter().map(|s| s.plan.clone()).collect();
+    let known: Vec<_> = baselines.iter().map(|b| (b.plan.model_key(), Arc::new(b.result.clone()))).collect();
+    if !baselines.is_empty() {
+        out.send(Event::Baselines { solutions: baselines });
     }
 
     let encoding = settings.encoding(layers);
@@ -379,8 +381,8 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
     for e in &logged {
         problem.preload(e.key.clone(), e.result.clone());
     }
-    for b in super::store::read_baselines(&store.borrow().dir)? {
-        problem.preload(b.plan.model_key(), Arc::new(b.result));
+    for (key, result) in known {
+        problem.preload(key, result);
     }
     if let Some(cp) = &checkpoint {
         problem.evaluated = cp.evaluated;
@@ -434,6 +436,9 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
             if reason.get().is_some() || should_stop() {
                 break;
             }
+        }
+        if !initialized {
+            out.send(Event::Stage { message: format!("evaluating the first population ({})", settings.population) });
         }
         let outcome = if initialized {
             algo.step(&mut problem, Some(budget - algo.state.evaluations), &should_stop)?
