@@ -266,17 +266,24 @@ impl Tiny {
 
 /// A minimal safetensors writer (f32 only).
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    write_safetensors_as(path, tensors, false);
+}
+
+/// A minimal safetensors writer, f32 or f16.
+pub fn write_safetensors_as(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], f16: bool) {
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
     for (name, shape, values) in tensors {
         let start = data.len();
         for v in values {
-            data.extend_from_slice(&v.to_le_bytes());
+            if f16 {
+                data.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+            } else {
+                data.extend_from_slice(&v.to_le_bytes());
+            }
         }
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
-        );
+        let dtype = if f16 { "F16" } else { "F32" };
+        header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}));
     }
     let mut h = serde_json::to_vec(&header).unwrap();
     while h.len() % 8 != 0 {
@@ -333,24 +340,10 @@ pub fn write_sharded_f16(tiny: &Tiny, dir: &Path) {
     let mut map = serde_json::Map::new();
     for (i, part) in [&weights[..half], &weights[half..]].iter().enumerate() {
         let file = format!("model-{:05}-of-00002.safetensors", i + 1);
-        let mut header = serde_json::Map::new();
-        let mut data = Vec::new();
-        for (name, shape, values) in part.iter() {
-            let start = data.len();
-            for v in values {
-                data.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes());
-            }
-            header.insert(name.clone(), serde_json::json!({"dtype": "F16", "shape": shape, "data_offsets": [start, data.len()]}));
+        for (name, _, _) in part.iter() {
             map.insert(name.clone(), serde_json::Value::String(file.clone()));
         }
-        let mut h = serde_json::to_vec(&header).unwrap();
-        while h.len() % 8 != 0 {
-            h.push(b' ');
-        }
-        let mut out = (h.len() as u64).to_le_bytes().to_vec();
-        out.extend_from_slice(&h);
-        out.extend_from_slice(&data);
-        std::fs::write(dir.join(&file), out).unwrap();
+        write_safetensors_as(&dir.join(&file), part, true);
     }
     std::fs::remove_file(dir.join("model.safetensors")).ok();
     std::fs::write(dir.join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
