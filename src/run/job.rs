@@ -26,7 +26,7 @@ use crate::fitness::{EngineOptions, FitnessEngine};
 use crate::model::{self, LoadedModel};
 use crate::search::algorithm::{Algorithm, StepOutcome};
 use crate::search::baselines::{self, BaselineSolution, LacoSettings};
-use crate::search::problem::{EvaluatedPlan, Mode, PlanProblem};
+use crate::search::problem::{EvaluatedPlan, PlanProblem};
 use crate::search::{Init, SearchSettings, best_of, hypervolume, initial_population};
 
 /// Commands to a running job.
@@ -245,8 +245,8 @@ pub fn compute_baselines(engine: &FitnessEngine, merge_op: crate::collapse::Merg
     Ok(out)
 }
 
-fn front_entries(problem: &PlanProblem, algo: &Algorithm, mode: Mode) -> Vec<FrontEntry> {
-    best_of(&algo.state.population, mode)
+fn front_entries(problem: &PlanProblem, algo: &Algorithm) -> Vec<FrontEntry> {
+    best_of(&algo.state.population)
         .into_iter()
         .filter_map(|ind| {
             let plan = problem.encoding.decode(&ind.x);
@@ -450,7 +450,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
             break;
         }
         initialized = true;
-        let front = front_entries(&problem, &algo, settings.mode);
+        let front = front_entries(&problem, &algo);
         let hv = front_hypervolume(&front);
         hv_history.push(hv);
         let best = front.iter().map(|f| f.result.fitness).fold(f64::NEG_INFINITY, f64::max);
@@ -479,7 +479,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         progress(algo.state.evaluations, true);
     }
     let reason = reason.get().unwrap_or(StopReason::Stopped);
-    let front = if initialized { front_entries(&problem, &algo, settings.mode) } else { Vec::new() };
+    let front = if initialized { front_entries(&problem, &algo) } else { Vec::new() };
     drop(problem);
     let store = store.into_inner();
     let status = if reason == StopReason::Stopped { Status::Stopped } else { Status::Finished };

@@ -236,14 +236,6 @@ impl Algorithm {
         self.state = AlgorithmState { generation, evaluations, population: survive(self.settings.survival, pool, n) };
         Ok(StepOutcome::Done)
     }
-
-    /// The best members: the first front (Pareto) or the best feasible one (single).
-    pub fn best(&self) -> Vec<&Individual> {
-        match self.settings.survival {
-            Survival::Pareto => self.state.population.iter().filter(|i| i.rank == 0).collect(),
-            Survival::Single => self.state.population.iter().take(1).collect(),
-        }
-    }
 }
 
 #[cfg(test)]

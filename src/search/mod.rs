@@ -171,13 +171,10 @@ pub fn initial_population(settings: &SearchSettings, encoding: &Encoding, seeds:
     out
 }
 
-/// The best solutions of a population: the first front sorted by compression (Pareto),
-/// or the best feasible individual (single).
-pub fn best_of(population: &[Individual], mode: Mode) -> Vec<Individual> {
-    let mut best: Vec<Individual> = match mode {
-        Mode::Pareto => population.iter().filter(|i| i.rank == 0).cloned().collect(),
-        Mode::Single { .. } => population.iter().filter(|i| i.rank == 0).cloned().collect(),
-    };
+/// The best solutions of a population, sorted by compression: rank 0, which survival gives
+/// to the first front (Pareto) or to the single best individual (single objective).
+pub fn best_of(population: &[Individual]) -> Vec<Individual> {
+    let mut best: Vec<Individual> = population.iter().filter(|i| i.rank == 0).cloned().collect();
     best.sort_by(|a, b| {
         let ka = a.eval.objectives.get(1).copied().unwrap_or(0.0);
         let kb = b.eval.objectives.get(1).copied().unwrap_or(0.0);
