@@ -1,11 +1,13 @@
 //! GeLaCo Studio core: model runtime, layer collapse, fitness, search and runs.
-//! No windows, no terminals: the GUI and the command line are shells over this.
+//! The window (`gui`) and the command line are thin shells over the same job API.
 
 pub mod backend;
 pub mod collapse;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod fitness;
+pub mod gui;
 pub mod model;
 pub mod run;
 pub mod search;

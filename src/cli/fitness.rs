@@ -1,6 +1,6 @@
 //! `gelaco fitness`: the GeLaCo fitness of one collapse plan.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
@@ -10,7 +10,10 @@ use gelaco::backend::DeviceChoice;
 use gelaco::collapse::{MergeOp, MergeSettings, Plan, Triple};
 use gelaco::fitness::calibration::{self, CalibOptions, CalibSource, Calibration, Pick};
 use gelaco::fitness::{EngineOptions, FitnessEngine};
-use gelaco::model::LoadedModel;
+use gelaco::export::Recipe;
+use gelaco::export::recipe::{CalibrationIdentity, RecipeScores};
+use gelaco::model::{LoadedModel, Llama};
+use gelaco::run::store::ModelIdentity;
 
 /// Where calibration samples come from and how they are cut.
 #[derive(Args, Clone, Debug)]
@@ -104,7 +107,7 @@ impl MergeOpArg {
     }
 }
 
-/// A compressed model given as merges on the command line.
+/// A compressed model given on the command line: merges, or a recipe file.
 #[derive(Args, Clone, Debug)]
 pub struct CompressArgs {
     /// Merges in genotype order: "B:E,B:E,..." (inclusive, original 0-based layers);
@@ -117,41 +120,127 @@ pub struct CompressArgs {
     /// Leave the RMSNorm weights of the base layer unmerged.
     #[arg(long)]
     pub keep_norms: bool,
+    /// A recipe file (from `gelaco front --recipes`, `fitness --save-recipe`), instead of --merges.
+    #[arg(long, conflicts_with = "merges")]
+    pub recipe: Option<PathBuf>,
+    /// Apply a recipe to a model file other than the one it was made for (same
+    /// architecture and layer count).
+    #[arg(long)]
+    pub any_model: bool,
 }
 
 impl CompressArgs {
+    /// The merges and operator, checked as far as possible without the model.
+    pub fn check(&self) -> Result<()> {
+        match &self.recipe {
+            Some(p) => {
+                Recipe::load(p)?;
+            }
+            None => {
+                check_merges(&self.merges, self.merge_op)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The compressed model these arguments describe, or `None` for the original.
+    pub fn variant(&self, m: &LoadedModel, hash: &ModelHash) -> Result<Option<Variant>> {
+        match &self.recipe {
+            Some(p) => Variant::from_recipe(p, m, hash, self.any_model).map(Some),
+            None if self.merges.trim().is_empty() => Ok(None),
+            None => Variant::from_merges(&self.merges, self.merge_op, self.settings(), m).map(Some),
+        }
+    }
+
     pub fn settings(&self) -> MergeSettings {
         MergeSettings { keep_base_norms: self.keep_norms }
     }
 
-    /// The merges and operator, checked as far as possible without the model.
-    pub fn check(&self) -> Result<(Vec<Triple>, MergeOp)> {
-        let op = self.merge_op.op().ok_or_else(|| {
-            gelaco::Error::Invalid(
-                "--merge-op auto lets a search choose operators; give one operator here, or one per merge as B:E:op".into(),
-            )
-        })?;
-        let triples = Plan::parse_merges(&self.merges)?;
-        if let Some(t) = triples.iter().find(|t| t.b >= t.e) {
-            return Err(gelaco::Error::Invalid(format!("merge {}:{} needs B < E", t.b, t.e)).into());
-        }
-        Ok((triples, op))
-    }
-
-    /// The plan for a model of `layers` layers.
-    pub fn plan(&self, layers: usize) -> Result<Plan> {
-        let (triples, op) = self.check()?;
-        Ok(Plan::from_triples(&triples, layers, op)?)
-    }
-
     /// Replace the loaded model by its compressed form (shared tensors plus merged layers).
-    pub fn apply(&self, m: &mut LoadedModel) -> Result<Plan> {
-        let plan = self.plan(m.model.num_layers())?;
-        if !plan.canonical.is_empty() {
-            m.model = gelaco::collapse::build(&m.model, &plan, self.settings());
-            eprintln!("note: compressed model, {} of {} layers ({})", plan.remaining(), plan.num_layers, plan.merges_text());
+    pub fn apply(&self, m: &mut LoadedModel) -> Result<Option<Variant>> {
+        let v = self.variant(m, &ModelHash::default())?;
+        if let Some(v) = &v {
+            m.model = v.build(&m.model);
+            eprintln!("note: compressed model, {}", v.describe());
         }
-        Ok(plan)
+        Ok(v)
+    }
+}
+
+/// Merges text and operator checked without the model.
+pub fn check_merges(merges: &str, op: MergeOpArg) -> Result<(Vec<Triple>, MergeOp)> {
+    let op = op.op().ok_or_else(|| {
+        gelaco::Error::Invalid(
+            "--merge-op auto lets a search choose operators; give one operator here, or one per merge as B:E:op".into(),
+        )
+    })?;
+    let triples = Plan::parse_merges(merges)?;
+    if let Some(t) = triples.iter().find(|t| t.b >= t.e) {
+        return Err(gelaco::Error::Invalid(format!("merge {}:{} needs B < E", t.b, t.e)).into());
+    }
+    Ok((triples, op))
+}
+
+/// The content hash of the loaded model, computed once when first needed.
+#[derive(Default)]
+pub struct ModelHash(std::sync::OnceLock<String>);
+
+impl ModelHash {
+    pub fn get(&self, m: &LoadedModel) -> Result<&str> {
+        if self.0.get().is_none() {
+            let h = m.files.sha256()?;
+            let _ = self.0.set(h);
+        }
+        Ok(self.0.get().map(String::as_str).unwrap_or_default())
+    }
+}
+
+/// One compressed model to build from the loaded original.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    pub label: String,
+    pub plan: Plan,
+    pub merge_op: MergeOp,
+    pub settings: MergeSettings,
+    pub recipe: Option<Recipe>,
+}
+
+impl Variant {
+    pub fn from_recipe(path: &Path, m: &LoadedModel, hash: &ModelHash, any_model: bool) -> Result<Self> {
+        let r = Recipe::load(path)?;
+        r.check_model(&m.files, hash.get(m)?, any_model)?;
+        let label = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recipe".into());
+        Ok(Variant { label, plan: r.plan()?, merge_op: r.merge_op, settings: r.settings(), recipe: Some(r) })
+    }
+
+    pub fn from_merges(merges: &str, op: MergeOpArg, settings: MergeSettings, m: &LoadedModel) -> Result<Self> {
+        let (triples, op) = check_merges(merges, op)?;
+        let plan = Plan::from_triples(&triples, m.model.num_layers(), op)?;
+        Ok(Variant { label: merges.to_string(), plan, merge_op: op, settings, recipe: None })
+    }
+
+    pub fn build(&self, base: &Llama) -> Llama {
+        gelaco::collapse::build(base, &self.plan, self.settings)
+    }
+
+    /// The recipe of this variant: the one it was read from, or a new one.
+    pub fn recipe(&self, m: &LoadedModel, hash: &ModelHash) -> Result<Recipe> {
+        match &self.recipe {
+            Some(r) => Ok(r.clone()),
+            None => {
+                let identity = ModelIdentity {
+                    path: std::fs::canonicalize(&m.files.path).unwrap_or_else(|_| m.files.path.clone()),
+                    sha256: hash.get(m)?.to_string(),
+                    architecture: m.files.config.arch.name().to_string(),
+                    layers: m.files.config.num_layers,
+                };
+                Ok(Recipe::new(identity, &self.plan, self.merge_op, self.settings))
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{} of {} layers ({})", self.plan.remaining(), self.plan.num_layers, self.plan.merges_text())
     }
 }
 
@@ -166,6 +255,12 @@ pub struct FitnessArgs {
     /// Seed of `--pick random` and `--calib self`.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write the scored plan as a recipe file.
+    #[arg(long)]
+    pub save_recipe: Option<PathBuf>,
+    /// Replace an existing --save-recipe file.
+    #[arg(long)]
+    pub force: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -173,10 +268,17 @@ pub struct FitnessArgs {
 pub fn run(args: FitnessArgs, device: DeviceChoice) -> Result<()> {
     // flags are checked before the model is loaded
     args.compress.check()?;
+    if let Some(p) = &args.save_recipe {
+        gelaco::export::refuse_existing(p, args.force)?;
+    }
     let m = super::load(&args.model, device)?;
-    let plan = args.compress.plan(m.model.num_layers())?;
+    let hash = ModelHash::default();
+    let variant = args.compress.variant(&m, &hash)?;
+    let (plan, settings) = match &variant {
+        Some(v) => (v.plan.clone(), v.settings),
+        None => (Plan::identity(m.model.num_layers()), args.compress.settings()),
+    };
     let calibration = args.calib.load(&m, args.seed)?;
-    let settings = args.compress.settings();
     let t = std::time::Instant::now();
     let engine = FitnessEngine::new(&m.model, calibration, args.calib.engine_options(settings))?;
     let prepare = t.elapsed().as_secs_f64();
@@ -184,6 +286,24 @@ pub fn run(args: FitnessArgs, device: DeviceChoice) -> Result<()> {
     let r = engine.evaluate(&plan)?;
     let seconds = t.elapsed().as_secs_f64();
     let cal = &engine.calibration;
+    if let (Some(p), Some(v)) = (&args.save_recipe, &variant) {
+        let mut recipe = v.recipe(&m, &hash)?;
+        recipe.calibration = Some(CalibrationIdentity {
+            hash: cal.hash.clone(),
+            source: cal.source.describe(),
+            samples: Some(cal.samples.len()),
+            tokens: Some(cal.tokens()),
+        });
+        recipe.seed = Some(args.seed);
+        recipe.fitness = Some(RecipeScores::from(&r));
+        if recipe.origin.is_empty() {
+            recipe.origin = "gelaco fitness".into();
+        }
+        recipe.save(p, args.force)?;
+        eprintln!("recipe written to {}", p.display());
+    } else if args.save_recipe.is_some() {
+        return Err(gelaco::Error::Invalid("--save-recipe needs --merges or --recipe: the original model needs no recipe".into()).into());
+    }
     if args.json {
         super::print_json(&json!({
             "fitness": r.fitness,
@@ -200,8 +320,8 @@ pub fn run(args: FitnessArgs, device: DeviceChoice) -> Result<()> {
             "per_layer": r.per_layer,
             "calibration_hash": cal.hash,
             "calibration": {"source": cal.source.describe(), "samples": cal.samples.len(), "tokens": cal.tokens()},
-            "merge_op": args.compress.merge_op.op().map(|o| o.name()),
-            "keep_norms": args.compress.keep_norms,
+            "merge_op": variant.as_ref().map(|v| v.merge_op.name()).or(args.compress.merge_op.op().map(|o| o.name())),
+            "keep_norms": settings.keep_base_norms,
             "device": m.device.description,
             "reference_seconds": prepare,
             "evaluation_seconds": seconds,

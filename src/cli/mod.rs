@@ -15,6 +15,7 @@ use gelaco::model::{self, LoadedModel, ModelFiles};
 
 mod bench;
 mod fitness;
+mod judge;
 mod search;
 
 #[derive(Parser)]
@@ -22,8 +23,9 @@ mod search;
 struct Cli {
     #[command(flatten)]
     common: Common,
+    /// Without a command, the window opens.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Args, Clone)]
@@ -95,10 +97,67 @@ enum Command {
         #[command(subcommand)]
         method: search::BaselineCommand,
     },
+    /// Zero-shot multiple-choice accuracy (and perplexity) of the original and compressed models, as one table.
+    Eval(judge::EvalArgs),
+    /// Generate from the same prompt with the original and each compressed model.
+    Compare(judge::CompareArgs),
+    /// Write a compressed model as a Hugging Face folder or a GGUF file.
+    Export(judge::ExportArgs),
+    /// Open the GeLaCo Studio window (also what `gelaco` without a command does).
+    Gui(GuiArgs),
     /// Prefill throughput on each backend (batch 16 x 64 and 1 x 512 tokens).
     Bench(bench::BenchArgs),
     /// List the WGPU adapters of this machine and what --device auto would choose.
     Devices,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct GuiArgs {
+    /// Open this model at start.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Start a search at once with the saved settings.
+    #[arg(long)]
+    run: bool,
+    /// Evaluation budget of that search.
+    #[arg(long)]
+    evaluations: Option<usize>,
+    /// Run folder of that search.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Show this run folder at start (its evaluations, front and baselines).
+    #[arg(long)]
+    load_run: Option<PathBuf>,
+    /// Select the best front solution as soon as there is one.
+    #[arg(long)]
+    select_best: bool,
+    #[arg(long, value_parser = ["light", "dark"])]
+    theme: Option<String>,
+    /// Close the window after this many seconds (scripted screenshots).
+    #[arg(long)]
+    exit_after: Option<f64>,
+    /// Write frame times (build and interval, in ms) to this JSON file on exit.
+    #[arg(long)]
+    frame_stats: Option<PathBuf>,
+    /// Neither read nor save the window's settings.
+    #[arg(long)]
+    fresh: bool,
+}
+
+fn gui(a: GuiArgs, device: Option<DeviceChoice>) -> Result<()> {
+    let launch = gelaco::gui::Launch {
+        model: a.model,
+        run: a.run,
+        evaluations: a.evaluations,
+        dark: a.theme.as_deref().map(|t| t == "dark"),
+        select_best: a.select_best,
+        out: a.out,
+        ephemeral: a.fresh,
+        device,
+        load_run: a.load_run,
+    };
+    gelaco::gui::run(launch, a.frame_stats, a.exit_after.map(std::time::Duration::from_secs_f64))
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 pub fn init_logging(verbose: bool) {
@@ -138,7 +197,11 @@ pub fn try_main() -> Result<()> {
     let common = cli.common;
     init_logging(common.verbose);
     let device = common.device.unwrap_or_default();
-    match cli.command {
+    let Some(command) = cli.command else {
+        return gui(GuiArgs::default(), common.device);
+    };
+    match command {
+        Command::Gui(args) => gui(args, common.device),
         Command::Inspect { model, json } => {
             inspect(&model, json)
         }
@@ -217,7 +280,8 @@ pub fn try_main() -> Result<()> {
             compress.check()?;
             let content = std::fs::read_to_string(&text).map_err(|e| gelaco::Error::io(&text, e))?;
             let mut m = load(&model, device)?;
-            let plan = compress.apply(&mut m)?;
+            let variant = compress.apply(&mut m)?;
+            let plan = variant.map(|v| v.plan).unwrap_or_else(|| gelaco::collapse::Plan::identity(m.model.num_layers()));
             let ids = m.tokenizer.encode(&content)?;
             let bar = ProgressBar::new(0);
             bar.set_style(
@@ -255,6 +319,9 @@ pub fn try_main() -> Result<()> {
         Command::Resume(args) => search::resume(args, device),
         Command::Front(args) => search::front(args),
         Command::Baseline { method } => search::baseline(method, device),
+        Command::Eval(args) => judge::eval(args, device),
+        Command::Compare(args) => judge::compare(args, device),
+        Command::Export(args) => judge::export(args, device),
         Command::Bench(args) => bench::run(args, common.device),
         Command::Devices => {
             let all = backend::adapters();

@@ -10,6 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::fitness::{CalibArgs, MergeOpArg};
 use gelaco::backend::DeviceChoice;
 use gelaco::collapse::MergeSettings;
+use gelaco::export::Recipe;
+use gelaco::export::recipe::plan_of;
 use gelaco::fitness::FitnessEngine;
 use gelaco::run::FrontEntry;
 use gelaco::run::job::{self, Event, JobHandle, JobSpec};
@@ -103,6 +105,12 @@ pub struct ResumeArgs {
 #[derive(Args, Debug)]
 pub struct FrontArgs {
     dir: PathBuf,
+    /// Write every front solution and baseline as a recipe file into this folder.
+    #[arg(long)]
+    recipes: Option<PathBuf>,
+    /// Replace existing recipe files.
+    #[arg(long)]
+    force: bool,
     #[arg(long)]
     json: bool,
 }
@@ -334,6 +342,25 @@ fn print_front(front: &[FrontEntry], baselines: &[BaselineSolution]) {
 pub fn front(a: FrontArgs) -> Result<()> {
     let front = store::read_front(&a.dir)?;
     let baselines = store::read_baselines(&a.dir)?;
+    if let Some(out) = &a.recipes {
+        let info = store::read_info(&a.dir)?;
+        std::fs::create_dir_all(out).map_err(|e| gelaco::Error::io(out, e))?;
+        let mut written = 0;
+        for (i, e) in front.iter().enumerate() {
+            let origin = format!("{} front #{i}", a.dir.display());
+            let r = Recipe::from_run(&info, &plan_of(&e.result), &e.result, origin);
+            r.save(&out.join(format!("front-{i:02}-{}layers.json", e.result.remaining_layers)), a.force)?;
+            written += 1;
+        }
+        for b in &baselines {
+            let name: String = b.method.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+            let origin = format!("{} baseline {}", a.dir.display(), b.method);
+            let r = Recipe::from_run(&info, &b.plan, &b.result, origin);
+            r.save(&out.join(format!("baseline-{}.json", name.trim_matches('-'))), a.force)?;
+            written += 1;
+        }
+        eprintln!("{written} recipes written to {}", out.display());
+    }
     if a.json {
         super::print_json(&serde_json::json!({"front": front, "baselines": baselines, "run": store::read_info(&a.dir)?}))?;
     } else {

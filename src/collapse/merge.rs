@@ -148,3 +148,69 @@ pub fn build(model: &Llama, plan: &Plan, settings: MergeSettings) -> Llama {
     }
     model.with_layers(layers)
 }
+
+/// Where a compressed layer's weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerSource {
+    /// Exactly the weights of this original layer.
+    Original(usize),
+    /// New weights computed by a merge.
+    Merged,
+}
+
+/// For each layer of the compressed model of `plan`, whether it is an original layer
+/// unchanged (and which) or a merge result, following [`merge_layers`]' rules.
+pub fn layer_sources(plan: &Plan, settings: MergeSettings) -> Vec<LayerSource> {
+    let mut src: Vec<LayerSource> = (0..plan.num_layers).map(LayerSource::Original).collect();
+    for s in &plan.canonical {
+        let group: Vec<LayerSource> = src.drain(s.cb..=s.ce).collect();
+        let merged = match s.op {
+            MergeOp::KeepFirst => group[0],
+            MergeOp::KeepLast if !settings.keep_base_norms => group[group.len() - 1],
+            _ if group.len() == 1 => group[0],
+            _ => LayerSource::Merged,
+        };
+        src.insert(s.cb, merged);
+    }
+    src
+}
+
+/// For each layer of the compressed model, the original layer whose per-layer settings
+/// (metadata, extra tensors) it keeps: the layer it is, or the first of its merged group.
+pub fn representative_layers(plan: &Plan, settings: MergeSettings) -> Vec<usize> {
+    layer_sources(plan, settings)
+        .iter()
+        .zip(plan.groups())
+        .map(|(s, g)| match s {
+            LayerSource::Original(j) => *j,
+            LayerSource::Merged => *g.start(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_follow_the_operators() {
+        let plan = Plan::from_ranges(&[(2, 4)], 8, MergeOp::KeepLast).unwrap();
+        let s = layer_sources(&plan, MergeSettings::default());
+        assert_eq!(s.len(), 6);
+        assert_eq!(s[2], LayerSource::Original(4));
+        assert_eq!(s[3], LayerSource::Original(5));
+        let s = layer_sources(&plan, MergeSettings { keep_base_norms: true });
+        assert_eq!(s[2], LayerSource::Merged);
+        assert_eq!(representative_layers(&plan, MergeSettings { keep_base_norms: true })[2], 2);
+        let plan = Plan::from_triples(&Plan::parse_merges("1:2:mean,5:6").unwrap(), 8, MergeOp::KeepFirst).unwrap();
+        let s = layer_sources(&plan, MergeSettings::default());
+        assert_eq!(s, vec![
+            LayerSource::Original(0),
+            LayerSource::Merged,
+            LayerSource::Original(3),
+            LayerSource::Original(4),
+            LayerSource::Original(5),
+            LayerSource::Original(7),
+        ]);
+    }
+}

@@ -3,5 +3,5 @@
 pub mod merge;
 pub mod plan;
 
-pub use merge::{MergeOp, MergeSettings, build};
+pub use merge::{LayerSource, MergeOp, MergeSettings, build, layer_sources, representative_layers};
 pub use plan::{Plan, Span, Triple};

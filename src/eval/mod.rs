@@ -1,4 +1,5 @@
 //! Judging a model: generation, perplexity.
 
+pub mod choice;
 pub mod generate;
 pub mod perplexity;

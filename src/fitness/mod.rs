@@ -31,7 +31,7 @@ pub struct LayerSimilarity {
 }
 
 /// The fitness of one plan and what it is made of.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FitnessResult {
     pub fitness: f64,
     pub attention: f64,

@@ -739,9 +739,9 @@ fn write_value(w: &mut Vec<u8>, v: &Value) {
     }
 }
 
-/// Encode a whole GGUF v3 file in memory: metadata in the given order, then the tensor
-/// directory, then the aligned data.
-pub fn encode(metadata: &[(String, Value)], tensors: &[TensorOut], alignment: u64) -> Vec<u8> {
+/// The header of a GGUF v3 file (magic, counts, metadata, tensor directory), padded to
+/// `alignment`; the tensor data follows it, each tensor padded to `alignment`.
+pub fn encode_header(metadata: &[(String, Value)], tensors: &[(String, Vec<u64>, GgmlType, u64)], alignment: u64) -> Vec<u8> {
     let mut w = Vec::new();
     w.extend_from_slice(MAGIC);
     w.extend_from_slice(&3u32.to_le_bytes());
@@ -753,17 +753,25 @@ pub fn encode(metadata: &[(String, Value)], tensors: &[TensorOut], alignment: u6
         write_value(&mut w, v);
     }
     let mut offset = 0u64;
-    for t in tensors {
-        write_string(&mut w, &t.name);
-        w.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-        for d in &t.dims {
+    for (name, dims, kind, len) in tensors {
+        write_string(&mut w, name);
+        w.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in dims {
             w.extend_from_slice(&d.to_le_bytes());
         }
-        w.extend_from_slice(&t.kind.id().to_le_bytes());
+        w.extend_from_slice(&kind.id().to_le_bytes());
         w.extend_from_slice(&offset.to_le_bytes());
-        offset = align_up(offset + t.data.len() as u64, alignment);
+        offset = align_up(offset + len, alignment);
     }
     w.resize(align_up(w.len() as u64, alignment) as usize, 0);
+    w
+}
+
+/// Encode a whole GGUF v3 file in memory: metadata in the given order, then the tensor
+/// directory, then the aligned data.
+pub fn encode(metadata: &[(String, Value)], tensors: &[TensorOut], alignment: u64) -> Vec<u8> {
+    let dir: Vec<_> = tensors.iter().map(|t| (t.name.clone(), t.dims.clone(), t.kind, t.data.len() as u64)).collect();
+    let mut w = encode_header(metadata, &dir, alignment);
     for t in tensors {
         w.extend_from_slice(&t.data);
         w.resize(align_up(w.len() as u64, alignment) as usize, 0);
@@ -775,6 +783,74 @@ pub fn encode(metadata: &[(String, Value)], tensors: &[TensorOut], alignment: u6
 pub fn write_file(path: &Path, metadata: &[(String, Value)], tensors: &[TensorOut]) -> Result<()> {
     let bytes = encode(metadata, tensors, DEFAULT_ALIGNMENT);
     crate::util::write_atomic(path, &bytes)
+}
+
+/// Write a GGUF file tensor by tensor into `out` (any writer): `data(i)` produces tensor
+/// `i`'s bytes when its turn comes, so only one tensor is in memory at a time. Each
+/// produced tensor must have the length given in the directory.
+pub fn write_streamed<'d, W: Write>(
+    out: &mut W,
+    metadata: &[(String, Value)],
+    tensors: &[(String, Vec<u64>, GgmlType, u64)],
+    alignment: u64,
+    mut data: impl FnMut(usize) -> Result<std::borrow::Cow<'d, [u8]>>,
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::Device(format!("writing GGUF data: {e}"));
+    out.write_all(&encode_header(metadata, tensors, alignment)).map_err(io)?;
+    let zeros = vec![0u8; alignment as usize];
+    for (i, (name, _, _, len)) in tensors.iter().enumerate() {
+        let bytes = data(i)?;
+        if bytes.len() as u64 != *len {
+            return Err(Error::Invalid(format!("tensor '{name}': {} bytes produced, {len} announced", bytes.len())));
+        }
+        out.write_all(&bytes).map_err(io)?;
+        let pad = (align_up(*len, alignment) - len) as usize;
+        out.write_all(&zeros[..pad]).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Quantise f32 values to `kind` with ggml's reference quantisers. Supported targets:
+/// F32, F16, BF16, Q8_0, Q4_0, Q4_1.
+pub fn quantize(kind: GgmlType, x: &[f32]) -> std::result::Result<Vec<u8>, String> {
+    match kind {
+        GgmlType::F32 => Ok(f32_bytes(x)),
+        GgmlType::F16 => Ok(x.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect()),
+        GgmlType::BF16 => Ok(x.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect()),
+        GgmlType::Q8_0 => quantize_q8_0(x),
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            if x.len() % 32 != 0 {
+                return Err(format!("{} values are not a whole number of {} blocks", x.len(), kind.name()));
+            }
+            let mut out = Vec::with_capacity(x.len() / 32 * 20);
+            for block in x.chunks_exact(32) {
+                let (lo, hi) = block.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+                let (scale, min, offset) = if kind == GgmlType::Q4_0 {
+                    // the value of largest magnitude, sign kept, maps to -8
+                    let max = block.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                    (max / -8.0, 0.0, 8.5)
+                } else {
+                    ((hi - lo) / 15.0, lo, 0.5)
+                };
+                let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                out.extend_from_slice(&f16::from_f32(scale).to_le_bytes());
+                if kind == GgmlType::Q4_1 {
+                    out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+                }
+                let q = |v: f32| (((v - min) * id + offset) as i8).clamp(0, 15) as u8;
+                for j in 0..16 {
+                    out.push(q(block[j]) | (q(block[j + 16]) << 4));
+                }
+            }
+            Ok(out)
+        }
+        other => Err(format!("quantising to {} is not supported", other.name())),
+    }
+}
+
+/// Whether [`quantize`] can produce this type.
+pub fn can_quantize(kind: GgmlType) -> bool {
+    matches!(kind, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
 }
 
 /// Convenience for writers: f32 values as little-endian bytes.
@@ -792,6 +868,42 @@ mod tests {
 
     fn h(x: f32) -> [u8; 2] {
         f16::from_f32(x).to_le_bytes()
+    }
+
+    #[test]
+    fn quantisers_roundtrip_within_half_a_step() {
+        let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 - 30.0) * 0.013).collect();
+        for kind in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+            let q = quantize(kind, &x).unwrap();
+            assert_eq!(q.len() as u64, kind.bytes_for(64).unwrap(), "{}", kind.name());
+            let y = dequantize(kind, &q, 64).unwrap();
+            let (lo, hi) = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            let levels = match kind {
+                GgmlType::Q4_0 | GgmlType::Q4_1 => 15.0,
+                GgmlType::Q8_0 => 254.0,
+                _ => 1000.0,
+            };
+            let step = (hi - lo) / levels;
+            let worst = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= 0.5 * step * 1.1 + 1e-3, "{}: error {worst} vs step {step}", kind.name());
+        }
+        // re-quantising what was dequantised gives the same Q4_1 bytes back
+        let q = quantize(GgmlType::Q4_1, &x).unwrap();
+        let y = dequantize(GgmlType::Q4_1, &q, 64).unwrap();
+        assert_eq!(dequantize(GgmlType::Q4_1, &quantize(GgmlType::Q4_1, &y).unwrap(), 64).unwrap(), y);
+    }
+
+    #[test]
+    fn streamed_writer_equals_in_memory_encoding() {
+        let meta = vec![("general.architecture".to_string(), Value::String("llama".into()))];
+        let tensors = vec![
+            TensorOut { name: "a".into(), dims: vec![3], kind: GgmlType::F32, data: f32_bytes(&[1.0, 2.0, 3.0]) },
+            TensorOut { name: "b".into(), dims: vec![32], kind: GgmlType::Q8_0, data: quantize_q8_0(&[0.5; 32]).unwrap() },
+        ];
+        let dir: Vec<_> = tensors.iter().map(|t| (t.name.clone(), t.dims.clone(), t.kind, t.data.len() as u64)).collect();
+        let mut out = Vec::new();
+        write_streamed(&mut out, &meta, &dir, 32, |i| Ok(std::borrow::Cow::Borrowed(&tensors[i].data[..]))).unwrap();
+        assert_eq!(out, encode(&meta, &tensors, 32));
     }
 
     #[test]

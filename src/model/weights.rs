@@ -376,6 +376,19 @@ impl ModelFiles {
         }
     }
 
+    /// The stored bytes of a safetensors tensor (Hugging Face name): type, shape, data.
+    pub fn raw_safetensor(&self, name: &str) -> Option<(Dtype, Vec<usize>, &[u8])> {
+        match &self.source {
+            Source::Gguf(_) => None,
+            Source::Safetensors { shards, index } => {
+                let shard = &shards[*index.get(name)?];
+                let st = SafeTensors::deserialize(&shard.mmap).ok()?;
+                let v = st.tensor(name).ok()?;
+                Some((v.dtype(), v.shape().to_vec(), v.data()))
+            }
+        }
+    }
+
     /// GGUF files of the `llama` architecture store q/k rows permuted by llama.cpp.
     pub fn gguf_permuted(&self) -> bool {
         matches!(&self.source, Source::Gguf(_)) && matches!(self.config.arch, Arch::Llama | Arch::Mistral)
@@ -407,6 +420,31 @@ impl ModelFiles {
                 (format!("safetensors ({} file{})", shards.len(), if shards.len() == 1 { "" } else { "s" }), counts)
             }
         }
+    }
+
+    /// SHA-256 over the files that define the model: the GGUF file, or `config.json` and
+    /// the safetensors files of a folder, in name order.
+    pub fn sha256(&self) -> Result<String> {
+        let files: Vec<PathBuf> = match &self.source {
+            Source::Gguf(g) => vec![g.path.clone()],
+            Source::Safetensors { .. } => {
+                let mut v: Vec<PathBuf> = std::fs::read_dir(&self.path)
+                    .map_err(|e| Error::io(&self.path, e))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json")
+                    })
+                    .collect();
+                v.sort();
+                v
+            }
+        };
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        for f in files {
+            let mut file = File::open(&f).map_err(|e| Error::io(&f, e))?;
+            std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(&f, e))?;
+        }
+        Ok(format!("{:x}", sha2::Digest::finalize(hasher)))
     }
 
     /// Total bytes of the model files.

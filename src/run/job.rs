@@ -194,29 +194,7 @@ impl Outbox {
 
 /// SHA-256 of the model's files (the GGUF file, or config and safetensors of a folder).
 pub fn model_identity(m: &LoadedModel) -> Result<ModelIdentity> {
-    let path = &m.files.path;
-    let files: Vec<PathBuf> = if path.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| Error::io(path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json"))
-            .collect();
-        v.sort();
-        v
-    } else {
-        vec![path.clone()]
-    };
-    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-    for f in files {
-        let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
-        std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(&f, e))?;
-    }
-    Ok(ModelIdentity {
-        path: std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
-        sha256: format!("{:x}", sha2::Digest::finalize(hasher)),
-        architecture: m.files.config.arch.name().to_string(),
-        layers: m.files.config.num_layers,
-    })
+    ModelIdentity::of(&m.files)
 }
 
 /// LaCo and ShortGPT solutions at a spread of sizes, scored by `engine`.

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::FrontEntry;
 use crate::error::{Error, Result};
 use crate::fitness::EngineOptions;
+use crate::model::ModelFiles;
 use crate::fitness::calibration::Calibration;
 use crate::search::SearchSettings;
 use crate::search::algorithm::AlgorithmState;
@@ -34,6 +35,19 @@ pub struct ModelIdentity {
     pub sha256: String,
     pub architecture: String,
     pub layers: usize,
+}
+
+impl ModelIdentity {
+    /// The identity of an opened model: canonical path, content hash, architecture, layers.
+    pub fn of(files: &ModelFiles) -> Result<Self> {
+        let path = &files.path;
+        Ok(ModelIdentity {
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
+            sha256: files.sha256()?,
+            architecture: files.config.arch.name().to_string(),
+            layers: files.config.num_layers,
+        })
+    }
 }
 
 /// Where a run stands.

@@ -1,0 +1,258 @@
+//! Recipes, multiple-choice scoring and export on tiny models: what is written loads back
+//! as the same compressed model, untouched tensors are copied byte for byte, and outputs
+//! are never half-written or silently replaced.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::Tiny;
+use gelaco::backend::{self, DeviceChoice};
+use gelaco::collapse::{MergeOp, MergeSettings, Plan, build};
+use gelaco::eval::choice::loglikelihoods;
+use gelaco::eval::perplexity::window_nll;
+use gelaco::export::gguf::GgufOptions;
+use gelaco::export::hf::{HfDtype, HfOptions};
+use gelaco::export::{ExportSource, Recipe};
+use gelaco::model::gguf::{GgmlType, GgufFile, Value};
+use gelaco::model::llama::{Llama, download};
+use gelaco::model::{self, LoadedModel};
+use gelaco::run::store::ModelIdentity;
+
+fn gelaco(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gelaco")).args(args).env("RUST_LOG", "warn").output().unwrap()
+}
+
+fn cpu_load(p: &Path) -> LoadedModel {
+    model::load(p, backend::select(DeviceChoice::Cpu).unwrap()).unwrap()
+}
+
+fn logits(m: &Llama, ids: &[u32]) -> Vec<f32> {
+    download(m.logits(m.forward(&[ids.to_vec()], None).unwrap())).unwrap().data
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+const IDS: [u32; 9] = [5, 200, 17, 256, 43, 99, 3, 120, 64];
+
+fn plan(m: &LoadedModel, merges: &str) -> Plan {
+    Plan::from_triples(&Plan::parse_merges(merges).unwrap(), m.model.num_layers(), MergeOp::KeepFirst).unwrap()
+}
+
+/// A tiny GGUF with one extra per-layer metadata array, and its Hugging Face twin.
+fn models(layers: usize) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let tiny = Tiny { layers, ..Tiny::default() };
+    let (dir, _, hf) = tiny.write_both();
+    let mut meta = tiny.gguf_metadata();
+    meta.push(("llama.test_per_layer".into(), Value::Array((0..layers as u32).map(Value::U32).collect())));
+    let g = dir.path().join("tiny-meta.gguf");
+    gelaco::model::gguf::write_file(&g, &meta, &tiny.gguf_tensors()).unwrap();
+    (dir, g, hf)
+}
+
+#[test]
+fn hf_export_loads_back_as_the_compressed_model() {
+    let (dir, g, hf) = models(6);
+    for (source, merges) in [(&g, "1:2:mean,3:4"), (&hf, "2:4:rdsc"), (&g, "")] {
+        let m = cpu_load(source);
+        let p = plan(&m, merges);
+        let compressed = build(&m.model, &p, MergeSettings::default());
+        let src = ExportSource { source: &m, plan: &p, settings: MergeSettings::default(), compressed: &compressed, recipe: None };
+        let out = dir.path().join(format!("out-{}", merges.replace([':', ','], "_")));
+        // a tiny shard limit forces several shards and an index
+        let opts = HfOptions { dtype: Some(HfDtype::F32), max_shard_bytes: 60_000, force: false };
+        let r = gelaco::export::hf::export(&src, &out, &opts).unwrap();
+        assert_eq!(r.layers, p.remaining());
+        assert!(out.join("model.safetensors.index.json").exists(), "{:?}", r.files);
+        for f in ["config.json", "tokenizer.json"] {
+            assert!(out.join(f).exists(), "{f} missing");
+        }
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["num_hidden_layers"], p.remaining());
+        let back = cpu_load(&out);
+        let d = max_diff(&logits(&compressed, &IDS), &logits(&back.model, &IDS));
+        assert!(d < 1e-5, "{merges}: exported logits differ by {d}");
+        let text = "the answer is 42";
+        assert_eq!(m.tokenizer.encode(text).unwrap(), back.tokenizer.encode(text).unwrap());
+        // untouched layers of a safetensors source of the same type are byte-identical
+        if source == &hf {
+            let a = m.files.raw_safetensor("model.layers.5.mlp.down_proj.weight").unwrap();
+            let b = back.files.raw_safetensor("model.layers.3.mlp.down_proj.weight").unwrap();
+            assert_eq!(a.2, b.2);
+        }
+        // an existing output is kept unless forced
+        let e = gelaco::export::hf::export(&src, &out, &opts).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        gelaco::export::hf::export(&src, &out, &HfOptions { force: true, ..opts.clone() }).unwrap();
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+}
+
+#[test]
+fn gguf_export_copies_untouched_tensors_and_requantises_merged_ones() {
+    let (dir, g, _) = models(6);
+    let m = cpu_load(&g);
+    let p = plan(&m, "1:2:mean,4:5");
+    let compressed = build(&m.model, &p, MergeSettings::default());
+    let src = ExportSource { source: &m, plan: &p, settings: MergeSettings::default(), compressed: &compressed, recipe: None };
+    let out = dir.path().join("small.gguf");
+    let r = gelaco::export::gguf::export(&src, &out, &GgufOptions::default()).unwrap();
+    assert_eq!((r.layers, r.merged_layers), (4, 1));
+    let a = GgufFile::open(&g).unwrap();
+    let b = GgufFile::open(&out).unwrap();
+    assert_eq!(b.get("llama.block_count").and_then(Value::as_u64), Some(4));
+    let per_layer: Vec<u64> = b.get("llama.test_per_layer").and_then(Value::as_array).unwrap().iter().filter_map(Value::as_u64).collect();
+    assert_eq!(per_layer, vec![0, 1, 3, 4]);
+    assert_eq!(b.alignment, a.alignment);
+    assert_eq!(b.tensors.len(), 3 + 4 * 9);
+    // output layer k comes from source layer: 0 -> 0, 2 -> 3, 3 -> 4 (keep-first of 4:5)
+    for (new, old) in [(0, 0), (2, 3), (3, 4)] {
+        for t in a.tensors.iter().filter(|t| t.name.starts_with(&format!("blk.{old}."))) {
+            let name = t.name.replacen(&format!("blk.{old}."), &format!("blk.{new}."), 1);
+            let u = b.tensor(&name).unwrap_or_else(|| panic!("{name} missing"));
+            assert_eq!(u.kind, t.kind);
+            assert_eq!(b.raw(u), a.raw(t), "{name} is not a byte copy of {}", t.name);
+        }
+    }
+    for name in ["token_embd.weight", "output_norm.weight", "output.weight"] {
+        assert_eq!(b.raw(b.tensor(name).unwrap()), a.raw(a.tensor(name).unwrap()), "{name}");
+    }
+    assert_eq!(b.tensor("blk.1.ffn_down.weight").unwrap().kind, GgmlType::Q8_0);
+    // the export runs, close to the in-memory model (Q8_0 re-quantisation of one layer)
+    let back = cpu_load(&out);
+    let (x, y) = (logits(&compressed, &IDS), logits(&back.model, &IDS));
+    let d = max_diff(&x, &y);
+    let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(d > 0.0 && d < 0.02 * scale, "re-quantisation error {d} (logits up to {scale})");
+    // a Hugging Face source cannot become GGUF here, and nothing is written
+    let (_d2, _, hf) = models(4);
+    let mh = cpu_load(&hf);
+    let ph = plan(&mh, "1:2");
+    let ch = build(&mh.model, &ph, MergeSettings::default());
+    let sh = ExportSource { source: &mh, plan: &ph, settings: MergeSettings::default(), compressed: &ch, recipe: None };
+    let bad = dir.path().join("from-hf.gguf");
+    let e = gelaco::export::gguf::export(&sh, &bad, &GgufOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("convert_hf_to_gguf"), "{e}");
+    assert!(!bad.exists());
+}
+
+#[test]
+fn choice_loglikelihood_equals_the_difference_of_window_nlls() {
+    let (_dir, g, _) = models(4);
+    let m = cpu_load(&g);
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = vec![
+        (vec![5, 200, 17], vec![256, 43]),
+        (vec![9, 8, 7, 6, 5, 4, 3], vec![99]),
+        (vec![1, 2], vec![3, 4, 5, 6, 7, 8]),
+    ];
+    for batch in [1, 3] {
+        let ll = loglikelihoods(&m.model, &pairs, gelaco::eval::choice::ChoiceOptions { batch_size: batch, max_length: 64 }, |_| true).unwrap();
+        for ((c, x), l) in pairs.iter().zip(&ll) {
+            let whole: Vec<u32> = c.iter().chain(x).copied().collect();
+            let expect = -(window_nll(&m.model, &whole).unwrap() - window_nll(&m.model, c).unwrap());
+            assert!((l - expect).abs() < 1e-3, "batch {batch}: {l} vs {expect}");
+        }
+    }
+}
+
+#[test]
+fn cli_recipes_eval_compare_and_safe_export() {
+    let (dir, g, _) = models(6);
+    let gs = g.to_str().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    // a recipe from hand-chosen merges, with its fitness
+    let calib = d("calib.txt");
+    std::fs::write(&calib, "the answer to the question is there and then the end of it\n".repeat(4)).unwrap();
+    let recipe = d("r.json");
+    let out = gelaco(&["fitness", "--model", gs, "--calib", &calib, "--samples", "4", "--merges", "1:3", "--save-recipe", &recipe, "--device", "cpu"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = Recipe::load(Path::new(&recipe)).unwrap();
+    assert_eq!(r.remaining_layers, 4);
+    assert!(r.fitness.is_some() && r.calibration.is_some());
+    assert_eq!(r.model.sha256, gelaco::model::ModelFiles::open(&g).unwrap().sha256().unwrap());
+
+    // eval: one table with the original and the recipe, JSON with the documented fields
+    let task = d("task.jsonl");
+    std::fs::write(&task, "{\"context\": \"the\", \"choices\": [\"answer\", \"end\"], \"label\": 0}\n{\"context\": \"then\", \"choices\": [\" the\", \"an\", \"x\"], \"label\": 2}\n").unwrap();
+    let out = gelaco(&["eval", "--model", gs, "--recipe", &recipe, "--task", &format!("mine={task}"), "--json", "--device", "cpu"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let models = v["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[0]["label"], "original");
+    assert_eq!(models[1]["layers"], 4);
+    for f in ["acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "items"] {
+        assert!(models[1]["tasks"][0].get(f).is_some(), "{f}");
+    }
+
+    // compare: the original and the recipe generate from one prompt
+    let out = gelaco(&["compare", "--model", gs, "--recipe", &recipe, "--merges", "2:5", "--prompt", "the answer", "--max-new-tokens", "4", "--json", "--device", "cpu"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["models"].as_array().unwrap().len(), 3);
+
+    // export: verified, refused over an existing output, replaced with --force
+    let target = d("exported");
+    let out = gelaco(&["export", "--model", gs, "--recipe", &recipe, "--format", "hf", "--dtype", "f32", "--out", &target, "--device", "cpu"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("verify: reloaded"), "{stdout}");
+    assert!(Path::new(&target).join("gelaco_recipe.json").exists());
+    let out = gelaco(&["export", "--model", gs, "--recipe", &recipe, "--format", "hf", "--out", &target, "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    let gg = d("exported.gguf");
+    let out = gelaco(&["export", "--model", gs, "--recipe", &recipe, "--format", "gguf", "--out", &gg, "--device", "cpu", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verify"]["max_abs_logit_difference"], 0.0, "keep-first copies every tensor");
+    let out = gelaco(&["export", "--model", gs, "--recipe", &recipe, "--format", "gguf", "--out", &gg, "--force", "--device", "cpu"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // a failed export (the folder to write into is a file) leaves nothing and says why
+    let blocker = d("blocker");
+    std::fs::write(&blocker, "x").unwrap();
+    let out = gelaco(&["export", "--model", gs, "--merges", "1:2", "--format", "gguf", "--out", &format!("{blocker}/m.gguf"), "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("blocker"));
+    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "partial output left: {names:?}");
+
+    // a recipe applied to another model file is refused, unless asked for
+    let other = dir.path().join("other.gguf");
+    Tiny { layers: 6, seed: 9, ..Tiny::default() }.write_gguf(&other);
+    let os = other.to_str().unwrap();
+    let out = gelaco(&["generate", "--model", os, "--recipe", &recipe, "--prompt", "the", "--max-new-tokens", "2", "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another model file") && err.contains("--any-model"), "{err}");
+    let out = gelaco(&["generate", "--model", os, "--recipe", &recipe, "--any-model", "--prompt", "the", "--max-new-tokens", "2", "--device", "cpu"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // and to a model of another shape, always
+    let short = dir.path().join("short.gguf");
+    Tiny { layers: 4, ..Tiny::default() }.write_gguf(&short);
+    let out = gelaco(&["perplexity", "--model", short.to_str().unwrap(), "--recipe", &recipe, "--any-model", "--text", &calib, "--window", "8", "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("6 layers"));
+}
+
+#[test]
+fn recipe_identity_is_checked_against_the_model() {
+    let (_dir, g, _) = models(4);
+    let m = cpu_load(&g);
+    let id = ModelIdentity::of(&m.files).unwrap();
+    let p = plan(&m, "0:1");
+    let r = Recipe::new(id.clone(), &p, MergeOp::KeepFirst, MergeSettings::default());
+    r.check_model(&m.files, &id.sha256, false).unwrap();
+    assert!(r.check_model(&m.files, "00", false).is_err());
+    r.check_model(&m.files, "00", true).unwrap();
+}
