@@ -128,7 +128,8 @@ pub struct GuiArgs {
     /// Show this run folder at start (its evaluations, front and baselines).
     #[arg(long)]
     load_run: Option<PathBuf>,
-    /// Select the best front solution as soon as there is one.
+    /// Select a front solution as soon as there is one: the best that removes at least a
+    /// fifth of the layers.
     #[arg(long)]
     select_best: bool,
     #[arg(long, value_parser = ["light", "dark"])]

@@ -354,6 +354,7 @@ pub fn front(a: FrontArgs) -> Result<()> {
         }
         for b in &baselines {
             let name: String = b.method.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+            let name = name.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-");
             let origin = format!("{} baseline {}", a.dir.display(), b.method);
             let r = Recipe::from_run(&info, &b.plan, &b.result, origin);
             r.save(&out.join(format!("baseline-{}.json", name.trim_matches('-'))), a.force)?;

@@ -415,6 +415,11 @@ pub fn export(src: &ExportSource, out: &Path, opts: &HfOptions) -> Result<Export
             let path = dir.join(shard_name(k));
             let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
             safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| Error::format(&path, format!("writing: {e}")))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
+            }
             written.push(shard_name(k));
         }
         if n_shards > 1 {

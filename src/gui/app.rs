@@ -811,12 +811,16 @@ impl App {
         self.info(format!("loaded {} ({:?}): {} evaluations, {} on the front", dir.display(), info.status, self.points.len(), self.front.len()));
     }
 
-    /// Select the front solution with the best sum of fitness and compression (the knee).
+    /// Select the front solution of highest fitness among those that remove at least a
+    /// fifth of the layers (or the most compressed one, when none does).
     pub fn select_best(&mut self) {
-        let best = self.front.iter().enumerate().max_by(|a, b| {
-            let score = |e: &FrontEntry| e.result.fitness + e.result.compression;
-            score(a.1).total_cmp(&score(b.1))
-        });
+        let best = self
+            .front
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.result.compression >= 0.2)
+            .max_by(|a, b| a.1.result.fitness.total_cmp(&b.1.result.fitness))
+            .or_else(|| self.front.iter().enumerate().max_by(|a, b| a.1.result.compression.total_cmp(&b.1.result.compression)));
         if let Some((i, e)) = best {
             self.selected = Some(Solution::from_front(i, e));
         }

@@ -345,7 +345,7 @@ fn front_view(app: &mut App, ui: &mut Ui) {
     let selected = app.selected.clone();
     let response = Plot::new("pareto")
         .height(plot_height)
-        .legend(Legend::default())
+        .legend(Legend::default().position(egui_plot::Corner::LeftBottom))
         .x_axis_label("compression (share of layers removed)")
         .y_axis_label("fitness (module-wise similarity)")
         .include_x(0.0)
@@ -365,12 +365,13 @@ fn front_view(app: &mut App, ui: &mut Ui) {
                 if pts.is_empty() {
                     continue;
                 }
-                let name = if b == 0 { "evaluated (early to late)".to_string() } else { format!("band {b}") };
-                let mut item = Points::new(name, PlotPoints::from(pts)).radius(2.5).color(generation_color(b, bands));
-                if b > 0 {
-                    item = item.id(("band", b));
-                }
-                plot.points(item);
+                // one legend entry for all bands: blue early, yellow-green late
+                plot.points(
+                    Points::new("evaluated (blue: early, yellow: late)", PlotPoints::from(pts))
+                        .id(("band", b))
+                        .radius(2.5)
+                        .color(generation_color(b, bands)),
+                );
             }
             // the front as a step line, sorted by compression
             let mut f: Vec<[f64; 2]> = app.front.iter().map(|e| [e.result.compression, e.result.fitness]).collect();
@@ -383,7 +384,7 @@ fn front_view(app: &mut App, ui: &mut Ui) {
                     }
                     steps.push(*p);
                 }
-                plot.line(Line::new("Pareto front", PlotPoints::from(steps)).color(FRONT).width(2.0));
+                plot.line(Line::new("Pareto front", PlotPoints::from(steps)).color(FRONT).width(2.0).allow_band(false));
                 plot.points(Points::new("front solutions", PlotPoints::from(f)).radius(4.5).color(FRONT).filled(true));
             }
             let laco: Vec<[f64; 2]> = app.baselines.iter().filter(|b| b.method.starts_with("LaCo")).map(|b| [b.result.compression, b.result.fitness]).collect();
@@ -440,7 +441,7 @@ fn front_view(app: &mut App, ui: &mut Ui) {
         .include_y(0.0)
         .show(ui, |plot| {
             if !app.hypervolume.is_empty() {
-                plot.line(Line::new("hypervolume", PlotPoints::from(app.hypervolume.clone())).color(ACCENT).width(2.0));
+                plot.line(Line::new("hypervolume", PlotPoints::from(app.hypervolume.clone())).color(ACCENT).width(2.0).allow_band(false));
             }
         });
 }
