@@ -11,11 +11,11 @@ use std::borrow::Cow;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use super::{ExportReport, ExportSource, merged_layer_tensors, staged};
+use super::{ExportReport, ExportSource, MergedTensors, staged};
 use crate::collapse::{LayerSource, representative_layers};
 use crate::error::{Error, Result};
 use crate::model::gguf::{self as format, DEFAULT_ALIGNMENT, GgmlType, GgufFile, Value};
-use crate::model::weights::{HostTensor, LAYER_TENSORS, permute_rows};
+use crate::model::weights::{LAYER_TENSORS, permute_rows};
 
 /// Options of a GGUF export.
 #[derive(Debug, Clone, Default)]
@@ -139,21 +139,13 @@ pub fn export(src: &ExportSource, out: &Path, opts: &GgufOptions) -> Result<Expo
 
     let cfg = src.config();
     let permuted = files.gguf_permuted();
-    let mut merged_cache: Option<(usize, Vec<(&'static str, HostTensor)>)> = None;
+    let mut merged = MergedTensors::new(src.compressed);
     let mut produce = |i: usize| -> Result<Cow<'_, [u8]>> {
         let (name, _, kind, item) = &items[i];
         match item {
             Item::Copy(t) => Ok(Cow::Borrowed(g.raw(t))),
             Item::Merged { layer, hf_suffix } => {
-                if merged_cache.as_ref().is_none_or(|(l, _)| l != layer) {
-                    merged_cache = Some((*layer, merged_layer_tensors(&src.compressed.layers[*layer])?));
-                }
-                let (_, tensors) = merged_cache.as_ref().expect("filled above");
-                let t = tensors
-                    .iter()
-                    .find(|(s, _)| s == hf_suffix)
-                    .map(|(_, t)| t)
-                    .ok_or_else(|| Error::Invalid(format!("merged layer {layer} has no {hf_suffix}")))?;
+                let t = merged.get(*layer, hf_suffix)?;
                 let heads = match *hf_suffix {
                     "self_attn.q_proj.weight" | "self_attn.q_proj.bias" if permuted => Some(cfg.num_heads),
                     "self_attn.k_proj.weight" | "self_attn.k_proj.bias" if permuted => Some(cfg.num_kv_heads),

@@ -16,11 +16,11 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::{Value, json};
 
-use super::{ExportReport, ExportSource, merged_layer_tensors, size_of, staged};
+use super::{ExportReport, ExportSource, MergedTensors, size_of, staged};
 use crate::collapse::LayerSource;
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, ModelConfig, RopeScaling};
-use crate::model::weights::{FileKind, GLOBAL_TENSORS, HostTensor, LAYER_TENSORS};
+use crate::model::weights::{FileKind, GLOBAL_TENSORS, LAYER_TENSORS};
 
 /// Element type of the written weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -376,8 +376,7 @@ pub fn export(src: &ExportSource, out: &Path, opts: &HfOptions) -> Result<Export
     let report = staged(out, opts.force, |dir| {
         std::fs::create_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut written = Vec::new();
-        // a merged layer is downloaded once, when its first tensor is needed
-        let mut merged_cache: Option<(usize, Vec<(&'static str, HostTensor)>)> = None;
+        let mut merged = MergedTensors::new(src.compressed);
         let mut weight_map = BTreeMap::new();
         let mut total = 0u64;
         for (k, shard) in shards.iter().enumerate() {
@@ -389,18 +388,7 @@ pub fn export(src: &ExportSource, out: &Path, opts: &HfOptions) -> Result<Export
                         Some((dt, _, raw)) if dt == dtype.dtype() => Cow::Borrowed(raw),
                         _ => Cow::Owned(dtype.encode(&files.tensor(name)?.data)),
                     },
-                    Fetch::Merged { layer, suffix } => {
-                        if merged_cache.as_ref().is_none_or(|(l, _)| l != layer) {
-                            merged_cache = Some((*layer, merged_layer_tensors(&src.compressed.layers[*layer])?));
-                        }
-                        let (_, tensors) = merged_cache.as_ref().expect("filled above");
-                        let t = tensors
-                            .iter()
-                            .find(|(s, _)| s == suffix)
-                            .map(|(_, t)| t)
-                            .ok_or_else(|| Error::Invalid(format!("merged layer {layer} has no {suffix}")))?;
-                        Cow::Owned(dtype.encode(&t.data))
-                    }
+                    Fetch::Merged { layer, suffix } => Cow::Owned(dtype.encode(&merged.get(*layer, suffix)?.data)),
                 };
                 total += bytes.len() as u64;
                 weight_map.insert(p.name.clone(), shard_name(k));

@@ -81,6 +81,37 @@ pub fn merged_layer_tensors(layer: &Layer) -> Result<Vec<(&'static str, HostTens
     Ok(out)
 }
 
+/// The tensors of merged layers, downloaded one layer at a time as an export reaches them
+/// (exports visit a layer's tensors together, so one layer is held at a time).
+pub struct MergedTensors<'a> {
+    model: &'a Llama,
+    current: Option<(usize, Vec<(&'static str, HostTensor)>)>,
+}
+
+impl<'a> MergedTensors<'a> {
+    pub fn new(model: &'a Llama) -> Self {
+        MergedTensors { model, current: None }
+    }
+
+    /// Tensor `suffix` (Hugging Face naming and layout) of compressed layer `layer`.
+    pub fn get(&mut self, layer: usize, suffix: &str) -> Result<&HostTensor> {
+        if self.current.as_ref().is_none_or(|(l, _)| *l != layer) {
+            let l = self
+                .model
+                .layers
+                .get(layer)
+                .ok_or_else(|| Error::Invalid(format!("the compressed model has no layer {layer}")))?;
+            self.current = Some((layer, merged_layer_tensors(l)?));
+        }
+        let (_, tensors) = self.current.as_ref().expect("filled above");
+        tensors
+            .iter()
+            .find(|(s, _)| *s == suffix)
+            .map(|(_, t)| t)
+            .ok_or_else(|| Error::Invalid(format!("merged layer {layer} has no {suffix}")))
+    }
+}
+
 /// A temporary sibling of `dest` to build an export in.
 pub fn staging_path(dest: &Path) -> PathBuf {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());

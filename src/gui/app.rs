@@ -136,15 +136,15 @@ impl Solution {
         plan_of(&self.result)
     }
 
-    fn from_front(i: usize, e: &FrontEntry) -> Self {
+    pub fn from_front(i: usize, e: &FrontEntry) -> Self {
         Solution { label: format!("front #{i} ({} layers)", e.result.remaining_layers), merges: e.merges.clone(), result: e.result.clone() }
     }
 
-    fn from_point(p: &Point) -> Self {
+    pub fn from_point(p: &Point) -> Self {
         Solution { label: format!("{} layers, gen {}", p.result.remaining_layers, p.generation), merges: p.merges.clone(), result: (*p.result).clone() }
     }
 
-    fn from_baseline(b: &BaselineSolution) -> Self {
+    pub fn from_baseline(b: &BaselineSolution) -> Self {
         Solution { label: b.method.clone(), merges: b.merges.clone(), result: b.result.clone() }
     }
 }
@@ -922,8 +922,13 @@ impl eframe::App for Shell {
     }
 
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        // stop a running search and give it a moment to record its state in the run folder
         if let Some(j) = &self.app.job {
             j.send(Command::Stop);
+            let start = Instant::now();
+            while !j.is_finished() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         eprintln!("{}", self.app.frame_summary());
         if let Some(p) = &self.frame_stats {

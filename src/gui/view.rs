@@ -459,25 +459,14 @@ struct Candidate {
 
 /// Everything on the plot a click can select: front first, then baselines, then points.
 fn nearest_candidates(app: &App) -> Vec<Candidate> {
-    let mut out = Vec::new();
-    for (i, e) in app.front.iter().enumerate() {
-        out.push(Candidate {
-            x: e.result.compression,
-            y: e.result.fitness,
-            solution: Solution { label: format!("front #{i} ({} layers)", e.result.remaining_layers), merges: e.merges.clone(), result: e.result.clone() },
-        });
-    }
-    for b in &app.baselines {
-        out.push(Candidate { x: b.result.compression, y: b.result.fitness, solution: Solution { label: b.method.clone(), merges: b.merges.clone(), result: b.result.clone() } });
-    }
-    for p in &app.points {
-        out.push(Candidate {
-            x: p.compression,
-            y: p.fitness,
-            solution: Solution { label: format!("{} layers, gen {}", p.result.remaining_layers, p.generation), merges: p.merges.clone(), result: (*p.result).clone() },
-        });
-    }
-    out
+    let front = app.front.iter().enumerate().map(|(i, e)| Solution::from_front(i, e));
+    let baselines = app.baselines.iter().map(Solution::from_baseline);
+    let points = app.points.iter().map(Solution::from_point);
+    front
+        .chain(baselines)
+        .chain(points)
+        .map(|solution| Candidate { x: solution.result.compression, y: solution.result.fitness, solution })
+        .collect()
 }
 
 /// One cell per original layer; merged groups joined and coloured.
