@@ -238,3 +238,17 @@ fn fitness_bad_input() {
     assert_eq!(v["remaining_layers"], 3);
     assert_eq!(v["psi"], serde_json::json!([0, 1, 1, 2]));
 }
+
+#[test]
+fn without_a_display_the_window_says_what_to_do() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gelaco"))
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no display") && stderr.contains("gelaco --help"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -212,3 +212,25 @@ fn a_killed_search_resumes_to_the_same_front() {
     assert_eq!(keys(&killed), keys(&whole));
     assert_eq!(store::read_info(&killed).unwrap().status, store::Status::Finished);
 }
+
+#[test]
+fn stop_during_the_baselines_ends_the_job_and_the_run_resumes() {
+    let f = fixture();
+    let dir = f.root.join("early-stop");
+    let mut s = spec(&f, &dir, settings(24));
+    if let JobSpec::New { baselines, .. } = &mut s {
+        *baselines = true;
+    }
+    let h = job::spawn(s, None);
+    h.send(job::Command::Stop);
+    let events: Vec<Event> = h.events.iter().collect();
+    h.join();
+    assert!(matches!(events.last(), Some(Event::Done { reason: job::StopReason::Stopped, front, .. }) if front.is_empty()), "{events:?}");
+    assert!(!events.iter().any(|e| matches!(e, Event::Evaluated { .. })));
+    assert_eq!(store::read_info(&dir).unwrap().status, store::Status::Stopped);
+    // the stopped run continues from the start: baselines, then the search
+    let resumed = run_to_end(JobSpec::Resume { dir: dir.clone(), device: DeviceChoice::Cpu, model: None, evaluations: None });
+    assert!(resumed.iter().any(|e| matches!(e, Event::Baselines { .. })));
+    assert!(!final_front(&resumed).is_empty());
+    assert_eq!(store::read_info(&dir).unwrap().status, store::Status::Finished);
+}

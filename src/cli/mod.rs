@@ -157,8 +157,7 @@ fn gui(a: GuiArgs, device: Option<DeviceChoice>) -> Result<()> {
         device,
         load_run: a.load_run,
     };
-    gelaco::gui::run(launch, a.frame_stats, a.exit_after.map(std::time::Duration::from_secs_f64))
-        .map_err(|e| anyhow::anyhow!(e))
+    Ok(gelaco::gui::run(launch, a.frame_stats, a.exit_after.map(std::time::Duration::from_secs_f64))?)
 }
 
 pub fn init_logging(verbose: bool) {

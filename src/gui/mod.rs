@@ -13,7 +13,14 @@ use std::time::Duration;
 pub use app::{App, Launch, Settings, Shell};
 
 /// Open the window and run until it is closed.
-pub fn run(launch: Launch, frame_stats: Option<PathBuf>, exit_after: Option<Duration>) -> Result<(), String> {
+pub fn run(launch: Launch, frame_stats: Option<PathBuf>, exit_after: Option<Duration>) -> crate::Result<()> {
+    if cfg!(target_os = "linux") && std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        return Err(crate::Error::Device(
+            "no display to open the window on (neither DISPLAY nor WAYLAND_DISPLAY is set); \
+             every feature is also a command: see `gelaco --help`"
+                .into(),
+        ));
+    }
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("GeLaCo Studio")
@@ -26,5 +33,5 @@ pub fn run(launch: Launch, frame_stats: Option<PathBuf>, exit_after: Option<Dura
         options,
         Box::new(move |cc| Ok(Box::new(Shell::new(cc, launch, frame_stats, exit_after)))),
     )
-    .map_err(|e| format!("the window could not be opened: {e}"))
+    .map_err(|e| crate::Error::Device(format!("the window could not be opened: {e}")))
 }

@@ -198,18 +198,30 @@ pub fn model_identity(m: &LoadedModel) -> Result<ModelIdentity> {
 }
 
 /// LaCo and ShortGPT solutions at a spread of sizes, scored by `engine`.
-pub fn compute_baselines(engine: &FitnessEngine, merge_op: crate::collapse::MergeOp) -> Result<Vec<BaselineSolution>> {
+/// `None` when `stop` was set before they were all computed (checked between solutions).
+pub fn compute_baselines(
+    engine: &FitnessEngine,
+    merge_op: crate::collapse::MergeOp,
+    stop: &AtomicBool,
+) -> Result<Option<Vec<BaselineSolution>>> {
     let layers = engine.model().num_layers();
     let mut out = Vec::new();
+    let stopped = || stop.load(Ordering::SeqCst);
     let influence = baselines::block_influence(engine.model(), &engine.calibration.samples, engine.options.batch_size)?;
     let step = (layers / 10).max(1);
     let mut r = step;
     while r <= layers / 2 {
+        if stopped() {
+            return Ok(None);
+        }
         out.push(baselines::shortgpt(engine, &influence, r)?);
         r += step;
     }
     for threshold in [0.9, 0.8, 0.65] {
         for op in [crate::collapse::MergeOp::Rdsc, merge_op] {
+            if stopped() {
+                return Ok(None);
+            }
             let s = LacoSettings { threshold, op, ..LacoSettings::default() };
             let sol = baselines::laco(engine, &s)?;
             if sol.plan.removed() > 0 && !out.iter().any(|o: &BaselineSolution| o.plan == sol.plan) {
@@ -220,7 +232,7 @@ pub fn compute_baselines(engine: &FitnessEngine, merge_op: crate::collapse::Merg
             }
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 fn front_entries(problem: &PlanProblem, algo: &Algorithm) -> Vec<FrontEntry> {
@@ -260,6 +272,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
                 calibration_source: calib.describe(),
                 status: Status::Running,
                 message: None,
+                baselines,
             };
             let store = RunStore::create(&dir, &info, &calibration)?;
             (m, store, info, calibration, Vec::new(), None, baselines)
@@ -281,7 +294,8 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
                 info.settings.evaluations = n;
             }
             store.set_status(&mut info, Status::Running, None)?;
-            (m, store, info, calibration, logged, checkpoint, false)
+            let want = info.baselines;
+            (m, store, info, calibration, logged, checkpoint, want)
         }
     };
     let settings = info.settings.clone();
@@ -293,7 +307,16 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
     let mut baselines = super::store::read_baselines(&store.dir)?;
     if baselines.is_empty() && (want_baselines || settings.init == Init::Warm) {
         out.send(Event::Stage { message: "computing the LaCo and ShortGPT baselines".into() });
-        baselines = compute_baselines(&engine, settings.merge_op.unwrap_or(crate::collapse::merge::DEFAULT_MERGE_OP))?;
+        let op = settings.merge_op.unwrap_or(crate::collapse::merge::DEFAULT_MERGE_OP);
+        match compute_baselines(&engine, op, stop)? {
+            Some(b) => baselines = b,
+            None => {
+                // stopped before the search began: nothing evaluated, resumable from the start
+                store.set_status(&mut info, Status::Stopped, None)?;
+                out.send(Event::Done { reason: StopReason::Stopped, front: Vec::new(), run_dir: store.dir.clone() });
+                return Ok(());
+            }
+        }
         store.write_baselines(&baselines)?;
     }
     let baseline_plans: Vec<_> = baselines.iter().map(|s| s.plan.clone()).collect();

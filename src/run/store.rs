@@ -71,6 +71,9 @@ pub struct RunInfo {
     pub calibration_source: String,
     pub status: Status,
     pub message: Option<String>,
+    /// LaCo and ShortGPT were asked for (computed before the search, kept in baselines.json).
+    #[serde(default)]
+    pub baselines: bool,
 }
 
 /// `checkpoint.json`.
