@@ -121,9 +121,7 @@ pub fn staging_path(dest: &Path) -> PathBuf {
 /// Move a finished staged export into place, replacing `dest` when `force`.
 pub fn commit_staged(staged: &Path, dest: &Path, force: bool) -> Result<()> {
     if std::fs::symlink_metadata(dest).is_ok() {
-        if !force {
-            return Err(Error::Invalid(format!("{} already exists; pass --force to replace it", dest.display())));
-        }
+        refuse_existing(dest, force)?;
         let old = dest.with_file_name(format!(
             ".{}.old-{}",
             dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),

@@ -216,7 +216,10 @@ pub fn plan_of(result: &FitnessResult) -> Plan {
 /// Refuse to replace an existing file or folder unless `force`.
 pub fn refuse_existing(path: &Path, force: bool) -> Result<()> {
     if !force && std::fs::symlink_metadata(path).is_ok() {
-        return Err(Error::Invalid(format!("{} already exists; pass --force to replace it", path.display())));
+        return Err(Error::Invalid(format!(
+            "{} already exists; choose another path, or allow replacing it (--force, or \"Replace an existing output\" in the window)",
+            path.display()
+        )));
     }
     Ok(())
 }

@@ -250,6 +250,8 @@ pub struct App {
     pub tab: Tab,
     pub export_kind: ExportKind,
     pub export_path: String,
+    /// Replace an existing export output.
+    pub export_force: bool,
     pub resume_path: String,
     pub actions: Vec<Action>,
     dialogs: (Sender<(DialogFor, Option<PathBuf>)>, Receiver<(DialogFor, Option<PathBuf>)>),
@@ -315,6 +317,7 @@ impl App {
             tab: Tab::Front,
             export_kind: ExportKind::Gguf,
             export_path: String::new(),
+            export_force: false,
             resume_path: String::new(),
             actions: Vec::new(),
             dialogs: channel(),
@@ -665,7 +668,7 @@ impl App {
                     }
                 };
                 let target = self.target(Some(&s));
-                self.worker.send(Request::Export { model, device: self.settings.device, target, kind, out, force: false });
+                self.worker.send(Request::Export { model, device: self.settings.device, target, kind, out, force: self.export_force });
             }
             Action::SaveRecipe(s) => self.save_recipe(&s),
         }

@@ -608,6 +608,8 @@ fn inspector(app: &mut App, ui: &mut Ui) {
             app.actions.push(Action::Export(s.clone(), app.export_kind, None));
         }
     });
+    ui.checkbox(&mut app.export_force, "Replace an existing output")
+        .on_hover_text("Without this, an existing file or folder is never overwritten");
 }
 
 fn measured_lines(ui: &mut Ui, m: &super::app::Measured) {
