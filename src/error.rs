@@ -44,6 +44,9 @@ pub enum Error {
     /// Numerical failure (NaN or infinity) where a finite value is required.
     #[error("numerical error: {0}")]
     Numerical(String),
+    /// The caller asked a long computation to stop.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {
@@ -78,7 +81,7 @@ impl Error {
     /// True when the error comes from the user's input (a file, a flag) rather than from
     /// the machine; the command line maps it to exit code 2.
     pub fn is_input_error(&self) -> bool {
-        !matches!(self, Error::Device(_) | Error::Numerical(_))
+        !matches!(self, Error::Device(_) | Error::Numerical(_) | Error::Cancelled)
     }
 }
 

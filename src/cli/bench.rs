@@ -218,7 +218,7 @@ fn merge_ops(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
     let ids = m.tokenizer.encode(&content)?;
     let layers = m.model.num_layers();
     let engine = FitnessEngine::new(&m.model, cal, EngineOptions::default())?;
-    let base = gelaco::eval::perplexity::perplexity(&m.model, &ids, 512, Some(args.max_windows), |_, _| {})?;
+    let base = gelaco::eval::perplexity::perplexity(&m.model, &ids, 512, Some(args.max_windows), |_, _| true)?;
     println!("original model: perplexity {:.2} ({} windows of 512 tokens)\n", base.perplexity, base.windows);
     println!("| span | layers removed | operator | fitness | attention | mlp | hidden | perplexity |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -230,7 +230,7 @@ fn merge_ops(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
                 let plan = Plan::from_ranges(&[(start, end)], layers, op)?;
                 let r = engine.evaluate(&plan)?;
                 let compressed = gelaco::collapse::build(&m.model, &plan, MergeSettings::default());
-                let ppl = match gelaco::eval::perplexity::perplexity(&compressed, &ids, 512, Some(args.max_windows), |_, _| {}) {
+                let ppl = match gelaco::eval::perplexity::perplexity(&compressed, &ids, 512, Some(args.max_windows), |_, _| true) {
                     Ok(p) => format!("{:.4e}", p.perplexity),
                     Err(gelaco::Error::Numerical(_)) => "non-finite".to_string(),
                     Err(e) => return Err(e.into()),

@@ -228,12 +228,7 @@ impl Variant {
         match &self.recipe {
             Some(r) => Ok(r.clone()),
             None => {
-                let identity = ModelIdentity {
-                    path: std::fs::canonicalize(&m.files.path).unwrap_or_else(|_| m.files.path.clone()),
-                    sha256: hash.get(m)?.to_string(),
-                    architecture: m.files.config.arch.name().to_string(),
-                    layers: m.files.config.num_layers,
-                };
+                let identity = ModelIdentity::with_hash(&m.files, hash.get(m)?.to_string());
                 Ok(Recipe::new(identity, &self.plan, self.merge_op, self.settings))
             }
         }

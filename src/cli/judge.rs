@@ -166,6 +166,7 @@ pub fn eval(a: EvalArgs, device: DeviceChoice) -> Result<()> {
                 let r = perplexity(&e.model, ids, a.window, a.max_windows, |d, t| {
                     b.set_length(t as u64);
                     b.set_position(d as u64);
+                    true
                 })?;
                 b.finish_and_clear();
                 Some(r)

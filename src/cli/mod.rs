@@ -291,6 +291,7 @@ pub fn try_main() -> Result<()> {
             let r = perplexity(&m.model, &ids, window, max_windows, |done, total| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
+                true
             })?;
             bar.finish_and_clear();
             if json {

@@ -442,7 +442,7 @@ pub fn loglikelihoods(
         }
         done += batch.len();
         if !progress(done) {
-            return Err(Error::Invalid("cancelled".into()));
+            return Err(Error::Cancelled);
         }
     }
     Ok(out)

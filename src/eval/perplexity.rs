@@ -57,12 +57,14 @@ pub fn window_nll(model: &Llama, ids: &[u32]) -> Result<f64> {
 }
 
 /// Perplexity of `ids` over full windows of `window` tokens (a shorter tail is not scored).
+/// `progress(done, total)` is called before the first window and after each; returning
+/// false stops with [`Error::Cancelled`].
 pub fn perplexity(
     model: &Llama,
     ids: &[u32],
     window: usize,
     max_windows: Option<usize>,
-    mut progress: impl FnMut(usize, usize),
+    mut progress: impl FnMut(usize, usize) -> bool,
 ) -> Result<PerplexityReport> {
     if window < 2 {
         return Err(Error::Invalid("--window must be at least 2".into()));
@@ -79,10 +81,14 @@ pub fn perplexity(
     }
     let start = std::time::Instant::now();
     let mut nll = 0.0;
-    progress(0, windows);
+    if !progress(0, windows) {
+        return Err(Error::Cancelled);
+    }
     for w in 0..windows {
         nll += window_nll(model, &ids[w * window..(w + 1) * window])?;
-        progress(w + 1, windows);
+        if !progress(w + 1, windows) {
+            return Err(Error::Cancelled);
+        }
     }
     let tokens_scored = windows * (window - 1);
     Ok(PerplexityReport {

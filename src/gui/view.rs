@@ -405,30 +405,28 @@ fn front_view(app: &mut App, ui: &mut Ui) {
                 );
             }
         });
-    // hover and click: the nearest solution within a few pixels
-    let candidates = nearest_candidates(app);
-    let pointer = response.response.hover_pos();
-    let mut nearest: Option<(f32, Candidate)> = None;
-    if let Some(pos) = pointer {
-        for c in &candidates {
-            let screen = response.transform.position_from_point(&PlotPoint::new(c.x, c.y));
-            let d = screen.distance(pos);
-            if d < 10.0 && nearest.as_ref().is_none_or(|(best, _)| d < *best) {
-                nearest = Some((d, c.clone()));
+    // hover and click: the nearest solution within a few pixels (only it becomes a Solution)
+    let nearest = response.response.hover_pos().and_then(|pos| {
+        let mut best: Option<(f32, Pick)> = None;
+        for (x, y, pick) in pickable(app) {
+            let d = response.transform.position_from_point(&PlotPoint::new(x, y)).distance(pos);
+            if d < 10.0 && best.as_ref().is_none_or(|(b, _)| d < *b) {
+                best = Some((d, pick));
             }
         }
-    }
-    if let Some((_, c)) = &nearest {
-        let r = &c.solution.result;
+        best.map(|(_, pick)| pick.solution(app))
+    });
+    if let Some(c) = &nearest {
+        let r = &c.result;
         response.response.clone().on_hover_ui_at_pointer(|ui| {
-            ui.label(RichText::new(&c.solution.label).strong());
+            ui.label(RichText::new(&c.label).strong());
             ui.label(format!("fitness {:.4}  (attention {:.3}, MLP {:.3}, hidden {:.3})", r.fitness, r.attention, r.ffn, r.hidden));
             ui.label(format!("{} of {} layers ({:.1}% removed, {:.1}% of parameters)", r.remaining_layers, layers as usize, 100.0 * r.compression, 100.0 * r.params_removed));
-            ui.label(format!("merges {}", if c.solution.merges.is_empty() { "none" } else { &c.solution.merges }));
+            ui.label(format!("merges {}", if c.merges.is_empty() { "none" } else { &c.merges }));
             ui.label(RichText::new("click to inspect").weak());
         });
         if response.response.clicked() {
-            app.actions.push(Action::Select(c.solution.clone()));
+            app.actions.push(Action::Select(c.clone()));
         }
     }
     ui.label(RichText::new("Hypervolume by generation").strong());
@@ -450,23 +448,31 @@ fn ui_text_color() -> Color32 {
     Color32::from_rgb(0xff, 0x40, 0x80)
 }
 
-#[derive(Clone)]
-struct Candidate {
-    x: f64,
-    y: f64,
-    solution: Solution,
+/// Something on the plot a click can select.
+#[derive(Clone, Copy)]
+enum Pick {
+    Front(usize),
+    Baseline(usize),
+    Point(usize),
 }
 
-/// Everything on the plot a click can select: front first, then baselines, then points.
-fn nearest_candidates(app: &App) -> Vec<Candidate> {
-    let front = app.front.iter().enumerate().map(|(i, e)| Solution::from_front(i, e));
-    let baselines = app.baselines.iter().map(Solution::from_baseline);
-    let points = app.points.iter().map(Solution::from_point);
-    front
-        .chain(baselines)
-        .chain(points)
-        .map(|solution| Candidate { x: solution.result.compression, y: solution.result.fitness, solution })
-        .collect()
+impl Pick {
+    fn solution(self, app: &App) -> Solution {
+        match self {
+            Pick::Front(i) => Solution::from_front(i, &app.front[i]),
+            Pick::Baseline(i) => Solution::from_baseline(&app.baselines[i]),
+            Pick::Point(i) => Solution::from_point(&app.points[i]),
+        }
+    }
+}
+
+/// Positions of everything a click can select: front first, then baselines, then points.
+fn pickable(app: &App) -> impl Iterator<Item = (f64, f64, Pick)> + '_ {
+    let xy = |r: &crate::fitness::FitnessResult| (r.compression, r.fitness);
+    let front = app.front.iter().enumerate().map(move |(i, e)| (xy(&e.result), Pick::Front(i)));
+    let baselines = app.baselines.iter().enumerate().map(move |(i, b)| (xy(&b.result), Pick::Baseline(i)));
+    let points = app.points.iter().enumerate().map(|(i, p)| ((p.compression, p.fitness), Pick::Point(i)));
+    front.chain(baselines).chain(points).map(|((x, y), pick)| (x, y, pick))
 }
 
 /// One cell per original layer; merged groups joined and coloured.

@@ -13,7 +13,7 @@ use crate::collapse::{MergeOp, MergeSettings, Plan};
 use crate::error::{Error, Result};
 use crate::eval::choice::{self, ChoiceOptions, Task, TaskScore};
 use crate::eval::generate::{GenerateOptions, generate};
-use crate::eval::perplexity::window_nll;
+use crate::eval::perplexity::perplexity;
 use crate::export::hf::HfOptions;
 use crate::export::gguf::GgufOptions;
 use crate::export::{ExportReport, ExportSource, Recipe};
@@ -151,10 +151,6 @@ struct State {
     cancel: Arc<AtomicBool>,
 }
 
-fn cancelled() -> Error {
-    Error::Invalid("cancelled".into())
-}
-
 impl State {
     fn model(&mut self, path: &PathBuf, device: DeviceChoice) -> Result<&LoadedModel> {
         let fresh = !matches!(&self.loaded, Some((p, d, _)) if p == path && *d == device);
@@ -202,20 +198,12 @@ impl State {
                 let m = self.model(model, *device)?;
                 let ids = m.tokenizer.encode(&content)?;
                 let compressed = build(m, target);
-                let n = (ids.len() / window).min(*windows);
-                if n == 0 {
-                    return Err(Error::Invalid(format!("{} has fewer tokens than one window", text.display())));
-                }
-                let mut nll = 0.0;
-                for w in 0..n {
-                    if cancel.load(Ordering::SeqCst) {
-                        return Err(cancelled());
-                    }
-                    send(Reply::Progress { done: w, total: n, what: format!("perplexity of {}", target.label) });
-                    nll += window_nll(&compressed, &ids[w * window..(w + 1) * window])?;
-                }
-                let ppl = (nll / (n * (window - 1)) as f64).exp();
-                Ok(Reply::Perplexity { label: target.label.clone(), result: Ok(ppl) })
+                let what = format!("perplexity of {}", target.label);
+                let r = perplexity(&compressed, &ids, *window, Some(*windows), |done, total| {
+                    send(Reply::Progress { done, total, what: what.clone() });
+                    !cancel.load(Ordering::SeqCst)
+                })?;
+                Ok(Reply::Perplexity { label: target.label.clone(), result: Ok(r.perplexity) })
             }
             Request::Benchmark { model, device, target, tasks, limit } => {
                 let loaded: Vec<Task> =
@@ -239,7 +227,7 @@ impl State {
                 let opts = GenerateOptions { max_new_tokens: *max_new_tokens, temperature: 0.0, seed: *seed, stop_at_eos: true };
                 for (k, t) in targets.iter().enumerate() {
                     if cancel.load(Ordering::SeqCst) {
-                        return Err(cancelled());
+                        return Err(Error::Cancelled);
                     }
                     send(Reply::Progress { done: k, total: targets.len(), what: format!("generating with {}", t.label) });
                     let compressed = build(m, t);

@@ -40,13 +40,18 @@ pub struct ModelIdentity {
 impl ModelIdentity {
     /// The identity of an opened model: canonical path, content hash, architecture, layers.
     pub fn of(files: &ModelFiles) -> Result<Self> {
+        Ok(Self::with_hash(files, files.sha256()?))
+    }
+
+    /// The identity of an opened model whose hash is already known.
+    pub fn with_hash(files: &ModelFiles, sha256: String) -> Self {
         let path = &files.path;
-        Ok(ModelIdentity {
+        ModelIdentity {
             path: std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
-            sha256: files.sha256()?,
+            sha256,
             architecture: files.config.arch.name().to_string(),
             layers: files.config.num_layers,
-        })
+        }
     }
 }
 
