@@ -14,7 +14,7 @@ use crate::backend::DeviceChoice;
 use crate::collapse::{MergeOp, MergeSettings, Plan};
 use crate::eval::choice::TaskScore;
 use crate::export::recipe::plan_of;
-use crate::fitness::calibration::{CalibOptions, CalibSource, Pick};
+use crate::fitness::calibration::{CalibOptions, CalibSource};
 use crate::fitness::{EngineOptions, FitnessResult};
 use crate::run::FrontEntry;
 use crate::run::job::{self, Command, Event, JobHandle, JobSpec, Progress};
@@ -749,14 +749,11 @@ impl App {
             calib,
             calib_options: CalibOptions {
                 samples: s.samples.max(1),
-                min_chars: 40,
                 max_tokens: s.max_tokens.max(8),
-                pick: Pick::First,
                 seed: s.seed,
-                text_field: "text".into(),
-                temperature: 0.8,
+                ..CalibOptions::default()
             },
-            engine: EngineOptions { batch_size: 16, cache_mb: 2048, merge: MergeSettings::default() },
+            engine: EngineOptions::default(),
             settings,
             out,
             baselines: s.baselines,
