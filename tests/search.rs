@@ -43,6 +43,7 @@ fn spec(f: &Fixture, out: &Path, settings: SearchSettings) -> JobSpec {
         settings,
         out: out.to_path_buf(),
         baselines: false,
+        validation: None,
     }
 }
 
@@ -102,7 +103,7 @@ fn same_seed_same_front_and_a_complete_run_folder() {
     assert_ne!(final_front(&c), fa);
     // an existing run folder is not overwritten
     let again = run_to_end(spec(&f, &f.root.join("a"), settings(60)));
-    assert!(again.iter().any(|e| matches!(e, Event::Failed { error, .. } if error.contains("not empty"))));
+    assert!(again.iter().any(|e| matches!(e, Event::Failed { error, .. } if matches!(**error, gelaco::Error::RunExists { .. }))));
 }
 
 #[test]
@@ -154,7 +155,7 @@ fn stop_pause_and_failure_are_events() {
         *model = f.root.join("missing.gguf");
     }
     let events = run_to_end(bad);
-    assert!(matches!(events.last(), Some(Event::Failed { error, .. }) if error.contains("missing.gguf")));
+    assert!(matches!(events.last(), Some(Event::Failed { error, .. }) if error.to_string().contains("missing.gguf") && error.is_input_error()));
 }
 
 fn gelaco_cmd(args: &[&str]) -> Command {

@@ -310,9 +310,19 @@ pub fn demo_model() -> PathBuf {
     p
 }
 
+/// The repository's root: the nearest folder above the test's crate with a `Cargo.lock`.
+pub fn repo_root() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .ancestors()
+        .find(|d| d.join("Cargo.lock").exists())
+        .unwrap_or(crate_dir)
+        .to_path_buf()
+}
+
 /// The shared test data folder (`../shared/data` from the repository root).
 pub fn shared_data() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+    repo_root().join("../shared/data")
 }
 
 /// A one-column Parquet file of strings.

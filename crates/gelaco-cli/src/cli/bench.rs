@@ -1,0 +1,295 @@
+//! `gelaco bench`: prefill tokens per second per backend, with ratios measured in one run.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use gelaco::backend::DeviceChoice;
+use gelaco::collapse::merge::DEFAULT_MERGE_OP;
+use gelaco::collapse::{MergeSettings, Plan, Triple};
+use gelaco::fitness::calibration::{self, CalibOptions, CalibSource};
+use gelaco::fitness::{EngineOptions, FitnessEngine, naive};
+use gelaco::model::llama::Llama;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// Prefill tokens per second (16 x 64 and 1 x 512 tokens).
+    Prefill,
+    /// Fitness evaluations per second: the straightforward way against the engine.
+    Fitness,
+    /// Initial populations: uniform (paper) against banded, by compression and fitness.
+    Init,
+    /// Every merge operator on single spans of 2, 3 and 5 layers at three depths: fitness
+    /// components and perplexity, as Markdown tables.
+    MergeOps,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, value_enum, default_value_t = Suite::Prefill)]
+    suite: Suite,
+    /// Calibration text for `--suite fitness` (16 samples of 64 tokens are taken).
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Random plans evaluated by the engine (`--suite fitness`); the straightforward
+    /// evaluation runs a quarter as many, at least 2.
+    #[arg(long, default_value_t = 12)]
+    plans: usize,
+    /// Text for the perplexity column of `--suite merge-ops`.
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Windows of 512 tokens scored per model by `--suite merge-ops`.
+    #[arg(long, default_value_t = 8)]
+    max_windows: usize,
+    /// Backends to measure, in order (default: cpu,gpu, or the one given with --device).
+    #[arg(long, value_parser = super::words::choice::<DeviceChoice>(), value_delimiter = ',')]
+    devices: Vec<DeviceChoice>,
+    /// Timed repetitions per shape (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+const SHAPES: [(usize, usize); 2] = [(16, 64), (1, 512)];
+
+fn prefill_seconds(model: &Llama, batch: usize, seq: usize) -> Result<f64> {
+    let vocab = model.config.vocab_size as u32;
+    let ids: Vec<Vec<u32>> = (0..batch)
+        .map(|b| (0..seq).map(|i| ((b * 7919 + i * 104_729) as u32 + 11) % vocab).collect())
+        .collect();
+    let t = Instant::now();
+    let h = model.forward(&ids, None)?;
+    // reading a scalar back waits for the device to finish
+    let _ = h.sum().into_scalar::<f32>();
+    Ok(t.elapsed().as_secs_f64())
+}
+
+pub fn run(args: BenchArgs, device: Option<DeviceChoice>) -> Result<()> {
+    let devices = match (args.devices.is_empty(), device) {
+        (false, _) => args.devices.clone(),
+        (true, Some(d)) => vec![d],
+        (true, None) => vec![DeviceChoice::Cpu, DeviceChoice::Gpu],
+    };
+    match args.suite {
+        Suite::Fitness => return fitness_bench(&args, &devices),
+        Suite::MergeOps => return merge_ops(&args, devices[0]),
+        Suite::Init => return init_bench(&args, devices[0]),
+        Suite::Prefill => {}
+    }
+    let mut rows = Vec::new();
+    for choice in &devices {
+        let m = super::load(&args.model, *choice)?;
+        for (b, s) in SHAPES {
+            let warm = prefill_seconds(&m.model, b, s)?;
+            let mut times = Vec::new();
+            for _ in 0..args.repeats.max(1) {
+                times.push(prefill_seconds(&m.model, b, s)?);
+            }
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            let tps = (b * s) as f64 / median;
+            if !args.json {
+                eprintln!(
+                    "{:<60} {:>2} x {:<3}  {:>9.1} tokens/s  (median of {}, warm-up {:.2}s)",
+                    m.device.description,
+                    b,
+                    s,
+                    tps,
+                    times.len(),
+                    warm
+                );
+            }
+            rows.push((m.device.description.clone(), *choice, b, s, tps));
+        }
+    }
+    let mut out = Vec::new();
+    for (desc, choice, b, s, tps) in &rows {
+        let base = rows
+            .iter()
+            .find(|r| r.2 == *b && r.3 == *s)
+            .map(|r| r.4)
+            .unwrap_or(*tps);
+        out.push(json!({"device": desc, "choice": choice, "batch": b, "seq": s, "tokens_per_second": tps, "ratio_to_first": tps / base}));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{:<60} {:>8} {:>14} {:>8}", "device", "shape", "tokens/s", "ratio");
+        for r in &out {
+            println!(
+                "{:<60} {:>8} {:>14.1} {:>8.3}",
+                r["device"].as_str().unwrap_or(""),
+                format!("{}x{}", r["batch"], r["seq"]),
+                r["tokens_per_second"].as_f64().unwrap_or(0.0),
+                r["ratio_to_first"].as_f64().unwrap_or(0.0)
+            );
+        }
+        println!("(ratio: throughput relative to the first device listed, same shape)");
+    }
+    Ok(())
+}
+
+fn random_plans(layers: usize, n: usize, seed: u64) -> Vec<Plan> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let spans = rng.random_range(1..=3);
+            let triples: Vec<Triple> = (0..spans)
+                .map(|_| {
+                    let b = rng.random_range(1..layers - 2);
+                    Triple { b, e: (b + rng.random_range(1..=3)).min(layers - 1), active: true, op: None }
+                })
+                .collect();
+            Plan::decode(&triples, layers, DEFAULT_MERGE_OP)
+        })
+        .collect()
+}
+
+fn fitness_bench(args: &BenchArgs, devices: &[DeviceChoice]) -> Result<()> {
+    let calib = args
+        .calib
+        .clone()
+        .ok_or_else(|| gelaco::Error::Invalid("--suite fitness needs --calib FILE".into()))?;
+    let opts = CalibOptions { samples: 16, max_tokens: 64, ..CalibOptions::default() };
+    let mut out = Vec::new();
+    for choice in devices {
+        let m = super::load(&args.model, *choice)?;
+        let cal = calibration::load(&CalibSource::File(calib.clone()), &opts, &m.model, &m.tokenizer)?;
+        let layers = m.model.num_layers();
+        let plans = random_plans(layers, args.plans.max(2), 7);
+        let naive_plans = &plans[..(plans.len() / 4).max(2)];
+        let settings = MergeSettings::default();
+
+        let t = Instant::now();
+        for p in naive_plans {
+            naive::evaluate(&m.model, &cal, p, settings)?;
+        }
+        let naive_rate = naive_plans.len() as f64 / t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let engine = FitnessEngine::new(&m.model, cal.clone(), EngineOptions::default())?;
+        let setup = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for p in &plans {
+            engine.evaluate(p)?;
+        }
+        let engine_rate = plans.len() as f64 / t.elapsed().as_secs_f64();
+        let row = json!({
+            "device": m.device.description,
+            "naive_evaluations_per_second": naive_rate,
+            "engine_evaluations_per_second": engine_rate,
+            "ratio": engine_rate / naive_rate,
+            "engine_setup_seconds": setup,
+            "plans": plans.len(),
+            "naive_plans": naive_plans.len(),
+            "samples": cal.samples.len(),
+            "tokens": cal.tokens(),
+        });
+        if !args.json {
+            println!(
+                "{:<60} naive {:>7.3} eval/s   engine {:>7.3} eval/s   ratio {:>6.1}x   (reference set-up {:.1}s, {} + {} plans)",
+                m.device.description, naive_rate, engine_rate, engine_rate / naive_rate, setup, naive_plans.len(), plans.len()
+            );
+        }
+        out.push(row);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+fn merge_ops(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
+    let need = |p: &Option<PathBuf>, flag: &str| {
+        p.clone().ok_or_else(|| gelaco::Error::Invalid(format!("--suite merge-ops needs {flag} FILE")))
+    };
+    let (calib, text) = (need(&args.calib, "--calib")?, need(&args.text, "--text")?);
+    let m = super::load(&args.model, device)?;
+    let cal = calibration::load(&CalibSource::File(calib), &CalibOptions { samples: 16, max_tokens: 64, ..CalibOptions::default() }, &m.model, &m.tokenizer)?;
+    let content = std::fs::read_to_string(&text).map_err(|e| gelaco::Error::io(&text, e))?;
+    let ids = m.tokenizer.encode(&content)?;
+    let layers = m.model.num_layers();
+    let engine = FitnessEngine::new(&m.model, cal, EngineOptions::default())?;
+    let base = gelaco::eval::perplexity::perplexity(&m.model, &ids, 512, Some(args.max_windows), |_, _| true)?;
+    println!("original model: perplexity {:.2} ({} windows of 512 tokens)\n", base.perplexity, base.windows);
+    println!("| span | layers removed | operator | fitness | attention | mlp | hidden | perplexity |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for size in [2usize, 3, 5] {
+        for start in [layers / 6, layers / 2, (3 * layers) / 4] {
+            let end = (start + size - 1).min(layers - 1);
+            for op in gelaco::collapse::MergeOp::ALL {
+                let plan = Plan::from_ranges(&[(start, end)], layers, op)?;
+                let r = engine.evaluate(&plan)?;
+                let compressed = gelaco::collapse::build(&m.model, &plan, MergeSettings::default());
+                let ppl = match gelaco::eval::perplexity::perplexity(&compressed, &ids, 512, Some(args.max_windows), |_, _| true) {
+                    Ok(p) => format!("{:.4e}", p.perplexity),
+                    Err(gelaco::Error::Numerical(_)) => "non-finite".to_string(),
+                    Err(e) => return Err(e.into()),
+                };
+                println!(
+                    "| {start}:{end} | {} | {op} | {:.4} | {:.4} | {:.4} | {:.4} | {ppl} |",
+                    plan.removed(), r.fitness, r.attention, r.ffn, r.hidden
+                );
+                rows.push((op, r.fitness));
+            }
+        }
+    }
+    println!("\nmean fitness per operator over these spans:");
+    for op in gelaco::collapse::MergeOp::ALL {
+        let v: Vec<f64> = rows.iter().filter(|r| r.0 == op).map(|r| r.1).collect();
+        println!("  {op:<10} {:.4}", v.iter().sum::<f64>() / v.len() as f64);
+    }
+    Ok(())
+}
+
+fn init_bench(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
+    use gelaco::search::{Init, SearchSettings, initial_population};
+    let calib = args.calib.clone().ok_or_else(|| gelaco::Error::Invalid("--suite init needs --calib FILE".into()))?;
+    let m = super::load(&args.model, device)?;
+    let cal = calibration::load(&CalibSource::File(calib), &CalibOptions { samples: 16, max_tokens: 64, ..CalibOptions::default() }, &m.model, &m.tokenizer)?;
+    let layers = m.model.num_layers();
+    let engine = FitnessEngine::new(&m.model, cal, EngineOptions::default())?;
+    println!("| initialisation | plans | mean layers removed | plans removing > half | mean fitness | fitness < 0.5 | non-finite |");
+    println!("|---|---|---|---|---|---|---|");
+    for init in [Init::Paper, Init::Banded] {
+        let settings = SearchSettings { population: args.plans.max(2), init, seed: 1, ..SearchSettings::default() };
+        let encoding = settings.encoding(layers);
+        let genes: Vec<Vec<f64>> = match init {
+            Init::Paper => {
+                let bounds = encoding.bounds();
+                let mut rng = StdRng::seed_from_u64(1);
+                (0..settings.population).map(|_| bounds.sample(&mut rng)).collect()
+            }
+            _ => initial_population(&settings, &encoding, &[]),
+        };
+        let (mut removed, mut over_half, mut fit, mut low, mut bad) = (0usize, 0usize, 0f64, 0usize, 0usize);
+        for g in &genes {
+            let plan = encoding.decode(g);
+            let r = engine.evaluate(&plan)?;
+            removed += plan.removed();
+            over_half += (plan.removed() * 2 > layers) as usize;
+            fit += r.fitness;
+            low += (r.fitness < 0.5) as usize;
+            bad += r.non_finite as usize;
+        }
+        let n = genes.len();
+        println!(
+            "| {init:?} | {n} | {:.1} of {layers} | {:.0}% | {:.3} | {:.0}% | {:.0}% |",
+            removed as f64 / n as f64,
+            100.0 * over_half as f64 / n as f64,
+            fit / n as f64,
+            100.0 * low as f64 / n as f64,
+            100.0 * bad as f64 / n as f64
+        );
+    }
+    Ok(())
+}

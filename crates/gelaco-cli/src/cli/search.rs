@@ -1,0 +1,621 @@
+//! `gelaco search`, `gelaco resume`, `gelaco front` and `gelaco baseline`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use super::words::choice;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::fitness::{CalibArgs, MergeOpArg};
+use gelaco::backend::DeviceChoice;
+use gelaco::collapse::MergeSettings;
+use gelaco::eval::validation::{ValidationOptions, ValidationSource};
+use gelaco::export::Recipe;
+use gelaco::export::recipe::plan_of;
+use gelaco::fitness::FitnessEngine;
+use gelaco::run::FrontEntry;
+use gelaco::run::job::{self, Event, JobHandle, JobSpec};
+use gelaco::run::store;
+use gelaco::fitness::Objective;
+use gelaco::search::baselines::{self, BaselineSolution, LacoSettings};
+use gelaco::search::depth::{self, EvoPressSettings};
+use gelaco::util::Choice;
+use gelaco::search::problem::Mode;
+use gelaco::search::{Init, SearchSettings};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// NSGA-II on (fitness, compression): a Pareto front.
+    Nsga2,
+    /// The best model of one size (--target-removed or --target-ratio).
+    Single,
+}
+
+/// `--validation`: `none`, `rest` (for a file calibration; none for `--calib self`), or a file.
+fn validation_source(text: &str, calib: &str) -> Option<ValidationSource> {
+    match text {
+        "none" => None,
+        "rest" if calib == "self" => None,
+        "rest" => Some(ValidationSource::Rest),
+        path => Some(ValidationSource::File(PathBuf::from(path))),
+    }
+}
+
+/// The core's default compression band, as `LO,HI`.
+fn default_band() -> String {
+    let (lo, hi) = SearchSettings::default().band;
+    format!("{lo},{hi}")
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    calib: CalibArgs,
+    #[arg(long, value_enum, default_value_t = ModeArg::Nsga2)]
+    mode: ModeArg,
+    /// Layers to remove (single mode).
+    #[arg(long)]
+    target_removed: Option<usize>,
+    /// Share of layers to remove (single mode), e.g. 0.25.
+    #[arg(long)]
+    target_ratio: Option<f64>,
+    #[arg(long, default_value_t = SearchSettings::default().population)]
+    population: usize,
+    /// Evaluation budget (each offspring counts, cache hits included).
+    #[arg(long, default_value_t = SearchSettings::default().evaluations)]
+    evaluations: usize,
+    /// Stop after this many generations.
+    #[arg(long)]
+    generations: Option<usize>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    max_seconds: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// First population: uniform (paper), plans in a compression band (banded), or the
+    /// baselines' solutions plus banded plans (warm).
+    #[arg(long, value_parser = choice::<Init>(), default_value_t = SearchSettings::default().init)]
+    init: Init,
+    /// Compression band of banded/warm plans, "LO,HI".
+    #[arg(long, default_value_t = default_band())]
+    band: String,
+    #[arg(long, default_value_t = SearchSettings::default().crossover_probability)]
+    crossover_probability: f64,
+    #[arg(long, default_value_t = SearchSettings::default().crossover_eta)]
+    crossover_eta: f64,
+    /// Per-gene mutation probability (default 1/(3L)).
+    #[arg(long)]
+    mutation_probability: Option<f64>,
+    #[arg(long, default_value_t = SearchSettings::default().mutation_eta)]
+    mutation_eta: f64,
+    /// Merge operator; `auto` gives every merge its own operator gene.
+    #[arg(long, value_enum, default_value_t = MergeOpArg::default_arg())]
+    merge_op: MergeOpArg,
+    /// Leave the RMSNorm weights of the base layer unmerged.
+    #[arg(long)]
+    keep_norms: bool,
+    /// Also compute the LaCo and ShortGPT baselines (always done with --init warm).
+    #[arg(long)]
+    baselines: bool,
+    /// Held-out text that picks the recommended model of each size, never optimised:
+    /// `rest` (the calibration file's lines the calibration did not take; the default), a
+    /// text file, or `none`.
+    #[arg(long, default_value = "rest")]
+    validation: String,
+    /// Validation windows scored per model.
+    #[arg(long, default_value_t = ValidationOptions::default().windows)]
+    validation_windows: usize,
+    /// Tokens per validation window.
+    #[arg(long, default_value_t = ValidationOptions::default().window)]
+    validation_window: usize,
+    /// Multi-fidelity selection: offspring scored on TOKENS calibration tokens first, the
+    /// share KEEP going on, only full-set scores deciding survival ("256:0.25,full:1");
+    /// "full:1" scores every offspring on the full set.
+    #[arg(long, default_value = "full:1")]
+    fidelity: String,
+    /// Run folder (must be new or empty).
+    #[arg(long, default_value = "runs/latest")]
+    out: PathBuf,
+    /// Stream one JSON event per line on stdout instead of a progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    /// The run folder to continue.
+    dir: PathBuf,
+    /// The model, when it has moved since the run started (it must be the same file).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A new evaluation budget.
+    #[arg(long)]
+    evaluations: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FrontArgs {
+    dir: PathBuf,
+    /// Write every front solution and baseline as a recipe file into this folder.
+    #[arg(long)]
+    recipes: Option<PathBuf>,
+    /// Replace existing recipe files.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BaselineCommand {
+    /// LaCo: greedy merging from the top down while final hidden states stay similar.
+    Laco {
+        #[arg(long)]
+        model: PathBuf,
+        #[command(flatten)]
+        calib: CalibArgs,
+        /// Layers merged at once (C).
+        #[arg(long, default_value_t = LacoSettings::default().window)]
+        window: usize,
+        /// Hidden-state cosine a merge must keep (T).
+        #[arg(long, default_value_t = LacoSettings::default().threshold)]
+        threshold: f64,
+        /// Layers skipped after an accepted merge (I).
+        #[arg(long, default_value_t = LacoSettings::default().interval)]
+        interval: usize,
+        /// Lowest layer a merge may start at.
+        #[arg(long, default_value_t = LacoSettings::default().lowest)]
+        lowest: usize,
+        /// LaCo's operator is rdsc.
+        #[arg(long, value_enum, default_value_t = MergeOpArg::Rdsc)]
+        merge_op: MergeOpArg,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// SLEB: remove one layer at a time, each time the one whose removal gives the lowest
+    /// calibration NLL (scored, like every baseline, with --objective).
+    Sleb {
+        #[arg(long)]
+        model: PathBuf,
+        #[command(flatten)]
+        calib: CalibArgs,
+        /// Layers to remove; one greedy pass gives every size ("3,6,9,12").
+        #[arg(long, value_delimiter = ',', required = true)]
+        remove: Vec<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write each solution as a recipe in this folder.
+        #[arg(long)]
+        recipes: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// EvoPress: a (1+lambda) evolutionary search over which layers to drop, by KL of the
+    /// next-token distributions with multi-step selection.
+    Evopress {
+        #[arg(long)]
+        model: PathBuf,
+        #[command(flatten)]
+        calib: CalibArgs,
+        /// Layers to remove; several values give several searches ("3,6").
+        #[arg(long, value_delimiter = ',', required = true)]
+        remove: Vec<usize>,
+        /// Offspring per generation (lambda).
+        #[arg(long, default_value_t = EvoPressSettings::default().offspring)]
+        offspring: usize,
+        #[arg(long, default_value_t = EvoPressSettings::default().generations)]
+        generations: usize,
+        /// Selection steps before the full calibration set, TOKENS:KEEP,... (KEEP: the share
+        /// of candidates scored on more tokens).
+        #[arg(long, default_value_t = fidelity_text(&EvoPressSettings::default().fidelity))]
+        fidelity: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write each solution as a recipe in this folder.
+        #[arg(long)]
+        recipes: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// ShortGPT: remove the layers of lowest Block Influence.
+    Shortgpt {
+        #[arg(long)]
+        model: PathBuf,
+        #[command(flatten)]
+        calib: CalibArgs,
+        /// Layers to remove; several values give several solutions ("4,8").
+        #[arg(long, value_delimiter = ',', required = true)]
+        remove: Vec<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_band(text: &str) -> Result<(f64, f64)> {
+    let bad = || gelaco::Error::Invalid(format!("--band '{text}' is not LO,HI (e.g. 0.05,0.5)"));
+    let (a, b) = text.split_once(',').ok_or_else(bad)?;
+    Ok((a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?))
+}
+
+/// Layer count of a model without loading its weights.
+fn layers_of(model: &Path) -> Result<usize> {
+    Ok(gelaco::model::ModelFiles::open(model)?.config.num_layers)
+}
+
+pub fn search(a: SearchArgs, device: DeviceChoice) -> Result<()> {
+    let layers = layers_of(&a.model)?;
+    let mode = match a.mode {
+        ModeArg::Nsga2 => {
+            if a.target_removed.is_some() || a.target_ratio.is_some() {
+                return Err(gelaco::Error::Invalid("--target-removed and --target-ratio need --mode single".into()).into());
+            }
+            Mode::Pareto
+        }
+        ModeArg::Single => {
+            let target = match (a.target_removed, a.target_ratio) {
+                (Some(r), None) => r,
+                (None, Some(x)) if (0.0..1.0).contains(&x) => (x * layers as f64).round() as usize,
+                (None, Some(x)) => return Err(gelaco::Error::Invalid(format!("--target-ratio {x} must be in [0, 1)")).into()),
+                _ => return Err(gelaco::Error::Invalid("--mode single needs one of --target-removed or --target-ratio".into()).into()),
+            };
+            Mode::Single { target_removed: target }
+        }
+    };
+    let settings = SearchSettings {
+        mode,
+        population: a.population,
+        evaluations: a.evaluations,
+        generations: a.generations,
+        max_seconds: a.max_seconds,
+        seed: a.seed,
+        init: a.init,
+        band: parse_band(&a.band)?,
+        crossover_probability: a.crossover_probability,
+        crossover_eta: a.crossover_eta,
+        mutation_probability: a.mutation_probability,
+        mutation_eta: a.mutation_eta,
+        merge_op: a.merge_op.op(),
+        keep_norms: a.keep_norms,
+        fidelity: (a.fidelity != "full:1").then(|| a.fidelity.clone()),
+    };
+    settings.validate(layers)?;
+    let spec = JobSpec::New {
+        model: a.model.clone(),
+        device,
+        calib: gelaco::fitness::calibration::CalibSource::parse(&a.calib.calib),
+        calib_options: a.calib.options(a.seed),
+        engine: a.calib.engine_options(MergeSettings { keep_base_norms: a.keep_norms }),
+        settings,
+        out: a.out.clone(),
+        baselines: a.baselines,
+        validation: validation_source(&a.validation, &a.calib.calib)
+            .map(|s| (s, ValidationOptions { window: a.validation_window, windows: a.validation_windows })),
+    };
+    drive(job::spawn(spec, None), a.json)
+}
+
+pub fn resume(a: ResumeArgs, device: DeviceChoice) -> Result<()> {
+    let spec = JobSpec::Resume { dir: a.dir.clone(), device, model: a.model.clone(), evaluations: a.evaluations };
+    drive(job::spawn(spec, None), a.json)
+}
+
+/// Follow a job: a progress bar (or JSON lines), Ctrl-C stops it cleanly.
+fn drive(handle: JobHandle, json: bool) -> Result<()> {
+    let flag = handle.stop_flag();
+    let first = std::sync::atomic::AtomicBool::new(false);
+    let _ = ctrlc::set_handler(move || {
+        if first.swap(true, Ordering::SeqCst) {
+            // a second Ctrl-C: leave at once (the run folder is consistent at every line)
+            std::process::exit(130);
+        }
+        flag.store(true, Ordering::SeqCst);
+    });
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:24} {pos}/{len} evals  {msg}  ETA {eta}").context("progress template")?,
+    );
+    if json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut failure = None;
+    let mut final_front = None;
+    let mut baselines = Vec::new();
+    let mut run_dir = None;
+    for event in handle.events.iter() {
+        if json {
+            println!("{}", serde_json::to_string(&event)?);
+        }
+        match event {
+            Event::Started { run_dir: d, device, layers, calibration_hash, resumed } => {
+                if !json {
+                    eprintln!(
+                        "{} {} ({} layers) on {device}; calibration {}",
+                        if resumed { "resuming" } else { "searching" },
+                        d.display(),
+                        layers,
+                        gelaco::util::short_hash(&calibration_hash)
+                    );
+                }
+                run_dir = Some(d);
+            }
+            Event::Baselines { solutions } => baselines = solutions,
+            Event::Stage { message } => {
+                if !json {
+                    eprintln!("{message}...");
+                }
+            }
+            Event::Progress(p) => {
+                bar.set_length(p.budget as u64);
+                bar.set_position(p.evaluations as u64);
+                bar.set_message(format!(
+                    "gen {}  {:.2} eval/s  cache hits {}{}  best {:.4}  front {}  HV {:.4}{}",
+                    p.generation,
+                    p.rate,
+                    p.cache_hits,
+                    if p.screened > 0 { format!("  screened {}", p.screened) } else { String::new() },
+                    p.best_fitness,
+                    p.front_size,
+                    p.hypervolume,
+                    if p.paused { "  (paused)" } else { "" }
+                ));
+            }
+            Event::Done { reason, front, run_dir: d } => {
+                bar.finish_and_clear();
+                if !json {
+                    eprintln!("search ended ({reason:?}); run folder {}", d.display());
+                }
+                final_front = Some(front);
+            }
+            Event::Failed { error, .. } => {
+                bar.finish_and_clear();
+                failure = Some(std::sync::Arc::try_unwrap(error).unwrap_or_else(|shared| gelaco::Error::Invalid(shared.to_string())));
+            }
+            Event::Evaluated { .. } | Event::Generation { .. } => {}
+        }
+    }
+    handle.join();
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    if let (false, Some(front)) = (json, final_front) {
+        print_front(&front, &baselines);
+        if let Some(d) = run_dir {
+            eprintln!("(reprint with `gelaco front {}`)", d.display());
+        }
+    }
+    Ok(())
+}
+
+fn print_front(front: &[FrontEntry], baselines: &[BaselineSolution]) {
+    println!("{:>9} {:>11} {:>7} {:>9}  {:<24} merges", "fitness", "compression", "layers", "params", "removed (original)");
+    for f in front {
+        let r = &f.result;
+        println!(
+            "{:>9.4} {:>10.1}% {:>7} {:>8.1}%  {:<24} {}",
+            r.fitness,
+            100.0 * r.compression,
+            r.remaining_layers,
+            100.0 * r.params_removed,
+            plan_of(r).removed_text(),
+            if f.merges.is_empty() { "(none)" } else { &f.merges }
+        );
+    }
+    if !baselines.is_empty() {
+        println!("\nbaselines");
+        for b in baselines {
+            println!(
+                "{:>9.4} {:>10.1}% {:>7} {:>8.1}%  {:<24} {}  [{}]",
+                b.result.fitness,
+                100.0 * b.result.compression,
+                b.result.remaining_layers,
+                100.0 * b.result.params_removed,
+                b.plan.removed_text(),
+                b.merges,
+                b.method
+            );
+        }
+    }
+}
+
+pub fn front(a: FrontArgs) -> Result<()> {
+    let front = store::read_front(&a.dir)?;
+    let baselines = store::read_baselines(&a.dir)?;
+    if let Some(out) = &a.recipes {
+        let info = store::read_info(&a.dir)?;
+        std::fs::create_dir_all(out).map_err(|e| gelaco::Error::io(out, e))?;
+        let mut written = 0;
+        for (i, e) in front.iter().enumerate() {
+            let origin = format!("{} front #{i}", a.dir.display());
+            let r = Recipe::from_run(&info, &plan_of(&e.result), &e.result, origin);
+            r.save(&out.join(format!("front-{i:02}-{}layers.json", e.result.remaining_layers)), a.force)?;
+            written += 1;
+        }
+        for b in &baselines {
+            let name: String = b.method.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+            let name = name.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-");
+            let origin = format!("{} baseline {}", a.dir.display(), b.method);
+            let r = Recipe::from_run(&info, &b.plan, &b.result, origin);
+            r.save(&out.join(format!("baseline-{}.json", name.trim_matches('-'))), a.force)?;
+            written += 1;
+        }
+        eprintln!("{written} recipes written to {}", out.display());
+    }
+    if a.json {
+        super::print_json(&serde_json::json!({"front": front, "baselines": baselines, "run": store::read_info(&a.dir)?}))?;
+    } else {
+        let info = store::read_info(&a.dir)?;
+        println!("{} ({:?}, {} evaluations budget, seed {})", a.dir.display(), info.status, info.settings.evaluations, info.settings.seed);
+        print_front(&front, &baselines);
+    }
+    Ok(())
+}
+
+/// `TOKENS:KEEP,...` of a selection schedule.
+fn fidelity_text(steps: &[(usize, f64)]) -> String {
+    steps.iter().map(|(t, k)| format!("{t}:{k}")).collect::<Vec<_>>().join(",")
+}
+
+fn parse_fidelity(text: &str) -> Result<Vec<(usize, f64)>> {
+    let bad = || gelaco::Error::Invalid(format!("--fidelity '{text}' is not TOKENS:KEEP,... (e.g. 512:0.125)"));
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let (t, k) = s.split_once(':').ok_or_else(bad)?;
+            let t: usize = t.trim().parse().map_err(|_| bad())?;
+            let k: f64 = k.trim().parse().map_err(|_| bad())?;
+            if t == 0 || !(k > 0.0 && k <= 1.0) {
+                return Err(bad().into());
+            }
+            Ok((t, k))
+        })
+        .collect()
+}
+
+/// A progress bar over `planned` evaluations of a baseline, or none with `--json`.
+fn baseline_bar(what: &str, json: bool) -> Result<Option<ProgressBar>> {
+    if json {
+        return Ok(None);
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("{msg} {bar:24} {pos}/{len} evaluations  ETA {eta}").context("progress template")?);
+    bar.set_message(what.to_string());
+    Ok(Some(bar))
+}
+
+/// Write a baseline's solutions as recipes.
+fn save_baseline_recipes(dir: &Path, m: &gelaco::model::LoadedModel, sols: &[BaselineSolution]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| gelaco::Error::io(dir, e))?;
+    let identity = store::ModelIdentity::of(&m.files)?;
+    for s in sols {
+        let mut r = Recipe::new(identity.clone(), &s.plan, gelaco::collapse::MergeOp::KeepFirst, MergeSettings::default());
+        r.fitness = Some(gelaco::export::recipe::RecipeScores::from(&s.result));
+        r.origin = s.method.clone();
+        let name = format!("{}-{}layers.json", s.kind().map_or("baseline", |k| k.name()), s.result.remaining_layers);
+        r.save(&dir.join(name), true)?;
+    }
+    eprintln!("{} recipes written to {}", sols.len(), dir.display());
+    Ok(())
+}
+
+fn print_baseline(sol: &BaselineSolution, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(&serde_json::json!({
+            "method": sol.method,
+            "objective": sol.result.objective.name(),
+            "kl": sol.result.kl,
+            "nll": sol.result.nll,
+            "removed": sol.plan.removed_layers(),
+            "merges": sol.merges,
+            "canonical": sol.plan.canonical,
+            "fitness": sol.result.fitness,
+            "attention": sol.result.attention,
+            "ffn": sol.result.ffn,
+            "hidden": sol.result.hidden,
+            "compression": sol.result.compression,
+            "params_removed": sol.result.params_removed,
+            "remaining_layers": sol.result.remaining_layers,
+            "psi": sol.result.psi,
+        }))?);
+    } else {
+        println!(
+            "{:<32} fitness {:.4}  compression {:.1}%  layers {}  removed {}  merges {}",
+            sol.method,
+            sol.result.fitness,
+            100.0 * sol.result.compression,
+            sol.result.remaining_layers,
+            sol.plan.removed_text(),
+            if sol.merges.is_empty() { "(none)" } else { &sol.merges }
+        );
+    }
+    Ok(())
+}
+
+pub fn baseline(cmd: BaselineCommand, device: DeviceChoice) -> Result<()> {
+    match cmd {
+        BaselineCommand::Laco { model, calib, window, threshold, interval, lowest, merge_op, seed, json } => {
+            let op = merge_op.op().ok_or_else(|| gelaco::Error::Invalid("LaCo needs one operator, not auto".into()))?;
+            let m = super::load(&model, device)?;
+            let cal = calib.load(&m, seed)?;
+            let engine = FitnessEngine::new(&m.model, cal, calib.engine_options(MergeSettings::default()))?;
+            let s = LacoSettings { window, threshold, interval, lowest, op };
+            print_baseline(&baselines::laco(&engine, &s)?, json)
+        }
+        BaselineCommand::Sleb { model, calib, remove, seed, recipes, json } => {
+            let m = super::load(&model, device)?;
+            let cal = calib.load(&m, seed)?;
+            let score = FitnessEngine::new(&m.model, cal, calib.engine_options(MergeSettings::default()))?;
+            let nll = score.under(Objective::Nll)?;
+            let bar = baseline_bar("SLEB", json)?;
+            let sols = depth::sleb(&nll, &score, &remove, &mut |done, planned| {
+                if let Some(b) = &bar {
+                    b.set_length(planned as u64);
+                    b.set_position(done as u64);
+                }
+                true
+            })?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            for s in &sols {
+                print_baseline(s, json)?;
+            }
+            if let Some(dir) = recipes {
+                save_baseline_recipes(&dir, &m, &sols)?;
+            }
+            Ok(())
+        }
+        BaselineCommand::Evopress { model, calib, remove, offspring, generations, fidelity, seed, recipes, json } => {
+            let settings = EvoPressSettings { offspring, generations, fidelity: parse_fidelity(&fidelity)?, seed };
+            let m = super::load(&model, device)?;
+            let cal = calib.load(&m, seed)?;
+            let score = FitnessEngine::new(&m.model, cal, calib.engine_options(MergeSettings::default()))?;
+            let kl = score.under(Objective::Kl)?;
+            let mut sols = Vec::new();
+            for r in remove {
+                let bar = baseline_bar(&format!("EvoPress r={r}"), json)?;
+                let s = depth::evopress(&kl, &score, r, &settings, &mut |done, planned| {
+                    if let Some(b) = &bar {
+                        b.set_length(planned as u64);
+                        b.set_position(done as u64);
+                    }
+                    true
+                })?;
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                print_baseline(&s, json)?;
+                sols.push(s);
+            }
+            if let Some(dir) = recipes {
+                save_baseline_recipes(&dir, &m, &sols)?;
+            }
+            Ok(())
+        }
+        BaselineCommand::Shortgpt { model, calib, remove, seed, json } => {
+            let m = super::load(&model, device)?;
+            let cal = calib.load(&m, seed)?;
+            let engine = FitnessEngine::new(&m.model, cal, calib.engine_options(MergeSettings::default()))?;
+            let influence = baselines::block_influence(&m.model, &engine.calibration.samples, calib.batch_size)?;
+            if !json {
+                let shown: Vec<String> = influence.iter().map(|b| format!("{b:.3}")).collect();
+                println!("block influence: {}", shown.join(" "));
+            }
+            for r in remove {
+                print_baseline(&baselines::shortgpt(&engine, &influence, r)?, json)?;
+            }
+            Ok(())
+        }
+    }
+}

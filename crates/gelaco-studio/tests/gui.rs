@@ -1,0 +1,126 @@
+//! The window, driven through egui_kittest with a tiny model: open it, start a search, see
+//! points and the front appear, select a solution, stop; a failing worker shows an error
+//! and the window stays usable.
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::Tiny;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use gelaco::backend::DeviceChoice;
+use gelaco_studio::app::CalibKind;
+use gelaco_studio::{App, Launch, Settings};
+
+fn settings(dir: &Path, calib: &Path) -> Settings {
+    Settings {
+        calib_kind: CalibKind::File,
+        calib_file: calib.display().to_string(),
+        samples: 4,
+        max_tokens: 16,
+        population: 8,
+        evaluations: 48,
+        baselines: false,
+        runs_dir: dir.join("runs").display().to_string(),
+        device: DeviceChoice::Cpu,
+        ..Settings::default()
+    }
+}
+
+fn harness(app: App) -> Harness<'static, App> {
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .build_ui_state(|ui, app: &mut App| app.frame(ui), app)
+}
+
+/// Step frames until `done` holds, for at most `secs` seconds.
+fn step_until(h: &mut Harness<'_, App>, what: &str, secs: u64, done: impl Fn(&App) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(start.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}; log: {:?}", h.state().log);
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.step();
+}
+
+fn fixture() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    Tiny { layers: 6, ..Tiny::default() }.write_gguf(&model);
+    let calib = dir.path().join("calib.txt");
+    std::fs::write(&calib, "the answer to the question is there and then the end of it all\n".repeat(6)).unwrap();
+    (dir, model, calib)
+}
+
+#[test]
+fn open_run_see_the_front_select_and_stop() {
+    let (dir, model, calib) = fixture();
+    let launch = Launch { model: Some(model.clone()), ephemeral: true, out: Some(dir.path().join("run")), ..Launch::default() };
+    let app = App::new(&egui::Context::default(), Some(settings(dir.path(), &calib)), launch);
+    let mut h = harness(app);
+    step_until(&mut h, "the model card", 60, |a| matches!(a.card, Some(Ok(_))));
+    h.get_by_label("architecture");
+    h.get_by_label("llama");
+
+    h.get_by_label("▶ Run").click();
+    step_until(&mut h, "evaluated points", 120, |a| !a.points.is_empty());
+    step_until(&mut h, "a front", 120, |a| !a.front.is_empty() && a.progress.is_some());
+    assert!(h.state().running() || h.state().front.len() > 0);
+    h.get_by_label_contains("evaluations");
+
+    // stop it, then pick a front solution from the inspector's list
+    if h.state().running() {
+        h.get_by_label("⏹ Stop").click();
+    }
+    step_until(&mut h, "the search to end", 120, |a| !a.running());
+    assert!(h.state().log.iter().any(|l| l.text.contains("search ended")), "{:?}", h.state().log);
+    h.get_by_label_contains("#0:").click();
+    step_until(&mut h, "a selection", 10, |a| a.selected.is_some());
+    h.get_by_label("Similarity to the original");
+    h.get_by_label("Save recipe").click();
+    h.step();
+    h.step();
+    let recipes = dir.path().join("run/recipes");
+    assert_eq!(std::fs::read_dir(&recipes).unwrap().count(), 1, "{:?}", h.state().log);
+
+    // the selection goes to the comparison table
+    h.get_by_label("Add to compare").click();
+    step_until(&mut h, "the comparison entry", 10, |a| a.compare.len() == 1);
+    h.get_by_label("Compare (1)").click();
+    h.step();
+    h.get_by_label("Generate with all");
+}
+
+#[test]
+fn a_failing_worker_shows_an_error_and_the_window_stays_usable() {
+    let (dir, model, calib) = fixture();
+    // a model file that is not a model: the card shows the error
+    let bad = dir.path().join("broken.gguf");
+    std::fs::write(&bad, "not a model").unwrap();
+    let launch = Launch { model: Some(bad), ephemeral: true, ..Launch::default() };
+    let app = App::new(&egui::Context::default(), Some(settings(dir.path(), &calib)), launch);
+    let mut h = harness(app);
+    step_until(&mut h, "the error", 30, |a| matches!(a.card, Some(Err(_))));
+    assert!(h.state().banner.as_ref().is_some_and(|(err, t)| *err && t.contains("broken.gguf")));
+    assert!(h.get_all_by_label_contains("not a GGUF file").count() >= 2, "shown in the card and the log");
+
+    // a search whose calibration file is missing fails in its worker and says so
+    h.state_mut().apply(gelaco_studio::app::Action::OpenModel(model));
+    step_until(&mut h, "the good model", 60, |a| matches!(a.card, Some(Ok(_))));
+    h.state_mut().settings.calib_file = dir.path().join("missing.txt").display().to_string();
+    h.get_by_label("▶ Run").click();
+    step_until(&mut h, "the failure", 60, |a| a.banner.as_ref().is_some_and(|(e, t)| *e && t.contains("missing.txt")));
+    step_until(&mut h, "the worker to end", 30, |a| !a.running());
+
+    // and the window still runs a search once the input is fixed
+    h.state_mut().settings.calib_file = calib.display().to_string();
+    h.get_by_label("▶ Run").click();
+    step_until(&mut h, "points of the second search", 120, |a| !a.points.is_empty());
+    h.get_by_label("⏹ Stop").click();
+    step_until(&mut h, "the second search to end", 120, |a| !a.running());
+    assert_eq!(h.state().searches_started, 2);
+}

@@ -1,0 +1,425 @@
+//! The fitness of a compressed model on a calibration set, under one of three objectives:
+//! GeLaCo's module-wise similarity (the cosine of each module's output with the original's,
+//! averaged with the final hidden state's), or the language-modelling objectives `kl` and
+//! `nll` ([`objective`]), whose fitness is `exp(-loss)` so that higher is better for all.
+//!
+//! The engine computes the original model's activations once (within `cache_mb`), builds
+//! compressed models from shared tensors plus merged layers, starts their forward pass at
+//! the first changed layer from the cached hidden state, and reduces on the device.
+
+pub mod calibration;
+pub mod heal;
+pub mod naive;
+pub mod objective;
+pub mod reference;
+pub mod similarity;
+
+use serde::{Deserialize, Serialize};
+
+use crate::collapse::{MergeSettings, Plan, Span, build};
+use crate::error::{Error, Result};
+use crate::model::Llama;
+use calibration::Calibration;
+pub use heal::Heal;
+pub use objective::Objective;
+use objective::{HeadRows, chunk_losses, effective_top_k};
+use reference::{Chunk, ReferenceActs, bytes_per_token};
+use similarity::{ChunkSimilarity, chunk_similarity};
+
+/// The value given to a model whose activations are not finite: below any cosine.
+pub const WORST_FITNESS: f64 = -1.0;
+
+/// Similarities of one original layer, averaged over samples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LayerSimilarity {
+    pub attention: f64,
+    pub ffn: f64,
+}
+
+/// The fitness of one plan and what it is made of.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FitnessResult {
+    pub fitness: f64,
+    pub attention: f64,
+    pub ffn: f64,
+    pub hidden: f64,
+    /// Removed layers / original layers.
+    pub compression: f64,
+    /// Share of the model's parameters removed.
+    pub params_removed: f64,
+    pub remaining_layers: usize,
+    pub psi: Vec<usize>,
+    pub canonical: Vec<Span>,
+    /// Some activation was NaN or infinite: the fitness is [`WORST_FITNESS`].
+    pub non_finite: bool,
+    /// Per original layer (similarity only).
+    #[serde(default)]
+    pub per_layer: Vec<LayerSimilarity>,
+    /// What `fitness` measures (results written before objectives existed: similarity).
+    #[serde(default)]
+    pub objective: Objective,
+    /// Mean KL(original || compressed) per token, in nats, where computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+    /// Mean next-token NLL of the calibration text, in nats, where computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nll: Option<f64>,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EngineOptions {
+    /// Samples per forward pass.
+    pub batch_size: usize,
+    /// Memory for cached original activations, in MiB.
+    pub cache_mb: usize,
+    pub merge: MergeSettings,
+    /// What the fitness measures (run folders written before objectives existed: similarity).
+    #[serde(default)]
+    pub objective: Objective,
+    /// `kl` keeps the original's top K log-probabilities per token plus the remaining mass
+    /// (`None`: the whole distribution for small vocabularies, a default K for large ones).
+    #[serde(default)]
+    pub kl_top_k: Option<usize>,
+    /// Healing of every candidate that removes layers (run folders written before healing
+    /// existed: none).
+    #[serde(default)]
+    pub heal: Heal,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            batch_size: 16,
+            cache_mb: 2048,
+            merge: MergeSettings::default(),
+            objective: Objective::Similarity,
+            kl_top_k: None,
+            heal: Heal::None,
+        }
+    }
+}
+
+/// Accumulates per-sample similarities over chunks.
+#[derive(Default)]
+struct Totals {
+    attention: Vec<f64>,
+    ffn: Vec<f64>,
+    hidden: Vec<f64>,
+    layer_attention: Vec<f64>,
+    layer_ffn: Vec<f64>,
+    samples: usize,
+    non_finite: bool,
+}
+
+impl Totals {
+    fn new(layers: usize) -> Self {
+        Totals {
+            layer_attention: vec![0.0; layers],
+            layer_ffn: vec![0.0; layers],
+            ..Default::default()
+        }
+    }
+
+    fn add(&mut self, c: &ChunkSimilarity, layers: usize) {
+        let b = c.hidden.len();
+        for s in 0..b {
+            // layers before `first` are identical: cosine 1 for every module
+            let mut attn = c.first as f64;
+            let mut ffn = c.first as f64;
+            for j in 0..c.attention.len() {
+                let a = c.attention[j][s] as f64 / 4.0;
+                let f = c.ffn[j][s] as f64 / 3.0;
+                attn += a;
+                ffn += f;
+                self.layer_attention[c.first + j] += a;
+                self.layer_ffn[c.first + j] += f;
+            }
+            for j in 0..c.first {
+                self.layer_attention[j] += 1.0;
+                self.layer_ffn[j] += 1.0;
+            }
+            let h = c.hidden[s] as f64;
+            let (attn, ffn) = (attn / layers as f64, ffn / layers as f64);
+            if !(attn.is_finite() && ffn.is_finite() && h.is_finite()) {
+                self.non_finite = true;
+            }
+            self.attention.push(attn);
+            self.ffn.push(ffn);
+            self.hidden.push(h);
+        }
+        self.samples += b;
+    }
+
+    fn finish(self, plan: &Plan, model: &Llama) -> FitnessResult {
+        let n = self.samples.max(1) as f64;
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / n;
+        let cfg = &model.config;
+        let params_removed = (plan.removed() * cfg.layer_params()) as f64 / cfg.total_params() as f64;
+        let (attention, ffn, hidden) = (mean(&self.attention), mean(&self.ffn), mean(&self.hidden));
+        let per_layer = self
+            .layer_attention
+            .iter()
+            .zip(&self.layer_ffn)
+            .map(|(a, f)| {
+                let finite = |v: f64| if v.is_finite() { v } else { WORST_FITNESS };
+                LayerSimilarity { attention: finite(a / n), ffn: finite(f / n) }
+            })
+            .collect();
+        let (fitness, attention, ffn, hidden) = if self.non_finite {
+            (WORST_FITNESS, WORST_FITNESS, WORST_FITNESS, WORST_FITNESS)
+        } else {
+            ((attention + ffn + hidden) / 3.0, attention, ffn, hidden)
+        };
+        FitnessResult {
+            fitness,
+            attention,
+            ffn,
+            hidden,
+            compression: plan.compression(),
+            params_removed,
+            remaining_layers: plan.remaining(),
+            psi: plan.psi.clone(),
+            canonical: plan.canonical.clone(),
+            non_finite: self.non_finite,
+            per_layer,
+            objective: Objective::Similarity,
+            kl: None,
+            nll: None,
+        }
+    }
+}
+
+/// Evaluates plans against one model and one calibration set.
+#[derive(Clone)]
+pub struct FitnessEngine {
+    model: Llama,
+    pub calibration: Calibration,
+    pub options: EngineOptions,
+    chunks: Vec<Chunk>,
+    /// LM-head rows per chunk (`kl` and `nll` only).
+    rows: Vec<Option<HeadRows>>,
+    top_k: Option<usize>,
+    cached: Vec<Option<ReferenceActs>>,
+}
+
+impl FitnessEngine {
+    /// Prepare the engine: chunk the samples and cache as many chunks' reference
+    /// activations as `cache_mb` holds.
+    pub fn new(model: &Llama, calibration: Calibration, options: EngineOptions) -> Result<Self> {
+        if calibration.samples.is_empty() {
+            return Err(Error::Invalid("the calibration set is empty".into()));
+        }
+        if options.batch_size == 0 {
+            return Err(Error::setting("batch_size", "must be at least 1"));
+        }
+        let top_k = match options.objective {
+            Objective::Kl => effective_top_k(options.kl_top_k, model.config.vocab_size)?,
+            Objective::Similarity | Objective::Nll => None,
+        };
+        let budget = options.cache_mb as u64 * 1024 * 1024;
+        let per_token = bytes_per_token(model, options.objective, top_k) as u64;
+        let longest = calibration.samples.iter().map(Vec::len).max().unwrap_or(1) as u64;
+        if budget < per_token * longest {
+            return Err(Error::setting(
+                "cache_mb",
+                format!(
+                "{} cannot hold the activations of even one sample ({:.1} MiB needed for {longest} tokens)",
+                options.cache_mb,
+                (per_token * longest) as f64 / (1024.0 * 1024.0)
+            )));
+        }
+        // samples sorted by length pad least; chunks keep a fixed order for reproducibility
+        let mut order: Vec<usize> = (0..calibration.samples.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(calibration.samples[i].len()));
+        let chunk_size = options.batch_size.min((budget / (per_token * longest)).max(1) as usize);
+        let chunks: Vec<Chunk> = order
+            .chunks(chunk_size)
+            .map(|idx| {
+                let samples: Vec<Vec<u32>> = idx.iter().map(|&i| calibration.samples[i].clone()).collect();
+                Chunk::new(&samples, model)
+            })
+            .collect();
+        let rows: Vec<Option<HeadRows>> =
+            chunks.iter().map(|c| options.objective.needs_head().then(|| HeadRows::new(c, model))).collect();
+        let mut used = 0u64;
+        let mut cached = Vec::with_capacity(chunks.len());
+        for (c, r) in chunks.iter().zip(&rows) {
+            let bytes = per_token * (c.batch() * c.seq()) as u64;
+            if used + bytes <= budget {
+                used += bytes;
+                cached.push(Some(ReferenceActs::compute(model, c, options.objective, top_k, r.as_ref())?));
+            } else {
+                cached.push(None);
+            }
+        }
+        tracing::debug!(chunks = chunks.len(), cached = cached.iter().flatten().count(), mib = used / (1024 * 1024), "reference activations");
+        Ok(FitnessEngine {
+            model: model.clone(),
+            calibration,
+            options,
+            chunks,
+            rows,
+            top_k,
+            cached,
+        })
+    }
+
+    /// (chunks, chunks whose reference activations are cached).
+    pub fn cache_state(&self) -> (usize, usize) {
+        (self.chunks.len(), self.cached.iter().flatten().count())
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// The fitness of `plan`.
+    pub fn evaluate(&self, plan: &Plan) -> Result<FitnessResult> {
+        self.check_plan(plan)?;
+        let compressed = self.build_on(plan, self.chunks.len())?;
+        self.evaluate_model(&compressed, plan)
+    }
+
+    /// The fitness of `plan` on the first chunks of the calibration set that hold at least
+    /// `tokens` tokens (whole chunks; all of them when `tokens` is `None`): a cheap
+    /// estimate for multi-fidelity selection.
+    pub fn evaluate_partial(&self, plan: &Plan, tokens: Option<usize>) -> Result<FitnessResult> {
+        self.check_plan(plan)?;
+        let count = self.chunk_count(tokens);
+        let compressed = self.build_on(plan, count)?;
+        self.evaluate_chunks(&compressed, plan, count)
+    }
+
+    /// The compressed model `plan` builds, healed (on the first `chunks` chunks) when the
+    /// engine heals and the plan removes layers.
+    pub fn build_on(&self, plan: &Plan, chunks: usize) -> Result<Llama> {
+        let compressed = build(&self.model, plan, self.options.merge);
+        match self.options.heal {
+            Heal::Linear if plan.removed() > 0 => self.heal(&compressed, plan, chunks),
+            Heal::Linear | Heal::None => Ok(compressed),
+        }
+    }
+
+    /// How many leading chunks hold at least `tokens` real tokens (all for `None`).
+    pub fn chunk_count(&self, tokens: Option<usize>) -> usize {
+        let Some(want) = tokens else { return self.chunks.len() };
+        let mut seen = 0;
+        for (i, c) in self.chunks.iter().enumerate() {
+            seen += c.lens.iter().sum::<usize>();
+            if seen >= want {
+                return i + 1;
+            }
+        }
+        self.chunks.len()
+    }
+
+    /// Real tokens in the calibration set.
+    pub fn total_tokens(&self) -> usize {
+        self.chunks.iter().map(|c| c.lens.iter().sum::<usize>()).sum()
+    }
+
+    /// This engine when it measures `objective`, else one with the same calibration and
+    /// settings that does (the original's activations are computed anew for it).
+    pub fn under(&self, objective: Objective) -> Result<std::borrow::Cow<'_, FitnessEngine>> {
+        if objective == self.options.objective {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        }
+        let other = FitnessEngine::new(&self.model, self.calibration.clone(), EngineOptions { objective, ..self.options })?;
+        Ok(std::borrow::Cow::Owned(other))
+    }
+
+    fn check_plan(&self, plan: &Plan) -> Result<()> {
+        if plan.num_layers != self.model.num_layers() {
+            return Err(Error::Invalid(format!(
+                "the plan is for {} layers, the model has {}",
+                plan.num_layers,
+                self.model.num_layers()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The fitness of an already built compressed model whose layers follow `plan`.
+    pub fn evaluate_model(&self, compressed: &Llama, plan: &Plan) -> Result<FitnessResult> {
+        self.evaluate_chunks(compressed, plan, self.chunks.len())
+    }
+
+    fn evaluate_chunks(&self, compressed: &Llama, plan: &Plan, count: usize) -> Result<FitnessResult> {
+        if compressed.num_layers() != plan.remaining() {
+            return Err(Error::Invalid(format!(
+                "the compressed model has {} layers, the plan leaves {}",
+                compressed.num_layers(),
+                plan.remaining()
+            )));
+        }
+        if self.options.objective.needs_head() {
+            return self.evaluate_losses(compressed, plan, count);
+        }
+        let mut totals = Totals::new(plan.num_layers);
+        for (i, chunk) in self.chunks.iter().enumerate().take(count) {
+            let sims = chunk_similarity(compressed, plan, &*self.reference(i)?, chunk)?;
+            totals.add(&sims, plan.num_layers);
+        }
+        Ok(totals.finish(plan, &self.model))
+    }
+
+    /// The cached reference of chunk `i`, or a fresh one when it did not fit the cache.
+    pub(crate) fn reference(&self, i: usize) -> Result<std::borrow::Cow<'_, ReferenceActs>> {
+        Ok(match &self.cached[i] {
+            Some(r) => std::borrow::Cow::Borrowed(r),
+            None => std::borrow::Cow::Owned(ReferenceActs::compute(
+                &self.model,
+                &self.chunks[i],
+                self.options.objective,
+                self.top_k,
+                self.rows[i].as_ref(),
+            )?),
+        })
+    }
+
+    /// `kl` and `nll`: the compressed forward from the first changed layer to the LM head.
+    fn evaluate_losses(&self, compressed: &Llama, plan: &Plan, count: usize) -> Result<FitnessResult> {
+        let first = plan.first_changed_layer();
+        let objective = self.options.objective;
+        let (mut kl_sum, mut nll_sum, mut real, mut next) = (0.0, 0.0, 0usize, 0usize);
+        for (i, chunk) in self.chunks.iter().enumerate().take(count) {
+            let reference = self.reference(i)?;
+            let rows = self.rows[i].as_ref().ok_or_else(|| Error::Invalid("LM-head rows missing for a chunk".into()))?;
+            let normed = if first >= plan.num_layers {
+                reference.final_hidden.clone()
+            } else {
+                let mut state = compressed.state(chunk.seq());
+                let h = compressed.run_layers(reference.hidden_in[first].clone(), first..compressed.num_layers(), &mut state, None, None);
+                compressed.final_norm(h)
+            };
+            let target = if objective == Objective::Kl { reference.target.as_ref() } else { None };
+            let (kl, nll) = chunk_losses(compressed, &normed, rows, target)?;
+            kl_sum += kl;
+            nll_sum += nll;
+            real += rows.real_tokens;
+            next += rows.next_tokens;
+        }
+        let kl = (objective == Objective::Kl).then(|| (kl_sum / real.max(1) as f64).max(0.0));
+        let nll = nll_sum / next.max(1) as f64;
+        let loss = kl.unwrap_or(nll);
+        let non_finite = !loss.is_finite() || !nll.is_finite();
+        let cfg = &self.model.config;
+        Ok(FitnessResult {
+            fitness: if non_finite { WORST_FITNESS } else { objective.fitness_of(loss) },
+            attention: 0.0,
+            ffn: 0.0,
+            hidden: 0.0,
+            compression: plan.compression(),
+            params_removed: (plan.removed() * cfg.layer_params()) as f64 / cfg.total_params() as f64,
+            remaining_layers: plan.remaining(),
+            psi: plan.psi.clone(),
+            canonical: plan.canonical.clone(),
+            non_finite,
+            per_layer: Vec::new(),
+            objective,
+            kl: kl.filter(|v| v.is_finite()),
+            nll: nll.is_finite().then_some(nll),
+        })
+    }
+}

@@ -1,0 +1,556 @@
+//! A search in a worker thread: commands in (pause, resume, stop), events out (progress,
+//! each evaluation, each generation, baselines, done, failed). The GUI and the command line
+//! drive the same [`JobHandle`].
+//!
+//! Every evaluation is appended to the run folder as it is made and every generation is
+//! checkpointed, so an error, a panic or a killed process loses at most the evaluation in
+//! flight; a panic or error becomes a `Failed` event.
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::FrontEntry;
+use super::pick::Picker;
+use super::store::{Checkpoint, ModelIdentity, RunInfo, RunStore, Status, ValidationInfo};
+use crate::backend::{self, DeviceChoice};
+use crate::collapse::MergeSettings;
+use crate::error::{Error, Result};
+use crate::fitness::calibration::{self, CalibOptions, CalibSource};
+use crate::eval::validation::{Validation, ValidationOptions, ValidationSource};
+use crate::fitness::{EngineOptions, FitnessEngine};
+use crate::model::{self, LoadedModel};
+use crate::search::algorithm::{Algorithm, StepOutcome};
+use crate::search::baselines::{self, BaselineSolution, LacoSettings};
+use crate::search::problem::{EvaluatedPlan, PlanProblem};
+use crate::search::fidelity::Fidelity;
+use crate::search::{Init, SearchSettings, hypervolume, initial_population};
+
+/// Commands to a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Pause,
+    Resume,
+    Stop,
+}
+
+/// Why a search ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Evaluations,
+    Generations,
+    WallTime,
+    Stopped,
+}
+
+/// Progress, sent at most a few times per second.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Progress {
+    pub generation: usize,
+    pub evaluations: usize,
+    pub budget: usize,
+    /// Evaluations per second in this session.
+    pub rate: f64,
+    pub cache_hits: usize,
+    pub unique: usize,
+    pub best_fitness: f64,
+    pub front_size: usize,
+    pub hypervolume: f64,
+    /// Cheap evaluations of multi-fidelity selection, apart from `evaluations`.
+    pub screened: usize,
+    pub eta_seconds: Option<f64>,
+    pub paused: bool,
+}
+
+/// What a job reports.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Started { run_dir: PathBuf, device: String, layers: usize, calibration_hash: String, resumed: bool },
+    /// What the job is doing before the search proper starts.
+    Stage { message: String },
+    Baselines { solutions: Vec<BaselineSolution> },
+    Evaluated { evaluation: EvaluatedPlan },
+    Progress(Progress),
+    Generation { generation: usize, evaluations: usize, front: Vec<FrontEntry>, population: Vec<[f64; 2]>, hypervolume: f64 },
+    Done { reason: StopReason, front: Vec<FrontEntry>, run_dir: PathBuf },
+    /// The error keeps its kind, so a shell can tell input errors (exit code 2) from others.
+    Failed {
+        #[serde(serialize_with = "as_text")]
+        error: Arc<Error>,
+        run_dir: Option<PathBuf>,
+    },
+}
+
+fn as_text<S: serde::Serializer>(e: &Arc<Error>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(e)
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub enum JobSpec {
+    New {
+        model: PathBuf,
+        device: DeviceChoice,
+        calib: CalibSource,
+        calib_options: CalibOptions,
+        engine: EngineOptions,
+        settings: SearchSettings,
+        out: PathBuf,
+        /// Compute LaCo and ShortGPT reference solutions first.
+        baselines: bool,
+        /// Held-out text that picks the recommended solution of each size (`None`: no
+        /// validation, nothing is recommended).
+        validation: Option<(ValidationSource, ValidationOptions)>,
+    },
+    Resume {
+        dir: PathBuf,
+        device: DeviceChoice,
+        /// Use the model at this path instead of the one recorded (it must be the same file).
+        model: Option<PathBuf>,
+        /// New limits for the continued run.
+        evaluations: Option<usize>,
+    },
+}
+
+/// A handle on a running job.
+pub struct JobHandle {
+    commands: Sender<Command>,
+    pub events: Receiver<Event>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl JobHandle {
+    pub fn send(&self, c: Command) {
+        if c == Command::Stop {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        let _ = self.commands.send(c);
+    }
+
+    /// A flag that stops the job when set (for signal handlers).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Wait for the worker to end.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+/// Start a job; `repaint` is called after every event (the GUI asks for a new frame).
+pub fn spawn(spec: JobSpec, repaint: Option<Arc<dyn Fn() + Send + Sync>>) -> JobHandle {
+    let (ctx, crx) = channel();
+    let (etx, erx) = channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("gelaco-search".into())
+        .spawn(move || {
+            let out = Outbox { tx: etx, repaint };
+            let run_dir = match &spec {
+                JobSpec::New { out, .. } => Some(out.clone()),
+                JobSpec::Resume { dir, .. } => Some(dir.clone()),
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, &out, &crx, &flag)));
+            let error = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(panic) => Some(Error::from_panic("search", panic.as_ref())),
+            };
+            if let Some(error) = error {
+                if let Some(dir) = &run_dir {
+                    if let Ok(mut info) = super::store::read_info(dir) {
+                        if let Ok((store, ..)) = RunStore::open(dir) {
+                            let _ = store.set_status(&mut info, Status::Failed, Some(error.to_string()));
+                        }
+                    }
+                }
+                out.send(Event::Failed { error: Arc::new(error), run_dir });
+            }
+        })
+        .expect("spawning the search thread");
+    JobHandle { commands: ctx, events: erx, stop, thread: Some(thread) }
+}
+
+struct Outbox {
+    tx: Sender<Event>,
+    repaint: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl Outbox {
+    fn send(&self, e: Event) {
+        let _ = self.tx.send(e);
+        if let Some(r) = &self.repaint {
+            r();
+        }
+    }
+}
+
+/// SHA-256 of the model's files (the GGUF file, or config and safetensors of a folder).
+pub fn model_identity(m: &LoadedModel) -> Result<ModelIdentity> {
+    ModelIdentity::of(&m.files)
+}
+
+/// LaCo and ShortGPT solutions at a spread of sizes, scored by `engine`.
+/// `None` when `stop` was set before they were all computed (checked between solutions).
+pub fn compute_baselines(
+    engine: &FitnessEngine,
+    merge_op: crate::collapse::MergeOp,
+    stop: &AtomicBool,
+) -> Result<Option<Vec<BaselineSolution>>> {
+    let layers = engine.model().num_layers();
+    let mut out = Vec::new();
+    let stopped = || stop.load(Ordering::SeqCst);
+    let influence = baselines::block_influence(engine.model(), &engine.calibration.samples, engine.options.batch_size)?;
+    let step = (layers / 10).max(1);
+    let mut r = step;
+    while r <= layers / 2 {
+        if stopped() {
+            return Ok(None);
+        }
+        out.push(baselines::shortgpt(engine, &influence, r)?);
+        r += step;
+    }
+    for threshold in [0.9, 0.8, 0.65] {
+        for op in [crate::collapse::MergeOp::Rdsc, merge_op] {
+            if stopped() {
+                return Ok(None);
+            }
+            let s = LacoSettings { threshold, op, ..LacoSettings::default() };
+            let sol = baselines::laco(engine, &s)?;
+            if sol.plan.removed() > 0 && !out.iter().any(|o: &BaselineSolution| o.plan == sol.plan) {
+                out.push(sol);
+            }
+            if op == crate::collapse::MergeOp::Rdsc && merge_op == op {
+                break;
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The front of everything evaluated so far (see [`PlanProblem::archive_front`]).
+fn front_entries(problem: &PlanProblem) -> Vec<FrontEntry> {
+    problem
+        .archive_front()
+        .into_iter()
+        .map(|(genes, r)| FrontEntry {
+            merges: problem.encoding.decode(&genes).merges_text(),
+            genes,
+            result: (*r).clone(),
+            validation_perplexity: None,
+            recommended: false,
+        })
+        .collect()
+}
+
+/// Validation perplexities and the recommended flags of a front and the baselines.
+fn pick(picker: Option<&mut Picker>, front: &mut [FrontEntry], baselines: &mut [BaselineSolution], store: &RunStore, out: &Outbox) -> Result<()> {
+    let Some(p) = picker else { return Ok(()) };
+    let missing = p.missing(front, baselines);
+    if missing > 0 {
+        out.send(Event::Stage { message: format!("validation perplexity of {missing} new front solutions") });
+    }
+    let before: Vec<bool> = baselines.iter().map(|b| b.recommended).collect();
+    p.annotate(front, baselines)?;
+    if baselines.iter().map(|b| b.recommended).ne(before) {
+        store.write_baselines(baselines)?;
+    }
+    Ok(())
+}
+
+fn front_hypervolume(front: &[FrontEntry]) -> f64 {
+    hypervolume(&front.iter().map(|f| [f.result.fitness, f.result.compression]).collect::<Vec<_>>())
+}
+
+fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicBool) -> Result<()> {
+    let (device_choice, resumed) = match &spec {
+        JobSpec::New { device, .. } => (*device, false),
+        JobSpec::Resume { device, .. } => (*device, true),
+    };
+    let device = backend::select(device_choice)?;
+    let description = device.description.clone();
+
+    let (m, store, mut info, calibration, logged, checkpoint, want_baselines, validation) = match spec {
+        JobSpec::New { model: path, calib, calib_options, engine, settings, out: dir, baselines, validation, .. } => {
+            let m = model::load(&path, device)?;
+            settings.validate(m.model.num_layers())?;
+            let calibration = calibration::load(&calib, &calib_options, &m.model, &m.tokenizer)?;
+            let validation = match &validation {
+                Some((source, options)) => match Validation::load(source, &calib, &calib_options, options, &m.tokenizer) {
+                    Ok(v) => Some(v),
+                    // the default validation text may be too short: the run goes on without
+                    Err(Error::Setting { setting: "validation", message }) if *source == ValidationSource::Rest => {
+                        out.send(Event::Stage { message: format!("no validation text, nothing will be recommended: {message}") });
+                        None
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => None,
+            };
+            let info = RunInfo {
+                tool_version: env!("CARGO_PKG_VERSION").into(),
+                settings,
+                engine,
+                model: model_identity(&m)?,
+                calibration_hash: calibration.hash.clone(),
+                calibration_source: calib.describe(),
+                status: Status::Running,
+                message: None,
+                baselines,
+                validation: validation
+                    .as_ref()
+                    .map(|v| ValidationInfo { source: v.source.clone(), hash: v.hash.clone(), tokens: v.tokens() }),
+            };
+            let store = RunStore::create(&dir, &info, &calibration)?;
+            if let Some(v) = &validation {
+                store.write_validation(v)?;
+            }
+            (m, store, info, calibration, Vec::new(), None, baselines, validation)
+        }
+        JobSpec::Resume { dir, model: override_path, evaluations, .. } => {
+            let (store, mut info, calibration, logged, checkpoint) = RunStore::open(&dir)?;
+            let path = override_path.unwrap_or_else(|| info.model.path.clone());
+            let m = model::load(&path, device)?;
+            let identity = model_identity(&m)?;
+            if identity.sha256 != info.model.sha256 {
+                return Err(Error::Invalid(format!(
+                    "{} is not the model this run was made with (SHA-256 {} differs from the recorded {})",
+                    path.display(),
+                    crate::util::short_hash(&identity.sha256),
+                    crate::util::short_hash(&info.model.sha256)
+                )));
+            }
+            if let Some(n) = evaluations {
+                info.settings.evaluations = n;
+            }
+            store.set_status(&mut info, Status::Running, None)?;
+            let want = info.baselines;
+            let validation = super::store::read_validation(&store.dir)?;
+            (m, store, info, calibration, logged, checkpoint, want, validation)
+        }
+    };
+    let settings = info.settings.clone();
+    let layers = m.model.num_layers();
+    let engine = FitnessEngine::new(&m.model, calibration, EngineOptions { merge: MergeSettings { keep_base_norms: settings.keep_norms }, ..info.engine })?;
+    let fidelity = settings.fidelity.as_deref().map(|t| Fidelity::parse(t, engine.total_tokens())).transpose()?;
+    out.send(Event::Started { run_dir: store.dir.clone(), device: description, layers, calibration_hash: engine.calibration.hash.clone(), resumed });
+
+    // a resumed run reuses its baselines (a warm start must see the same seeds)
+    let mut baselines = super::store::read_baselines(&store.dir)?;
+    if baselines.is_empty() && (want_baselines || settings.init == Init::Warm) {
+        out.send(Event::Stage { message: "computing the LaCo and ShortGPT baselines".into() });
+        let op = settings.merge_op.unwrap_or(crate::collapse::merge::DEFAULT_MERGE_OP);
+        match compute_baselines(&engine, op, stop)? {
+            Some(b) => baselines = b,
+            None => {
+                // stopped before the search began: nothing evaluated, resumable from the start
+                store.set_status(&mut info, Status::Stopped, None)?;
+                out.send(Event::Done { reason: StopReason::Stopped, front: Vec::new(), run_dir: store.dir.clone() });
+                return Ok(());
+            }
+        }
+        store.write_baselines(&baselines)?;
+    }
+    let baseline_plans: Vec<_> = baselines.iter().map(|s| s.plan.clone()).collect();
+    let known: Vec<_> = baselines.iter().map(|b| (b.plan.model_key(), Arc::new(b.result.clone()))).collect();
+    let mut picker = validation.map(|v| Picker::new(v, &m.model, engine.options.merge));
+    if let Some(p) = picker.as_mut() {
+        if p.missing(&[], &baselines) > 0 {
+            out.send(Event::Stage { message: format!("validation perplexity of {} baseline solutions", baselines.len()) });
+            p.annotate(&mut [], &mut baselines)?;
+            store.write_baselines(&baselines)?;
+        }
+    }
+    if !baselines.is_empty() {
+        out.send(Event::Baselines { solutions: baselines.clone() });
+    }
+
+    let encoding = settings.encoding(layers);
+    let budget = settings.evaluations;
+    let session_start = Instant::now();
+    let previous_seconds = checkpoint.as_ref().map_or(0.0, |c| c.seconds);
+    let elapsed = || previous_seconds + session_start.elapsed().as_secs_f64();
+    let mut hv_history = checkpoint.as_ref().map_or_else(Vec::new, |c| c.hypervolume.clone());
+
+    // shared between the evaluation callback and the generation loop
+    let store = RefCell::new(store);
+    let shown = Cell::new((0f64, 0usize, 0f64)); // best fitness, front size, hypervolume
+    let counters = Cell::new((0usize, 0usize)); // cache hits, unique models
+    let screened = Cell::new(0usize);
+    let generation_now = Cell::new(checkpoint.as_ref().map_or(0, |c| c.state.generation));
+    let session_done = Cell::new(0usize);
+    let evals_now = Cell::new(checkpoint.as_ref().map_or(0, |c| c.state.evaluations));
+    let last_progress = Cell::new(Instant::now() - Duration::from_secs(1));
+    let paused = Cell::new(false);
+    let reason: Cell<Option<StopReason>> = Cell::new(None);
+
+    let progress = |evaluations: usize, force: bool| {
+        if !force && last_progress.get().elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        last_progress.set(Instant::now());
+        let rate = session_done.get() as f64 / session_start.elapsed().as_secs_f64().max(1e-9);
+        let (best, size, hv) = shown.get();
+        let (hits, unique) = counters.get();
+        out.send(Event::Progress(Progress {
+            generation: generation_now.get(),
+            evaluations,
+            budget,
+            rate,
+            cache_hits: hits,
+            unique,
+            best_fitness: best,
+            front_size: size,
+            hypervolume: hv,
+            screened: screened.get(),
+            eta_seconds: (rate > 0.0).then(|| budget.saturating_sub(evaluations) as f64 / rate),
+            paused: paused.get(),
+        }));
+    };
+
+    let mut problem = PlanProblem::new(
+        &engine,
+        encoding,
+        settings.mode,
+        Box::new(|e: &EvaluatedPlan| {
+            store.borrow_mut().append(e)?;
+            session_done.set(session_done.get() + 1);
+            evals_now.set(e.index + 1);
+            out.send(Event::Evaluated { evaluation: e.clone() });
+            progress(e.index + 1, false);
+            Ok(())
+        }),
+    );
+    problem.fidelity = fidelity;
+    for e in &logged {
+        problem.preload_logged(e);
+    }
+    for (key, result) in known {
+        problem.preload(key, result);
+    }
+    if let Some(cp) = &checkpoint {
+        problem.evaluated = cp.evaluated;
+        problem.cache_hits = cp.cache_hits;
+    }
+
+    let should_stop = || {
+        loop {
+            while let Ok(c) = commands.try_recv() {
+                match c {
+                    Command::Pause => paused.set(true),
+                    Command::Resume => paused.set(false),
+                    Command::Stop => stop.store(true, Ordering::SeqCst),
+                }
+            }
+            if stop.load(Ordering::SeqCst) {
+                reason.set(Some(StopReason::Stopped));
+                return true;
+            }
+            if settings.max_seconds.is_some_and(|m| elapsed() >= m) {
+                reason.set(Some(StopReason::WallTime));
+                return true;
+            }
+            if !paused.get() {
+                return false;
+            }
+            progress(evals_now.get(), true);
+            match commands.recv_timeout(Duration::from_millis(250)) {
+                Ok(Command::Pause) => {}
+                Ok(Command::Resume) => paused.set(false),
+                Ok(Command::Stop) => stop.store(true, Ordering::SeqCst),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => stop.store(true, Ordering::SeqCst),
+            }
+        }
+    };
+
+    let mut algo = match &checkpoint {
+        Some(cp) => Algorithm::resume(settings.algorithm(layers), cp.state.clone()),
+        None => Algorithm::new(settings.algorithm(layers)),
+    };
+    let mut initialized = checkpoint.is_some();
+    loop {
+        if initialized {
+            let evals = algo.state.evaluations;
+            if evals >= budget {
+                reason.set(Some(StopReason::Evaluations));
+            } else if settings.generations.is_some_and(|g| algo.state.generation >= g) {
+                reason.set(Some(StopReason::Generations));
+            }
+            if reason.get().is_some() || should_stop() {
+                break;
+            }
+        }
+        if !initialized {
+            out.send(Event::Stage { message: format!("evaluating the first population ({})", settings.population) });
+        }
+        let outcome = if initialized {
+            algo.step(&mut problem, Some(budget - algo.state.evaluations), &should_stop)?
+        } else {
+            let seeds = initial_population(&settings, &encoding, &baseline_plans);
+            algo.initialize(&mut problem, seeds, Some(budget), &should_stop)?
+        };
+        if outcome == StepOutcome::Interrupted {
+            break;
+        }
+        initialized = true;
+        let mut front = front_entries(&problem);
+        pick(picker.as_mut(), &mut front, &mut baselines, &store.borrow(), out)?;
+        let hv = front_hypervolume(&front);
+        hv_history.push(hv);
+        let best = front.iter().map(|f| f.result.fitness).fold(f64::NEG_INFINITY, f64::max);
+        shown.set((best, front.len(), hv));
+        counters.set((problem.cache_hits, problem.unique()));
+        screened.set(problem.screened);
+        generation_now.set(algo.state.generation);
+        {
+            let store = store.borrow();
+            store.checkpoint(&Checkpoint {
+                state: algo.state.clone(),
+                evaluated: problem.evaluated,
+                cache_hits: problem.cache_hits,
+                unique: problem.unique(),
+                seconds: elapsed(),
+                hypervolume: hv_history.clone(),
+            })?;
+            store.write_front(&front)?;
+        }
+        let population = algo
+            .state
+            .population
+            .iter()
+            .map(|i| [i.eval.objectives[0], problem.encoding.decode(&i.x).compression()])
+            .collect();
+        out.send(Event::Generation { generation: algo.state.generation, evaluations: algo.state.evaluations, front, population, hypervolume: hv });
+        progress(algo.state.evaluations, true);
+    }
+    let reason = reason.get().unwrap_or(StopReason::Stopped);
+    // a search stopped inside a generation keeps the front of what it evaluated
+    let mut front = front_entries(&problem);
+    drop(problem);
+    let store = store.into_inner();
+    pick(picker.as_mut(), &mut front, &mut baselines, &store, out)?;
+    store.write_front(&front)?;
+    let status = if reason == StopReason::Stopped { Status::Stopped } else { Status::Finished };
+    store.set_status(&mut info, status, None)?;
+    out.send(Event::Done { reason, front, run_dir: store.dir.clone() });
+    Ok(())
+}
+

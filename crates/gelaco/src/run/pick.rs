@@ -1,0 +1,135 @@
+//! Picking what to recommend: every front solution and baseline gets its perplexity on the
+//! run's held-out validation text (cached by the model it builds), and at each size the one
+//! with the lowest validation perplexity is marked `recommended`. The search never sees the
+//! validation text; it only decides among what the search and the baselines found.
+
+use std::collections::HashMap;
+
+use super::FrontEntry;
+use crate::collapse::{MergeSettings, build};
+use crate::error::{Error, Result};
+use crate::eval::validation::Validation;
+use crate::export::recipe::plan_of;
+use crate::fitness::FitnessResult;
+use crate::model::Llama;
+use crate::search::baselines::BaselineSolution;
+
+/// Validation perplexities of the models of one run.
+pub struct Picker<'a> {
+    pub validation: Validation,
+    model: &'a Llama,
+    merge: MergeSettings,
+    cache: HashMap<String, Option<f64>>,
+}
+
+impl<'a> Picker<'a> {
+    pub fn new(validation: Validation, model: &'a Llama, merge: MergeSettings) -> Self {
+        Picker { validation, model, merge, cache: HashMap::new() }
+    }
+
+    /// Validation perplexity of the model `result` describes (`None`: not finite).
+    pub fn perplexity(&mut self, result: &FitnessResult) -> Result<Option<f64>> {
+        let plan = plan_of(result);
+        let key = plan.model_key();
+        if let Some(v) = self.cache.get(&key) {
+            return Ok(*v);
+        }
+        let compressed = build(self.model, &plan, self.merge);
+        let v = match self.validation.perplexity(&compressed) {
+            Ok(p) if p.is_finite() => Some(p),
+            Ok(_) | Err(Error::Numerical(_)) => None,
+            Err(e) => return Err(e),
+        };
+        self.cache.insert(key, v);
+        Ok(v)
+    }
+
+    /// How many of these solutions have no validation perplexity yet.
+    pub fn missing(&self, front: &[FrontEntry], baselines: &[BaselineSolution]) -> usize {
+        let known = |r: &FitnessResult| self.cache.contains_key(&plan_of(r).model_key());
+        front.iter().filter(|f| !known(&f.result)).count() + baselines.iter().filter(|b| !known(&b.result)).count()
+    }
+
+    /// Fill in every validation perplexity and mark the recommended solution of each size.
+    pub fn annotate(&mut self, front: &mut [FrontEntry], baselines: &mut [BaselineSolution]) -> Result<()> {
+        for f in front.iter_mut() {
+            f.validation_perplexity = self.perplexity(&f.result)?;
+        }
+        for b in baselines.iter_mut() {
+            b.validation_perplexity = self.perplexity(&b.result)?;
+        }
+        mark_recommended(front, baselines);
+        Ok(())
+    }
+}
+
+/// At each size (layers left), mark the solution of lowest validation perplexity among the
+/// front and the baselines; ties go to the front, then to the fitter.
+pub fn mark_recommended(front: &mut [FrontEntry], baselines: &mut [BaselineSolution]) {
+    // (layers left) -> (perplexity, is baseline, -fitness, index)
+    let mut best: HashMap<usize, (f64, bool, f64, usize)> = HashMap::new();
+    let mut consider = |layers: usize, ppl: Option<f64>, baseline: bool, fitness: f64, i: usize| {
+        let Some(p) = ppl else { return };
+        let key = (p, baseline, -fitness, i);
+        let better = |a: &(f64, bool, f64, usize)| (key.0, key.1, key.2).partial_cmp(&(a.0, a.1, a.2)) == Some(std::cmp::Ordering::Less);
+        best.entry(layers).and_modify(|b| if better(b) { *b = key }).or_insert(key);
+    };
+    for (i, f) in front.iter().enumerate() {
+        consider(f.result.remaining_layers, f.validation_perplexity, false, f.result.fitness, i);
+    }
+    for (i, b) in baselines.iter().enumerate() {
+        consider(b.result.remaining_layers, b.validation_perplexity, true, b.result.fitness, i);
+    }
+    for (i, f) in front.iter_mut().enumerate() {
+        f.recommended = best.get(&f.result.remaining_layers).is_some_and(|b| !b.1 && b.3 == i);
+    }
+    for (i, b) in baselines.iter_mut().enumerate() {
+        b.recommended = best.get(&b.result.remaining_layers).is_some_and(|x| x.1 && x.3 == i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collapse::{MergeOp, Plan};
+    use crate::search::baselines::removal_plan;
+
+    fn result(plan: &Plan, fitness: f64) -> FitnessResult {
+        FitnessResult {
+            fitness,
+            compression: plan.compression(),
+            remaining_layers: plan.remaining(),
+            psi: plan.psi.clone(),
+            canonical: plan.canonical.clone(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_lowest_validation_perplexity_of_each_size_is_recommended() {
+        let a = Plan::from_ranges(&[(3, 5)], 10, MergeOp::KeepFirst).unwrap();
+        let b = Plan::from_ranges(&[(7, 8)], 10, MergeOp::KeepFirst).unwrap();
+        let mut front = vec![
+            FrontEntry { merges: a.merges_text(), genes: vec![], result: result(&a, 0.9), validation_perplexity: Some(40.0), recommended: false },
+            FrontEntry { merges: b.merges_text(), genes: vec![], result: result(&b, 0.95), validation_perplexity: Some(20.0), recommended: false },
+        ];
+        let c = removal_plan(10, &[1, 2]).unwrap();
+        let mut baselines = vec![BaselineSolution {
+            method: "SLEB (r=2)".into(),
+            kind: None,
+            merges: c.merges_text(),
+            result: result(&c, 0.5),
+            plan: c,
+            validation_perplexity: Some(30.0),
+            recommended: false,
+        }];
+        mark_recommended(&mut front, &mut baselines);
+        // 8 layers left: the SLEB plan beats the front's; 9 left: the front's only plan
+        assert!(!front[0].recommended);
+        assert!(baselines[0].recommended);
+        assert!(front[1].recommended);
+        baselines[0].validation_perplexity = None;
+        mark_recommended(&mut front, &mut baselines);
+        assert!(front[0].recommended && !baselines[0].recommended);
+    }
+}

@@ -1,0 +1,241 @@
+//! The baselines GeLaCo is compared with (METHOD.md 5), expressed as collapse plans so that
+//! they are scored with the same fitness and can seed a search.
+//!
+//! - LaCo: from the top down, merge a window of C layers into its first; keep the merge
+//!   when the final hidden states stay above a cosine threshold T.
+//! - ShortGPT: remove the r layers with the lowest Block Influence,
+//!   BI_i = 1 - mean over tokens of cos(input of layer i, output of layer i).
+//! - SLEB and EvoPress: see [`super::depth`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::collapse::{MergeOp, Plan};
+use crate::error::{Error, Result};
+use crate::fitness::reference::Chunk;
+use crate::fitness::{FitnessEngine, FitnessResult};
+use crate::model::llama::{Llama, download};
+
+/// LaCo's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LacoSettings {
+    /// Layers merged at once (C).
+    pub window: usize,
+    /// Cosine similarity of final hidden states a merge must keep (T).
+    pub threshold: f64,
+    /// Layers skipped down after an accepted merge (I).
+    pub interval: usize,
+    /// Lowest layer a merge may start at.
+    pub lowest: usize,
+    pub op: MergeOp,
+}
+
+impl Default for LacoSettings {
+    fn default() -> Self {
+        LacoSettings { window: 4, threshold: 0.65, interval: 2, lowest: 1, op: MergeOp::Rdsc }
+    }
+}
+
+/// The methods the search is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaselineMethod {
+    Laco,
+    Shortgpt,
+    Sleb,
+    Evopress,
+}
+
+crate::choice!(BaselineMethod {
+    Laco => "laco": "LaCo: greedy merging while final hidden states stay similar",
+    Shortgpt => "shortgpt": "ShortGPT: remove the layers of lowest Block Influence",
+    Sleb => "sleb": "SLEB: remove one layer at a time, the one whose removal gives the lowest calibration NLL",
+    Evopress => "evopress": "EvoPress: a (1+lambda) search over which layers to drop, by KL with multi-step selection",
+});
+
+impl BaselineMethod {
+    /// The name people know the method by.
+    pub fn title(self) -> &'static str {
+        match self {
+            BaselineMethod::Laco => "LaCo",
+            BaselineMethod::Shortgpt => "ShortGPT",
+            BaselineMethod::Sleb => "SLEB",
+            BaselineMethod::Evopress => "EvoPress",
+        }
+    }
+}
+
+/// A baseline's plan, scored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaselineSolution {
+    /// The method and its settings, e.g. `ShortGPT (r=6)`.
+    pub method: String,
+    /// The method (absent from run folders written before it was recorded: see
+    /// [`BaselineSolution::kind`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<BaselineMethod>,
+    /// Perplexity on the run's held-out validation text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_perplexity: Option<f64>,
+    /// The lowest validation perplexity of its size among the front and the baselines.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recommended: bool,
+    pub plan: Plan,
+    pub merges: String,
+    pub result: FitnessResult,
+}
+
+/// LaCo's greedy merging.
+pub fn laco(engine: &FitnessEngine, s: &LacoSettings) -> Result<BaselineSolution> {
+    let layers = engine.model().num_layers();
+    if s.window < 2 || s.window > layers {
+        return Err(Error::setting("window", format!("must be between 2 and {layers}")));
+    }
+    let mut plan = Plan::identity(layers);
+    let mut l = layers as isize - s.window as isize;
+    while l >= s.lowest as isize {
+        let cb = l as usize;
+        let ce = cb + s.window - 1;
+        if ce < plan.remaining() {
+            let mut candidate = plan.clone();
+            candidate.push(cb, ce, s.op);
+            let r = engine.evaluate(&candidate)?;
+            tracing::debug!(cb, ce, hidden = r.hidden, "laco candidate");
+            if r.hidden.is_finite() && r.hidden > s.threshold {
+                plan = candidate;
+                l -= s.interval as isize;
+                l = l.min(plan.remaining() as isize - s.window as isize);
+                continue;
+            }
+        }
+        l -= 1;
+    }
+    let result = engine.evaluate(&plan)?;
+    Ok(BaselineSolution {
+        method: format!("LaCo (C={}, T={}, I={}, {})", s.window, s.threshold, s.interval, s.op),
+        kind: Some(BaselineMethod::Laco),
+        validation_perplexity: None,
+        recommended: false,
+        merges: plan.merges_text(),
+        plan,
+        result,
+    })
+}
+
+/// Block Influence of every layer on the calibration samples (device reductions).
+pub fn block_influence(model: &Llama, samples: &[Vec<u32>], batch: usize) -> Result<Vec<f64>> {
+    let layers = model.num_layers();
+    let mut total = vec![0f64; layers];
+    let mut tokens = 0usize;
+    for group in samples.chunks(batch.max(1)) {
+        let chunk = Chunk::new(group, model);
+        let ids = model.ids_tensor(&chunk.ids)?;
+        let mut state = model.state(chunk.seq());
+        let mut h = model.embed(ids);
+        let mut rows = Vec::with_capacity(layers);
+        for j in 0..layers {
+            let out = model.run_layers(h.clone(), j..j + 1, &mut state, None, None);
+            // per-token cosine, summed over real tokens
+            let dot = (h.clone() * out.clone()).sum_dim(2);
+            let norms = (h.square().sum_dim(2) * out.clone().square().sum_dim(2)).sqrt();
+            rows.push((dot / norms * chunk.mask.clone()).sum());
+            h = out;
+        }
+        let sums = download(burn::tensor::Tensor::cat(rows, 0))?.data;
+        for (t, s) in total.iter_mut().zip(sums) {
+            *t += s as f64;
+        }
+        tokens += chunk.lens.iter().sum::<usize>();
+    }
+    Ok(total.into_iter().map(|s| 1.0 - s / tokens.max(1) as f64).collect())
+}
+
+/// The plan that removes `layers_to_remove` (original indices): each run of removed
+/// layers is dropped by keeping the layer before it (or, for a run at the bottom, the
+/// layer after it).
+pub fn removal_plan(num_layers: usize, layers_to_remove: &[usize]) -> Result<Plan> {
+    let mut remove: Vec<usize> = layers_to_remove.to_vec();
+    remove.sort_unstable();
+    remove.dedup();
+    if remove.len() >= num_layers {
+        return Err(Error::Invalid(format!("cannot remove {} of {num_layers} layers", remove.len())));
+    }
+    let mut plan = Plan::identity(num_layers);
+    let mut i = 0;
+    while i < remove.len() {
+        let start = remove[i];
+        let mut end = start;
+        while i + 1 < remove.len() && remove[i + 1] == end + 1 {
+            i += 1;
+            end += 1;
+        }
+        if start > 0 {
+            plan.push(plan.psi[start - 1], plan.psi[end], MergeOp::KeepFirst);
+        } else {
+            plan.push(plan.psi[0], plan.psi[end + 1], MergeOp::KeepLast);
+        }
+        i += 1;
+    }
+    Ok(plan)
+}
+
+/// ShortGPT: remove the `remove` layers of lowest Block Influence.
+pub fn shortgpt(engine: &FitnessEngine, influence: &[f64], remove: usize) -> Result<BaselineSolution> {
+    let mut order: Vec<usize> = (0..influence.len()).collect();
+    order.sort_by(|&a, &b| influence[a].total_cmp(&influence[b]).then(a.cmp(&b)));
+    let chosen: Vec<usize> = order.into_iter().take(remove).collect();
+    let plan = removal_plan(influence.len(), &chosen)?;
+    let result = engine.evaluate(&plan)?;
+    Ok(BaselineSolution {
+        method: format!("ShortGPT (r={remove})"),
+        kind: Some(BaselineMethod::Shortgpt),
+        merges: plan.merges_text_with_ops(MergeOp::KeepFirst),
+        plan,
+        result,
+        validation_perplexity: None,
+        recommended: false,
+    })
+}
+
+impl BaselineSolution {
+    /// The method, recorded or read from the label's first word.
+    pub fn kind(&self) -> Option<BaselineMethod> {
+        self.kind.or_else(|| {
+            let first = self.method.split_whitespace().next()?;
+            [BaselineMethod::Laco, BaselineMethod::Shortgpt, BaselineMethod::Sleb, BaselineMethod::Evopress]
+                .into_iter()
+                .find(|m| m.title() == first)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_plans_drop_exactly_the_named_layers() {
+        let p = removal_plan(10, &[0, 4, 5, 9]).unwrap();
+        assert_eq!(p.removed(), 4);
+        // survivors: 1, 2, 3, 6, 7, 8 — each group keeps exactly one original survivor
+        let groups = p.groups();
+        assert_eq!(groups.len(), 6);
+        assert_eq!(groups[0], 0..=1);
+        assert_eq!(groups[2], 3..=5);
+        assert_eq!(groups[5], 8..=9);
+        assert!(removal_plan(3, &[0, 1, 2]).is_err());
+        // the bottom run keeps the layer after it, and says so in --merges form
+        assert_eq!(p.merges_text_with_ops(MergeOp::KeepFirst), "0:1:keep-last,3:5,8:9");
+        assert_eq!(p.removed_text(), "0, 4-5, 9");
+    }
+
+    #[test]
+    fn the_method_of_an_old_baseline_is_read_from_its_label() {
+        let plan = removal_plan(10, &[4]).unwrap();
+        let old = BaselineSolution { method: "LaCo (C=4, T=0.65, I=2, rdsc)".into(), kind: None, merges: plan.merges_text(), plan, result: FitnessResult::default(), validation_perplexity: None, recommended: false };
+        assert_eq!(old.kind(), Some(BaselineMethod::Laco));
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("\"kind\""), "{json}");
+        let other = BaselineSolution { method: "Laconic".into(), ..old };
+        assert_eq!(other.kind(), None);
+    }
+}

@@ -1,0 +1,190 @@
+//! The GeLaCo search (METHOD.md 4): NSGA-II over (fitness, compression), or a
+//! single-objective GA at a target size, over genotypes of layer-collapse triples.
+
+pub mod algorithm;
+pub mod baselines;
+pub mod depth;
+pub mod fidelity;
+pub mod operators;
+pub mod pareto;
+pub mod problem;
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use crate::collapse::{MergeOp, Plan};
+use crate::error::{Error, Result};
+use algorithm::{AlgorithmSettings, Survival};
+use operators::{PolynomialMutation, Sbx};
+use problem::{Encoding, Mode};
+
+/// How the first population is made.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// Uniform over the genotype space, as the paper.
+    Paper,
+    /// Plans whose compression falls in a band (`--band LO,HI`).
+    #[default]
+    Banded,
+    /// The baselines' solutions, then banded plans.
+    Warm,
+}
+
+crate::choice!(Init {
+    Paper => "paper": "uniform over the genotype space, as the paper",
+    Banded => "banded": "plans whose compression falls in a band",
+    Warm => "warm": "the baselines' solutions, then banded plans",
+});
+
+/// Everything that defines a search, saved in its run folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchSettings {
+    pub mode: Mode,
+    pub population: usize,
+    /// Evaluation budget (offspring evaluated, cache hits included).
+    pub evaluations: usize,
+    pub generations: Option<usize>,
+    /// Wall-clock limit in seconds.
+    pub max_seconds: Option<f64>,
+    pub seed: u64,
+    pub init: Init,
+    /// Compression band of `banded` and `warm` initial plans.
+    pub band: (f64, f64),
+    pub crossover_probability: f64,
+    pub crossover_eta: f64,
+    /// Per-gene mutation probability; `None` is 1/(3L).
+    pub mutation_probability: Option<f64>,
+    pub mutation_eta: f64,
+    /// `None` lets each merge carry its own operator gene.
+    pub merge_op: Option<MergeOp>,
+    pub keep_norms: bool,
+    /// Multi-fidelity selection of offspring, `TOKENS:KEEP,...,full:1` (see
+    /// [`fidelity::Fidelity`]); `None`: every offspring on the full calibration set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<String>,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        SearchSettings {
+            mode: Mode::Pareto,
+            population: 200,
+            evaluations: 30_000,
+            generations: None,
+            max_seconds: None,
+            seed: 0,
+            init: Init::Banded,
+            band: (0.05, 0.5),
+            crossover_probability: 0.9,
+            crossover_eta: 20.0,
+            mutation_probability: None,
+            mutation_eta: 20.0,
+            merge_op: Some(crate::collapse::merge::DEFAULT_MERGE_OP),
+            keep_norms: false,
+            fidelity: None,
+        }
+    }
+}
+
+impl SearchSettings {
+    pub fn validate(&self, layers: usize) -> Result<()> {
+        if self.population < 2 {
+            return Err(Error::setting("population", "must be at least 2"));
+        }
+        if self.evaluations == 0 {
+            return Err(Error::setting("evaluations", "must be at least 1"));
+        }
+        let (lo, hi) = self.band;
+        if !(0.0..=1.0).contains(&lo) || !(0.0..=1.0).contains(&hi) || lo > hi {
+            return Err(Error::setting("band", format!("{lo},{hi} must satisfy 0 <= LO <= HI <= 1")));
+        }
+        if let Mode::Single { target_removed } = self.mode {
+            if target_removed == 0 || target_removed >= layers {
+                return Err(Error::Invalid(format!("--target-removed must be between 1 and {}", layers - 1)));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn encoding(&self, layers: usize) -> Encoding {
+        Encoding {
+            layers,
+            op_genes: self.merge_op.is_none(),
+            default_op: self.merge_op.unwrap_or(crate::collapse::merge::DEFAULT_MERGE_OP),
+        }
+    }
+
+    pub fn algorithm(&self, layers: usize) -> AlgorithmSettings {
+        let genes = self.encoding(layers).bounds().len();
+        AlgorithmSettings {
+            population: self.population,
+            sbx: Sbx { probability: self.crossover_probability, eta: self.crossover_eta, variable_probability: 0.5 },
+            mutation: PolynomialMutation { probability: Some(self.mutation_probability.unwrap_or(1.0 / genes as f64)), eta: self.mutation_eta },
+            survival: match self.mode {
+                Mode::Pareto => Survival::Pareto,
+                Mode::Single { .. } => Survival::Single,
+            },
+            seed: self.seed,
+        }
+    }
+}
+
+/// A plan that removes `removed` layers in up to four random spans.
+pub fn random_plan_removing(layers: usize, removed: usize, op: MergeOp, rng: &mut StdRng) -> Plan {
+    let mut plan = Plan::identity(layers);
+    let mut left = removed.min(layers - 1);
+    let spans = rng.random_range(1..=left.clamp(1, 4));
+    for k in 0..spans {
+        if left == 0 {
+            break;
+        }
+        let take = if k + 1 == spans { left } else { rng.random_range(1..=left - (spans - k - 1)) };
+        let current = plan.remaining();
+        if take >= current {
+            break;
+        }
+        let cb = rng.random_range(0..current - take);
+        plan.push(cb, cb + take, op);
+        left -= take;
+    }
+    plan
+}
+
+/// Initial genes for `init` (uniform initialisation is the algorithm's own sampling).
+pub fn initial_population(settings: &SearchSettings, encoding: &Encoding, seeds: &[Plan]) -> Vec<Vec<f64>> {
+    let layers = encoding.layers;
+    let mut rng = StdRng::seed_from_u64(settings.seed ^ 0x5EED);
+    let bounds = encoding.bounds();
+    let mut out: Vec<Vec<f64>> = Vec::new();
+    if settings.init == Init::Paper {
+        return out;
+    }
+    if settings.init == Init::Warm {
+        out.extend(seeds.iter().map(|p| encoding.encode(p)));
+    }
+    let (lo, hi) = settings.band;
+    let lo_r = ((lo * layers as f64).round() as usize).max(1);
+    let hi_r = ((hi * layers as f64).round() as usize).clamp(lo_r, layers - 1);
+    while out.len() < settings.population {
+        let removed = rng.random_range(lo_r..=hi_r);
+        let op = if encoding.op_genes { MergeOp::ALL[rng.random_range(0..MergeOp::ALL.len())] } else { encoding.default_op };
+        let plan = random_plan_removing(layers, removed, op, &mut rng);
+        let mut genes = encoding.encode(&plan);
+        // inactive triples keep random positions: material for crossover
+        let g = encoding.genes_per_triple();
+        let active = plan.canonical.len();
+        let random = bounds.sample(&mut rng);
+        for t in active..layers {
+            genes[t * g] = random[t * g];
+            genes[t * g + 1] = random[t * g + 1];
+        }
+        out.push(genes);
+    }
+    out
+}
+
+/// Hypervolume of (fitness, compression) points above the reference (0, 0).
+pub fn hypervolume(points: &[[f64; 2]]) -> f64 {
+    pareto::hypervolume_2d(points, [0.0, 0.0])
+}

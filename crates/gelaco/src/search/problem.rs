@@ -1,0 +1,287 @@
+//! What a GeLaCo search optimises: genes -> plan -> fitness, with a cache keyed on the
+//! compressed model a plan builds, so no model is evaluated twice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::algorithm::{Evaluation, Individual, Problem, Survival, survive};
+use super::fidelity::Fidelity;
+use super::operators::Bounds;
+use crate::collapse::{MergeOp, Plan, Triple};
+use crate::error::Result;
+use crate::fitness::{FitnessEngine, FitnessResult};
+
+/// What the search maximises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum Mode {
+    /// NSGA-II on (fitness, compression).
+    Pareto,
+    /// Fitness of models with exactly `target_removed` layers removed.
+    Single { target_removed: usize },
+}
+
+/// How genes become plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encoding {
+    pub layers: usize,
+    /// A fourth gene per triple chooses the merge operator.
+    pub op_genes: bool,
+    /// Operator of triples without an operator gene.
+    pub default_op: MergeOp,
+}
+
+impl Encoding {
+    pub fn genes_per_triple(&self) -> usize {
+        if self.op_genes { 4 } else { 3 }
+    }
+
+    pub fn bounds(&self) -> Bounds {
+        let top = (self.layers.max(1) - 1) as f64;
+        let mut upper = Vec::new();
+        for _ in 0..self.layers {
+            upper.extend([top, top, 1.0]);
+            if self.op_genes {
+                upper.push((MergeOp::ALL.len() - 1) as f64);
+            }
+        }
+        Bounds { lower: vec![0.0; upper.len()], upper, integer: true }
+    }
+
+    pub fn triples(&self, x: &[f64]) -> Vec<Triple> {
+        x.chunks_exact(self.genes_per_triple())
+            .map(|g| Triple {
+                b: g[0] as usize,
+                e: g[1] as usize,
+                active: g[2] >= 0.5,
+                op: if self.op_genes { Some(MergeOp::ALL[(g[3] as usize).min(MergeOp::ALL.len() - 1)]) } else { None },
+            })
+            .collect()
+    }
+
+    pub fn decode(&self, x: &[f64]) -> Plan {
+        Plan::decode(&self.triples(x), self.layers, self.default_op)
+    }
+
+    /// Genes of a plan: its effective merges first, then inactive triples.
+    pub fn encode(&self, plan: &Plan) -> Vec<f64> {
+        plan.to_genotype()
+            .iter()
+            .flat_map(|t| {
+                let mut g = vec![t.b as f64, t.e as f64, if t.active { 1.0 } else { 0.0 }];
+                if self.op_genes {
+                    g.push(t.op.unwrap_or(self.default_op).index() as f64);
+                }
+                g
+            })
+            .collect()
+    }
+}
+
+/// One evaluation as the search saw it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvaluatedPlan {
+    /// Running number of this evaluation in the run.
+    pub index: usize,
+    pub generation: usize,
+    pub genes: Vec<f64>,
+    pub key: String,
+    pub merges: String,
+    /// Served from the cache.
+    pub cached: bool,
+    pub result: Arc<FitnessResult>,
+}
+
+/// The problem handed to the algorithm.
+pub struct PlanProblem<'e> {
+    engine: &'e FitnessEngine,
+    pub encoding: Encoding,
+    pub mode: Mode,
+    bounds: Bounds,
+    cache: HashMap<String, Arc<FitnessResult>>,
+    /// Every model this search evaluated (its log included), once, in the order first seen:
+    /// the genes that first built it and its key.
+    archive: Vec<(Vec<f64>, String)>,
+    archived: HashSet<String>,
+    pub cache_hits: usize,
+    pub evaluated: usize,
+    /// Multi-fidelity selection of offspring (`None`: every offspring is fully evaluated).
+    pub fidelity: Option<Fidelity>,
+    /// Cheap evaluations made by the selection.
+    pub screened: usize,
+    on_evaluated: Box<dyn FnMut(&EvaluatedPlan) -> Result<()> + 'e>,
+}
+
+impl<'e> PlanProblem<'e> {
+    pub fn new(
+        engine: &'e FitnessEngine,
+        encoding: Encoding,
+        mode: Mode,
+        on_evaluated: Box<dyn FnMut(&EvaluatedPlan) -> Result<()> + 'e>,
+    ) -> Self {
+        PlanProblem {
+            engine,
+            bounds: encoding.bounds(),
+            encoding,
+            mode,
+            cache: HashMap::new(),
+            archive: Vec::new(),
+            archived: HashSet::new(),
+            cache_hits: 0,
+            evaluated: 0,
+            fidelity: None,
+            screened: 0,
+            on_evaluated,
+        }
+    }
+
+    /// An evaluation from this run's log (a resumed run): cached and part of the archive.
+    pub fn preload_logged(&mut self, e: &EvaluatedPlan) {
+        self.remember(&e.genes, &e.key);
+        self.cache.insert(e.key.clone(), e.result.clone());
+    }
+
+    /// The best of everything this search evaluated, as (genes, result): in Pareto mode the
+    /// plans no other plan beats on both fitness and compression (by compression, then
+    /// fitness); in single mode the fittest plan of the target size, or of the nearest
+    /// size evaluated when none has it.
+    pub fn archive_front(&self) -> Vec<(Vec<f64>, Arc<FitnessResult>)> {
+        let mut all: Vec<(&Vec<f64>, &Arc<FitnessResult>)> =
+            self.archive.iter().filter_map(|(g, k)| self.cache.get(k).map(|r| (g, r))).collect();
+        match self.mode {
+            Mode::Pareto => {
+                // best fitness first at each compression, most compressed first
+                all.sort_by(|a, b| b.1.compression.total_cmp(&a.1.compression).then(b.1.fitness.total_cmp(&a.1.fitness)));
+                let mut front = Vec::new();
+                let mut best = f64::NEG_INFINITY;
+                for (g, r) in all {
+                    if r.fitness > best {
+                        best = r.fitness;
+                        front.push((g.clone(), r.clone()));
+                    }
+                }
+                front.reverse();
+                front
+            }
+            Mode::Single { .. } => {
+                let violation = |r: &FitnessResult| self.objectives(r).violation;
+                all.iter()
+                    .min_by(|a, b| violation(a.1).total_cmp(&violation(b.1)).then(b.1.fitness.total_cmp(&a.1.fitness)))
+                    .map(|(g, r)| vec![((*g).clone(), (*r).clone())])
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// Results known before the run (a resumed run's log, baselines).
+    pub fn preload(&mut self, key: String, result: Arc<FitnessResult>) {
+        self.cache.insert(key, result);
+    }
+
+    /// A result already computed for `key`.
+    pub fn cached(&self, key: &str) -> Option<Arc<FitnessResult>> {
+        self.cache.get(key).cloned()
+    }
+
+    /// Unique models evaluated (cache size).
+    pub fn unique(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn objectives(&self, r: &FitnessResult) -> Evaluation {
+        match self.mode {
+            Mode::Pareto => Evaluation { objectives: vec![r.fitness, r.compression], violation: 0.0 },
+            Mode::Single { target_removed } => {
+                let removed = self.encoding.layers - r.remaining_layers;
+                Evaluation { objectives: vec![r.fitness], violation: removed.abs_diff(target_removed) as f64 }
+            }
+        }
+    }
+
+    /// Evaluate a plan through the cache.
+    pub fn evaluate_plan(&mut self, plan: &Plan) -> Result<(Arc<FitnessResult>, bool)> {
+        let key = plan.model_key();
+        if let Some(r) = self.cache.get(&key) {
+            self.cache_hits += 1;
+            return Ok((r.clone(), true));
+        }
+        let r = Arc::new(self.engine.evaluate(plan)?);
+        self.cache.insert(key, r.clone());
+        Ok((r, false))
+    }
+
+    fn remember(&mut self, genes: &[f64], key: &str) {
+        if self.archived.insert(key.to_string()) {
+            self.archive.push((genes.to_vec(), key.to_string()));
+        }
+    }
+}
+
+impl Problem for PlanProblem<'_> {
+    fn bounds(&self) -> &Bounds {
+        &self.bounds
+    }
+
+    fn evaluate(&mut self, x: &[f64], generation: usize) -> Result<Evaluation> {
+        let plan = self.encoding.decode(x);
+        let (result, cached) = self.evaluate_plan(&plan)?;
+        self.remember(x, &plan.model_key());
+        let e = EvaluatedPlan {
+            index: self.evaluated,
+            generation,
+            genes: x.to_vec(),
+            key: plan.model_key(),
+            merges: plan.merges_text(),
+            cached,
+            result: result.clone(),
+        };
+        self.evaluated += 1;
+        (self.on_evaluated)(&e)?;
+        Ok(self.objectives(&result))
+    }
+
+    fn screen(&mut self, offspring: &[Vec<f64>], _generation: usize, should_stop: &dyn Fn() -> bool) -> Result<Option<Vec<bool>>> {
+        let n = offspring.len();
+        let Some(fidelity) = self.fidelity.clone() else { return Ok(Some(vec![true; n])) };
+        let plans: Vec<_> = offspring.iter().map(|x| self.encoding.decode(x)).collect();
+        // models already evaluated cost nothing: always kept
+        let mut chosen: Vec<bool> = plans.iter().map(|p| self.cache.contains_key(&p.model_key())).collect();
+        let mut alive: Vec<usize> = (0..n).filter(|&i| !chosen[i]).collect();
+        let survival = match self.mode {
+            Mode::Pareto => Survival::Pareto,
+            Mode::Single { .. } => Survival::Single,
+        };
+        for step in fidelity.screening_steps() {
+            if alive.len() <= 1 {
+                break;
+            }
+            let mut seen: HashMap<String, Evaluation> = HashMap::new();
+            let mut pool = Vec::with_capacity(alive.len());
+            for &i in &alive {
+                let key = plans[i].model_key();
+                let eval = match seen.get(&key) {
+                    Some(e) => e.clone(),
+                    None => {
+                        if should_stop() {
+                            return Ok(None);
+                        }
+                        let r = self.engine.evaluate_partial(&plans[i], Some(step.tokens))?;
+                        self.screened += 1;
+                        let e = self.objectives(&r);
+                        seen.insert(key, e.clone());
+                        e
+                    }
+                };
+                pool.push(Individual { x: vec![i as f64], eval, rank: 0, crowding: 0.0 });
+            }
+            let keep = ((alive.len() as f64 * step.keep).ceil() as usize).clamp(1, alive.len());
+            alive = survive(survival, pool, keep).iter().map(|ind| ind.x[0] as usize).collect();
+        }
+        for i in alive {
+            chosen[i] = true;
+        }
+        Ok(Some(chosen))
+    }
+}

@@ -1,0 +1,164 @@
+//! The demo model (SmolLM2-135M-Instruct, Q4_1 GGUF) against the Hugging Face transformers
+//! reference in `tests/fixtures/smollm2_reference.json` (made by `tests/make_reference.py`),
+//! on the CPU backend and on WGPU.
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use gelaco::backend::{self, DeviceChoice};
+use gelaco::eval::perplexity::perplexity;
+use gelaco::model::llama::{LayerTaps, download};
+use gelaco::model::{self, ModelFiles, load_tokenizer};
+
+fn fixture() -> serde_json::Value {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn check_parity(choice: DeviceChoice) {
+    let fx = fixture();
+    let device = backend::select(choice).unwrap();
+    let desc = device.description.clone();
+    let lm = model::load(&common::demo_model(), device).unwrap();
+    let ids = lm.tokenizer.encode(fx["prompt"].as_str().unwrap()).unwrap();
+    let want_ids: Vec<u32> = serde_json::from_value(fx["prompt_ids"].clone()).unwrap();
+    assert_eq!(ids, want_ids, "prompt ids");
+    let mut taps = Vec::new();
+    let h = lm.model.forward(&[ids.clone()], Some(&mut taps)).unwrap();
+    let s = ids.len();
+    // module outputs of layers 0, 14 and 29 against transformers' forward hooks
+    for (key, want) in fx["taps_last_sample"].as_object().unwrap() {
+        let (layer, module) = key.split_once('.').unwrap();
+        let layer: usize = layer.parse().unwrap();
+        let i = LayerTaps::NAMES.iter().position(|n| *n == module).unwrap();
+        let got = download(taps[layer].all()[i].clone()).unwrap().data;
+        let norm = got.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let want_norm = want["norm"].as_f64().unwrap();
+        assert!((norm - want_norm).abs() / want_norm < 1e-4, "{desc}: {key} norm {norm} vs {want_norm}");
+        let width = got.len() / s;
+        for (j, w) in want["first"].as_array().unwrap().iter().enumerate() {
+            let g = got[(s - 1) * width + j] as f64;
+            assert!((g - w.as_f64().unwrap()).abs() < 2e-3, "{desc}: {key}[{j}] {g} vs {w}");
+        }
+    }
+    let logits = download(lm.model.logits(h.slice_dim(1, s - 1..s))).unwrap().data;
+
+    let top = gelaco::eval::generate::top_k(&logits, 10);
+    let mut worst = 0f32;
+    for (i, want) in fx["top10"].as_array().unwrap().iter().enumerate() {
+        let (id, logit) = top[i];
+        assert_eq!(id as u64, want["id"].as_u64().unwrap(), "{desc}: top-10 position {i}");
+        worst = worst.max((logit - want["logit"].as_f64().unwrap() as f32).abs());
+    }
+    for (id, want) in fx["probe_logits"].as_object().unwrap() {
+        let id: usize = id.parse().unwrap();
+        worst = worst.max((logits[id] - want.as_f64().unwrap() as f32).abs());
+    }
+    eprintln!("{desc}: max |logit - transformers| = {worst:.2e}");
+    assert!(worst < 1e-2, "{desc}: logits differ from transformers by {worst}");
+}
+
+#[test]
+fn logits_match_transformers_on_cpu() {
+    check_parity(DeviceChoice::Cpu);
+}
+
+#[test]
+fn logits_match_transformers_on_wgpu() {
+    if std::env::var("GELACO_SKIP_WGPU").is_ok() {
+        return;
+    }
+    check_parity(DeviceChoice::Gpu);
+}
+
+#[test]
+fn wikitext_tokenisation_follows_llama_cpp() {
+    let files = ModelFiles::open(&common::demo_model()).unwrap();
+    let tok = load_tokenizer(&files).unwrap();
+    let text = std::fs::read_to_string(common::shared_data().join("wikitext2-raw-test.txt")).unwrap();
+    let ids = tok.encode(&text).unwrap();
+    assert_eq!(ids.len(), 303_415);
+    assert_eq!(ids.len() as u64, fixture()["wikitext2_test_tokens"].as_u64().unwrap());
+    // digits are split one by one
+    let year = tok.encode(" 2009").unwrap();
+    assert_eq!(year.len(), 5, "{year:?}");
+    assert!(!ids.contains(&tok.bos_id.unwrap()));
+}
+
+#[test]
+fn perplexity_matches_transformers() {
+    let fx = fixture();
+    let want = &fx["perplexity"];
+    let device = backend::select(DeviceChoice::Cpu).unwrap();
+    let lm = model::load(&common::demo_model(), device).unwrap();
+    let text = std::fs::read_to_string(common::shared_data().join("wikitext2-raw-test.txt")).unwrap();
+    let ids = lm.tokenizer.encode(&text).unwrap();
+    let window = want["window"].as_u64().unwrap() as usize;
+    let windows = want["windows"].as_u64().unwrap() as usize;
+    let r = perplexity(&lm.model, &ids, window, Some(windows), |_, _| true).unwrap();
+    assert_eq!(r.tokens_scored as u64, want["tokens_scored"].as_u64().unwrap());
+    let reference = want["perplexity"].as_f64().unwrap();
+    let rel = (r.perplexity - reference).abs() / reference;
+    eprintln!("perplexity {:.4} vs transformers {:.4} ({:.3}%)", r.perplexity, reference, rel * 100.0);
+    assert!(rel < 0.005, "perplexity {} vs transformers {reference}", r.perplexity);
+}
+
+/// The engine against an independent PyTorch implementation of METHOD.md 1-3
+/// (`tests/make_fitness_reference.py`), every case within 1e-3.
+fn check_fitness_parity(choice: DeviceChoice) {
+    use gelaco::collapse::{MergeOp, MergeSettings, Plan};
+    use gelaco::util::Choice;
+    use gelaco::fitness::calibration::{CalibOptions, CalibSource, Calibration};
+    use gelaco::fitness::{EngineOptions, FitnessEngine};
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_fitness.json");
+    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let device = backend::select(choice).unwrap();
+    let desc = device.description.clone();
+    let lm = model::load(&common::demo_model(), device).unwrap();
+    // our own reading of the calibration file gives the fixture's token ids
+    let c = &fx["calibration"];
+    let opts = CalibOptions {
+        samples: c["samples"].as_u64().unwrap() as usize,
+        min_chars: c["min_chars"].as_u64().unwrap() as usize,
+        max_tokens: c["max_tokens"].as_u64().unwrap() as usize,
+        ..CalibOptions::default()
+    };
+    let file = common::shared_data().join("wikitext-2-raw").join(c["file"].as_str().unwrap());
+    let cal = gelaco::fitness::calibration::load(&CalibSource::File(file), &opts, &lm.model, &lm.tokenizer).unwrap();
+    let want_ids: Vec<Vec<u32>> = serde_json::from_value(c["token_ids"].clone()).unwrap();
+    assert_eq!(cal.samples, want_ids);
+    let mut engines = std::collections::HashMap::new();
+    let mut worst = 0f64;
+    for case in fx["cases"].as_array().unwrap() {
+        let keep_norms = case["keep_norms"].as_bool().unwrap();
+        let engine = engines.entry(keep_norms).or_insert_with(|| {
+            let opts = EngineOptions { merge: MergeSettings { keep_base_norms: keep_norms }, ..EngineOptions::default() };
+            FitnessEngine::new(&lm.model, Calibration::clone(&cal), opts).unwrap()
+        });
+        let ranges: Vec<(usize, usize)> = serde_json::from_value(case["merges"].clone()).unwrap();
+        let op = MergeOp::from_name(case["op"].as_str().unwrap()).unwrap();
+        let plan = Plan::from_ranges(&ranges, 30, op).unwrap();
+        let psi: Vec<usize> = serde_json::from_value(case["psi"].clone()).unwrap();
+        assert_eq!(plan.psi, psi);
+        let r = engine.evaluate(&plan).unwrap();
+        for (got, key) in [(r.fitness, "fitness"), (r.attention, "attention"), (r.ffn, "ffn"), (r.hidden, "hidden")] {
+            let want = case[key].as_f64().unwrap();
+            worst = worst.max((got - want).abs());
+            assert!((got - want).abs() < 1e-3, "{desc}: {} {} {key}: {got} vs {want}", case["label"], case["op"]);
+        }
+    }
+    eprintln!("{desc}: max |fitness component - PyTorch| = {worst:.2e}");
+}
+
+#[test]
+fn fitness_matches_pytorch_on_cpu() {
+    check_fitness_parity(DeviceChoice::Cpu);
+}
+
+#[test]
+fn fitness_matches_pytorch_on_wgpu() {
+    if std::env::var("GELACO_SKIP_WGPU").is_ok() {
+        return;
+    }
+    check_fitness_parity(DeviceChoice::Gpu);
+}

@@ -1,5 +1,0 @@
-//! Judging a model: generation, perplexity.
-
-pub mod choice;
-pub mod generate;
-pub mod perplexity;
