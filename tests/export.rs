@@ -61,7 +61,7 @@ fn hf_export_loads_back_as_the_compressed_model() {
         let m = cpu_load(source);
         let p = plan(&m, merges);
         let compressed = build(&m.model, &p, MergeSettings::default());
-        let src = ExportSource { source: &m, plan: &p, settings: MergeSettings::default(), compressed: &compressed, recipe: None };
+        let src = ExportSource { source: &m, plan: &p, settings: MergeSettings::default(), compressed: &compressed, recipe: None, healed: false };
         let out = dir.path().join(format!("out-{}", merges.replace([':', ','], "_")));
         // a tiny shard limit forces several shards and an index
         let opts = HfOptions { dtype: Some(HfDtype::F32), max_shard_bytes: 60_000, force: false };
@@ -103,7 +103,7 @@ fn gguf_export_copies_untouched_tensors_and_requantises_merged_ones() {
     let m = cpu_load(&g);
     let p = plan(&m, "1:2:mean,4:5");
     let compressed = build(&m.model, &p, MergeSettings::default());
-    let src = ExportSource { source: &m, plan: &p, settings: MergeSettings::default(), compressed: &compressed, recipe: None };
+    let src = ExportSource { source: &m, plan: &p, settings: MergeSettings::default(), compressed: &compressed, recipe: None, healed: false };
     let out = dir.path().join("small.gguf");
     let r = gelaco::export::gguf::export(&src, &out, &GgufOptions::default()).unwrap();
     assert_eq!((r.layers, r.merged_layers), (4, 1));
@@ -138,7 +138,7 @@ fn gguf_export_copies_untouched_tensors_and_requantises_merged_ones() {
     let mh = cpu_load(&hf);
     let ph = plan(&mh, "1:2");
     let ch = build(&mh.model, &ph, MergeSettings::default());
-    let sh = ExportSource { source: &mh, plan: &ph, settings: MergeSettings::default(), compressed: &ch, recipe: None };
+    let sh = ExportSource { source: &mh, plan: &ph, settings: MergeSettings::default(), compressed: &ch, recipe: None, healed: false };
     let bad = dir.path().join("from-hf.gguf");
     let e = gelaco::export::gguf::export(&sh, &bad, &GgufOptions::default()).unwrap_err();
     assert!(e.to_string().contains("convert_hf_to_gguf"), "{e}");
@@ -255,4 +255,38 @@ fn recipe_identity_is_checked_against_the_model() {
     r.check_model(&m.files, &id.sha256, false).unwrap();
     assert!(r.check_model(&m.files, "00", false).is_err());
     r.check_model(&m.files, "00", true).unwrap();
+}
+
+#[test]
+fn healed_exports_reload_with_the_healed_logits_and_their_recipe_rebuilds_them() {
+    use gelaco::export::{ExportFormat, ExportRequest, Variant};
+    use gelaco::fitness::Heal;
+    use gelaco::fitness::calibration::{CalibOptions, CalibSource, Calibration};
+    let (dir, g, hf) = models(6);
+    let samples: Vec<Vec<u32>> = (0..10u32).map(|i| (0..12).map(|t| (i * 31 + t * 7) % 250).collect()).collect();
+    let cal = Calibration::from_samples(samples, CalibSource::SelfGenerated, CalibOptions::default());
+    for (source, format) in [(&g, ExportFormat::Gguf), (&hf, ExportFormat::Hf), (&g, ExportFormat::Hf)] {
+        let m = cpu_load(source);
+        let plain = Variant::from_merges("2:4", MergeOp::KeepFirst, MergeSettings::default(), 6).unwrap();
+        let healed = plain.clone().healed(Heal::Linear, cal.clone()).unwrap();
+        let recipe = healed.recipe(ModelIdentity::of(&m.files).unwrap());
+        let out = dir.path().join(format!("healed-{format}-{}", source.file_name().unwrap().to_string_lossy()));
+        let (report, check) = gelaco::export::export_variant(&m, &healed, &recipe, &ExportRequest::new(format, out.clone())).unwrap();
+        // the healed group is written from new weights, the rest copied
+        assert_eq!((report.merged_layers, report.copied_layers), (1, 3), "{format}");
+        let check = check.unwrap();
+        assert!(check.max_abs_logit_difference < 0.05 * check.max_abs_logit.max(1.0), "{format}: {check:?}");
+        let back = cpu_load(&out);
+        let want = logits(&healed.build(&m.model).unwrap(), &IDS);
+        assert!(max_diff(&logits(&back.model, &IDS), &want) < 0.05 * want.iter().fold(1f32, |a, x| a.max(x.abs())));
+        // healing changed the model, and the recipe alone builds it again
+        assert!(max_diff(&want, &logits(&plain.build(&m.model).unwrap(), &IDS)) > 1e-4);
+        let path = dir.path().join(format!("healed-{format}.json"));
+        recipe.save(&path, true).unwrap();
+        let again = Variant::from_recipe_file(&path, &m.files, &m.files.sha256().unwrap(), false).unwrap();
+        assert_eq!(max_diff(&logits(&again.build(&m.model).unwrap(), &IDS), &want), 0.0);
+        // nothing to heal in the original
+        let e = Variant::original(6).healed(Heal::Linear, cal.clone()).unwrap_err();
+        assert!(matches!(e, gelaco::Error::Setting { setting: "heal", .. }), "{e}");
+    }
 }

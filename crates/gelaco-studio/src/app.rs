@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::worker::{ExportKind, ModelCard, Reply, Request, Target, Worker};
+use super::worker::{ModelCard, Reply, Request, Worker};
+use gelaco::export::{ExportFormat, Variant};
 use gelaco::backend::DeviceChoice;
 use gelaco::collapse::{MergeOp, MergeSettings, Plan};
 use gelaco::eval::choice::TaskScore;
@@ -219,7 +220,7 @@ pub enum Action {
     RunBenchmarks(Solution),
     Cancel,
     Generate,
-    Export(Solution, ExportKind, Option<PathBuf>),
+    Export(Solution, ExportFormat, Option<PathBuf>),
     SaveRecipe(Solution),
     ClearCompare,
 }
@@ -249,7 +250,7 @@ pub struct App {
     pub log: VecDeque<LogLine>,
     pub banner: Option<(bool, String)>,
     pub tab: Tab,
-    pub export_kind: ExportKind,
+    pub export_kind: ExportFormat,
     pub export_path: String,
     /// Replace an existing export output.
     pub export_force: bool,
@@ -316,7 +317,7 @@ impl App {
             log: VecDeque::new(),
             banner: None,
             tab: Tab::Front,
-            export_kind: ExportKind::Gguf,
+            export_kind: ExportFormat::Gguf,
             export_path: String::new(),
             export_force: false,
             resume_path: String::new(),
@@ -519,7 +520,15 @@ impl App {
                     self.generated.insert(label, result);
                 }
             }
-            Reply::Exported(Ok(rep)) => {
+            Reply::Exported(Ok((rep, verification))) => {
+                if let Some(v) = verification {
+                    self.info(format!(
+                        "export checked: reloaded, max |logit difference| {:.2e} (logits up to {:.1}){}",
+                        v.max_abs_logit_difference,
+                        v.max_abs_logit,
+                        if v.tokenizer_matches { "" } else { "; the exported tokenizer encodes differently" }
+                    ));
+                }
                 let msg = format!(
                     "exported {} layers to {} ({:.1} MB, {} layers copied, {} merged)",
                     rep.layers,
@@ -543,12 +552,19 @@ impl App {
         if p.is_empty() { None } else { Some(PathBuf::from(p)) }
     }
 
-    fn target(&self, s: Option<&Solution>) -> Target {
+    /// The model a solution builds: as its run built it (operator, settings, healing) when
+    /// the run folder is known, else from its plan.
+    fn target(&self, s: Option<&Solution>) -> Variant {
         let op = self.settings.merge_op.unwrap_or(gelaco::collapse::merge::DEFAULT_MERGE_OP);
-        match s {
-            Some(s) => Target { label: s.label.clone(), plan: Some(s.plan()), settings: MergeSettings::default(), merge_op: op },
-            None => Target { label: "original".into(), plan: None, settings: MergeSettings::default(), merge_op: op },
-        }
+        let Some(s) = s else {
+            let layers = self.card.as_ref().and_then(|c| c.as_ref().ok()).map_or(0, |c| c.layers);
+            return Variant::original(layers);
+        };
+        let from_run = self.run_dir.as_ref().and_then(|d| {
+            let info = store::read_info(d).ok()?;
+            Variant::from_run(d, &info, &s.result, s.label.clone()).ok()
+        });
+        from_run.unwrap_or_else(|| Variant::from_plan(s.label.clone(), s.plan(), op, MergeSettings::default()))
     }
 
     fn dialog(&self, what: DialogFor, save_name: Option<String>) {
@@ -661,8 +677,8 @@ impl App {
                     None => {
                         let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
                         let name = match kind {
-                            ExportKind::Gguf => format!("{stem}-{}L.gguf", s.result.remaining_layers),
-                            ExportKind::Hf => format!("{stem}-{}L", s.result.remaining_layers),
+                            ExportFormat::Gguf => format!("{stem}-{}L.gguf", s.result.remaining_layers),
+                            ExportFormat::Hf => format!("{stem}-{}L", s.result.remaining_layers),
                         };
                         self.dialog(DialogFor::Export, Some(name));
                         return;

@@ -5,7 +5,7 @@ use egui::{Align, Color32, Layout, RichText, Sense, Stroke, Ui, vec2};
 use egui_plot::{Legend, Line, MarkerShape, Plot, PlotPoint, PlotPoints, Points};
 
 use super::app::{Action, App, CalibKind, Solution, Tab};
-use super::worker::ExportKind;
+use gelaco::export::ExportFormat;
 use gelaco::backend::DeviceChoice;
 use gelaco::collapse::MergeOp;
 use gelaco::search::Init;
@@ -611,8 +611,8 @@ fn inspector(app: &mut App, ui: &mut Ui) {
     ui.separator();
     ui.label(RichText::new("Export").strong());
     ui.horizontal(|ui| {
-        ui.radio_value(&mut app.export_kind, ExportKind::Gguf, "GGUF").on_hover_text("For llama.cpp and Ollama; untouched tensors keep their quantisation");
-        ui.radio_value(&mut app.export_kind, ExportKind::Hf, "Hugging Face").on_hover_text("A safetensors folder for transformers");
+        ui.radio_value(&mut app.export_kind, ExportFormat::Gguf, "GGUF").on_hover_text("For llama.cpp and Ollama; untouched tensors keep their quantisation");
+        ui.radio_value(&mut app.export_kind, ExportFormat::Hf, "Hugging Face").on_hover_text("A safetensors folder for transformers");
     });
     ui.horizontal(|ui| {
         ui.add(egui::TextEdit::singleline(&mut app.export_path).desired_width(200.0).hint_text("output path (empty: choose)"));

@@ -9,14 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 
 use gelaco::backend::{self, DeviceChoice};
-use gelaco::collapse::{MergeOp, MergeSettings, Plan};
 use gelaco::error::{Error, Result};
 use gelaco::eval::choice::{self, ChoiceOptions, Task, TaskScore};
 use gelaco::eval::generate::{GenerateOptions, generate};
 use gelaco::eval::perplexity::perplexity;
-use gelaco::export::hf::HfOptions;
-use gelaco::export::gguf::GgufOptions;
-use gelaco::export::{ExportReport, ExportSource, Recipe};
+use gelaco::export::{ExportFormat, ExportReport, ExportRequest, Variant, Verification};
 use gelaco::model::weights::ModelFiles;
 use gelaco::model::{self, LoadedModel};
 use gelaco::run::store::ModelIdentity;
@@ -35,30 +32,14 @@ pub struct ModelCard {
     pub device: String,
 }
 
-/// A compressed model to work on (`None` plan: the original).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Target {
-    pub label: String,
-    pub plan: Option<Plan>,
-    pub settings: MergeSettings,
-    pub merge_op: MergeOp,
-}
-
-/// Export formats of the window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportKind {
-    Hf,
-    Gguf,
-}
-
 /// A request to the worker.
 #[derive(Debug, Clone)]
 pub enum Request {
     Inspect { model: PathBuf, device: DeviceChoice },
-    Perplexity { model: PathBuf, device: DeviceChoice, target: Target, text: PathBuf, window: usize, windows: usize },
-    Benchmark { model: PathBuf, device: DeviceChoice, target: Target, tasks: Vec<(String, PathBuf)>, limit: usize },
-    Generate { model: PathBuf, device: DeviceChoice, targets: Vec<Target>, prompt: String, max_new_tokens: usize, seed: u64 },
-    Export { model: PathBuf, device: DeviceChoice, target: Target, kind: ExportKind, out: PathBuf, force: bool },
+    Perplexity { model: PathBuf, device: DeviceChoice, target: Variant, text: PathBuf, window: usize, windows: usize },
+    Benchmark { model: PathBuf, device: DeviceChoice, target: Variant, tasks: Vec<(String, PathBuf)>, limit: usize },
+    Generate { model: PathBuf, device: DeviceChoice, targets: Vec<Variant>, prompt: String, max_new_tokens: usize, seed: u64 },
+    Export { model: PathBuf, device: DeviceChoice, target: Variant, kind: ExportFormat, out: PathBuf, force: bool },
 }
 
 impl Request {
@@ -82,7 +63,7 @@ pub enum Reply {
     Perplexity { label: String, result: std::result::Result<f64, String> },
     Benchmark { label: String, result: std::result::Result<Vec<TaskScore>, String> },
     Generated { label: String, result: std::result::Result<String, String> },
-    Exported(std::result::Result<ExportReport, String>),
+    Exported(std::result::Result<(ExportReport, Option<Verification>), String>),
     Idle,
 }
 
@@ -192,7 +173,7 @@ impl State {
                 let content = std::fs::read_to_string(text).map_err(|e| Error::io(text, e))?;
                 let m = self.model(model, *device)?;
                 let ids = m.tokenizer.encode(&content)?;
-                let compressed = build(m, target);
+                let compressed = target.build(&m.model)?;
                 let what = format!("perplexity of {}", target.label);
                 let r = perplexity(&compressed, &ids, *window, Some(*windows), |done, total| {
                     send(Reply::Progress { done, total, what: what.clone() });
@@ -204,7 +185,7 @@ impl State {
                 let loaded: Vec<Task> =
                     tasks.iter().map(|(n, p)| Task::load(n, p, Some(*limit))).collect::<Result<_>>()?;
                 let m = self.model(model, *device)?;
-                let compressed = build(m, target);
+                let compressed = target.build(&m.model)?;
                 let mut scores = Vec::new();
                 for t in &loaded {
                     let what = format!("{} on {}", t.name, target.label);
@@ -225,7 +206,7 @@ impl State {
                         return Err(Error::Cancelled);
                     }
                     send(Reply::Progress { done: k, total: targets.len(), what: format!("generating with {}", t.label) });
-                    let compressed = build(m, t);
+                    let compressed = t.build(&m.model)?;
                     let result = generate(&compressed, &m.tokenizer, &ids, &opts, |_| {}).map(|g| g.text).map_err(|e| crate::words(&e));
                     send(Reply::Generated { label: t.label.clone(), result });
                 }
@@ -233,25 +214,12 @@ impl State {
             }
             Request::Export { model, device, target, kind, out, force } => {
                 let m = self.model(model, *device)?;
-                let plan = target.plan.clone().unwrap_or_else(|| Plan::identity(m.model.num_layers()));
-                let compressed = gelaco::collapse::build(&m.model, &plan, target.settings);
-                let mut recipe = Recipe::new(ModelIdentity::of(&m.files)?, &plan, target.merge_op, target.settings);
+                let mut recipe = target.recipe(ModelIdentity::of(&m.files)?);
                 recipe.origin = format!("GeLaCo Studio: {}", target.label);
-                let src = ExportSource { source: m, plan: &plan, settings: target.settings, compressed: &compressed, recipe: Some(&recipe) };
-                send(Reply::Progress { done: 0, total: 1, what: format!("writing {}", out.display()) });
-                let report = match kind {
-                    ExportKind::Hf => gelaco::export::hf::export(&src, out, &HfOptions { force: *force, ..HfOptions::default() })?,
-                    ExportKind::Gguf => gelaco::export::gguf::export(&src, out, &GgufOptions { force: *force })?,
-                };
-                Ok(Reply::Exported(Ok(report)))
+                send(Reply::Progress { done: 0, total: 1, what: format!("writing and checking {}", out.display()) });
+                let request = ExportRequest { force: *force, ..ExportRequest::new(*kind, out.clone()) };
+                Ok(Reply::Exported(Ok(gelaco::export::export_variant(m, target, &recipe, &request)?)))
             }
         }
-    }
-}
-
-fn build(m: &LoadedModel, t: &Target) -> gelaco::model::Llama {
-    match &t.plan {
-        Some(p) => gelaco::collapse::build(&m.model, p, t.settings),
-        None => m.model.clone(),
     }
 }

@@ -27,6 +27,9 @@ pub enum Suite {
     /// Every merge operator on single spans of 2, 3 and 5 layers at three depths: fitness
     /// components and perplexity, as Markdown tables.
     MergeOps,
+    /// How well each objective ranks random plans (1 to 15 layers removed) by held-out
+    /// perplexity: Spearman correlations per size band, as a Markdown table.
+    Objectives,
 }
 
 #[derive(Args)]
@@ -81,6 +84,7 @@ pub fn run(args: BenchArgs, device: Option<DeviceChoice>) -> Result<()> {
     match args.suite {
         Suite::Fitness => return fitness_bench(&args, &devices),
         Suite::MergeOps => return merge_ops(&args, devices[0]),
+        Suite::Objectives => return objectives_bench(&args, devices[0]),
         Suite::Init => return init_bench(&args, devices[0]),
         Suite::Prefill => {}
     }
@@ -251,6 +255,87 @@ fn merge_ops(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
     Ok(())
 }
 
+/// Ranks (1-based, ties averaged) of `v`.
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+            j += 1;
+        }
+        for k in i..=j {
+            r[idx[k]] = (i + j) as f64 / 2.0 + 1.0;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's rank correlation of `a` and `b`.
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = ra.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    if va == 0.0 || vb == 0.0 { 0.0 } else { cov / (va * vb).sqrt() }
+}
+
+fn objectives_bench(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
+    use gelaco::fitness::Objective;
+    let need = |p: &Option<PathBuf>, flag: &str| {
+        p.clone().ok_or_else(|| gelaco::Error::Invalid(format!("--suite objectives needs {flag} FILE")))
+    };
+    let (calib, text) = (need(&args.calib, "--calib")?, need(&args.text, "--text")?);
+    let m = super::load(&args.model, device)?;
+    let cal = calibration::load(&CalibSource::File(calib), &CalibOptions { samples: 16, max_tokens: 64, ..CalibOptions::default() }, &m.model, &m.tokenizer)?;
+    let content = std::fs::read_to_string(&text).map_err(|e| gelaco::Error::io(&text, e))?;
+    let ids = m.tokenizer.encode(&content)?;
+    let layers = m.model.num_layers();
+    let objectives = [Objective::Similarity, Objective::Kl, Objective::Nll];
+    let engines: Vec<FitnessEngine> = objectives
+        .iter()
+        .map(|&objective| FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective, ..EngineOptions::default() }))
+        .collect::<gelaco::Result<_>>()?;
+    let mut rng = StdRng::seed_from_u64(7);
+    let max_removed = 15.min(layers - 1);
+    // (removed, log perplexity, fitness per objective)
+    let mut rows: Vec<(usize, f64, Vec<f64>)> = Vec::new();
+    let t = Instant::now();
+    for i in 0..args.plans {
+        let removed = 1 + i % max_removed;
+        let plan = gelaco::search::random_plan_removing(layers, removed, DEFAULT_MERGE_OP, &mut rng);
+        let fitness: Vec<f64> = engines.iter().map(|e| e.evaluate(&plan).map(|r| r.fitness)).collect::<gelaco::Result<_>>()?;
+        let compressed = gelaco::collapse::build(&m.model, &plan, MergeSettings::default());
+        let log_ppl = match gelaco::eval::perplexity::perplexity(&compressed, &ids, 512, Some(args.max_windows), |_, _| true) {
+            Ok(p) => p.perplexity.ln(),
+            Err(gelaco::Error::Numerical(_)) => f64::INFINITY,
+            Err(e) => return Err(e.into()),
+        };
+        eprintln!("[{}/{}] removed {removed:>2} ({}): log ppl {log_ppl:.3}, fitness {fitness:.4?}  ({:.0}s)", i + 1, args.plans, plan.removed_text(), t.elapsed().as_secs_f64());
+        rows.push((plan.removed(), log_ppl, fitness));
+    }
+    println!("Spearman correlation of each objective's fitness with held-out quality (-log perplexity), {} random plans, calibration {} tokens, held-out {} windows of 512:\n", rows.len(), cal.tokens(), args.max_windows);
+    println!("| layers removed | plans | similarity | kl | nll |");
+    println!("|---|---|---|---|---|");
+    for (lo, hi) in [(1, 5), (6, 10), (11, 15), (1, 15)] {
+        let band: Vec<&(usize, f64, Vec<f64>)> = rows.iter().filter(|r| r.0 >= lo && r.0 <= hi).collect();
+        if band.len() < 3 {
+            continue;
+        }
+        let quality: Vec<f64> = band.iter().map(|r| -r.1).collect();
+        let cells: Vec<String> = (0..objectives.len())
+            .map(|k| format!("{:.3}", spearman(&band.iter().map(|r| r.2[k]).collect::<Vec<_>>(), &quality)))
+            .collect();
+        println!("| {lo}-{hi} | {} | {} |", band.len(), cells.join(" | "));
+    }
+    Ok(())
+}
+
 fn init_bench(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
     use gelaco::search::{Init, SearchSettings, initial_population};
     let calib = args.calib.clone().ok_or_else(|| gelaco::Error::Invalid("--suite init needs --calib FILE".into()))?;
@@ -292,4 +377,19 @@ fn init_bench(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spearman;
+
+    #[test]
+    fn spearman_ranks_with_ties() {
+        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 30.0, 40.0]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        // a monotone transform keeps the correlation; ties share their rank
+        let r = spearman(&[1.0, 1.0, 2.0, 3.0], &[1.0, 2.0, 3.0, 4.0]);
+        assert!(r > 0.9 && r < 1.0, "{r}");
+        assert_eq!(spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), 0.0);
+    }
 }

@@ -1,6 +1,6 @@
 //! `gelaco fitness`: the GeLaCo fitness of one collapse plan.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::words::choice;
 
@@ -13,9 +13,9 @@ use gelaco::collapse::{MergeOp, MergeSettings, Plan, Triple};
 use gelaco::fitness::calibration::{self, CalibOptions, CalibSource, Calibration, Pick};
 use gelaco::fitness::{EngineOptions, FitnessEngine, Heal, Objective};
 use gelaco::util::Choice;
-use gelaco::export::Recipe;
+use gelaco::export::{Recipe, Variant};
 use gelaco::export::recipe::{CalibrationIdentity, RecipeScores};
-use gelaco::model::{LoadedModel, Llama};
+use gelaco::model::LoadedModel;
 use gelaco::run::store::ModelIdentity;
 
 /// Where calibration samples come from and how they are cut.
@@ -165,9 +165,12 @@ impl CompressArgs {
     /// The compressed model these arguments describe, or `None` for the original.
     pub fn variant(&self, m: &LoadedModel, hash: &ModelHash) -> Result<Option<Variant>> {
         match &self.recipe {
-            Some(p) => Variant::from_recipe(p, m, hash, self.any_model).map(Some),
+            Some(p) => Ok(Some(Variant::from_recipe_file(p, &m.files, hash.get(m)?, self.any_model)?)),
             None if self.merges.trim().is_empty() => Ok(None),
-            None => Variant::from_merges(&self.merges, self.merge_op, self.settings(), m).map(Some),
+            None => {
+                let (_, op) = check_merges(&self.merges, self.merge_op)?;
+                Ok(Some(Variant::from_merges(&self.merges, op, self.settings(), m.model.num_layers())?))
+            }
         }
     }
 
@@ -179,7 +182,7 @@ impl CompressArgs {
     pub fn apply(&self, m: &mut LoadedModel) -> Result<Option<Variant>> {
         let v = self.variant(m, &ModelHash::default())?;
         if let Some(v) = &v {
-            m.model = v.build(&m.model);
+            m.model = v.build(&m.model)?;
             eprintln!("note: compressed model, {}", v.describe());
         }
         Ok(v)
@@ -205,56 +208,17 @@ pub fn check_merges(merges: &str, op: MergeOpArg) -> Result<(Vec<Triple>, MergeO
 pub struct ModelHash(std::sync::OnceLock<String>);
 
 impl ModelHash {
+    /// The identity of the loaded model, with its hash.
+    pub fn identity(&self, m: &LoadedModel) -> Result<ModelIdentity> {
+        Ok(ModelIdentity::with_hash(&m.files, self.get(m)?.to_string()))
+    }
+
     pub fn get(&self, m: &LoadedModel) -> Result<&str> {
         if self.0.get().is_none() {
             let h = m.files.sha256()?;
             let _ = self.0.set(h);
         }
         Ok(self.0.get().map(String::as_str).unwrap_or_default())
-    }
-}
-
-/// One compressed model to build from the loaded original.
-#[derive(Clone, Debug)]
-pub struct Variant {
-    pub label: String,
-    pub plan: Plan,
-    pub merge_op: MergeOp,
-    pub settings: MergeSettings,
-    pub recipe: Option<Recipe>,
-}
-
-impl Variant {
-    pub fn from_recipe(path: &Path, m: &LoadedModel, hash: &ModelHash, any_model: bool) -> Result<Self> {
-        let r = Recipe::load(path)?;
-        r.check_model(&m.files, hash.get(m)?, any_model)?;
-        let label = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recipe".into());
-        Ok(Variant { label, plan: r.plan()?, merge_op: r.merge_op, settings: r.settings(), recipe: Some(r) })
-    }
-
-    pub fn from_merges(merges: &str, op: MergeOpArg, settings: MergeSettings, m: &LoadedModel) -> Result<Self> {
-        let (triples, op) = check_merges(merges, op)?;
-        let plan = Plan::from_triples(&triples, m.model.num_layers(), op)?;
-        Ok(Variant { label: merges.to_string(), plan, merge_op: op, settings, recipe: None })
-    }
-
-    pub fn build(&self, base: &Llama) -> Llama {
-        gelaco::collapse::build(base, &self.plan, self.settings)
-    }
-
-    /// The recipe of this variant: the one it was read from, or a new one.
-    pub fn recipe(&self, m: &LoadedModel, hash: &ModelHash) -> Result<Recipe> {
-        match &self.recipe {
-            Some(r) => Ok(r.clone()),
-            None => {
-                let identity = ModelIdentity::with_hash(&m.files, hash.get(m)?.to_string());
-                Ok(Recipe::new(identity, &self.plan, self.merge_op, self.settings))
-            }
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        format!("{} of {} layers ({})", self.plan.remaining(), self.plan.num_layers, self.plan.merges_text())
     }
 }
 
@@ -292,6 +256,9 @@ pub fn run(args: FitnessArgs, device: DeviceChoice) -> Result<()> {
         Some(v) => (v.plan.clone(), v.settings),
         None => (Plan::identity(m.model.num_layers()), args.compress.settings()),
     };
+    if args.calib.heal != Heal::None && plan.removed() == 0 {
+        return Err(gelaco::Error::setting("heal", "needs a plan that removes at least one layer").into());
+    }
     let calibration = args.calib.load(&m, args.seed)?;
     let t = std::time::Instant::now();
     let engine = FitnessEngine::new(&m.model, calibration, args.calib.engine_options(settings))?;
@@ -301,7 +268,7 @@ pub fn run(args: FitnessArgs, device: DeviceChoice) -> Result<()> {
     let seconds = t.elapsed().as_secs_f64();
     let cal = &engine.calibration;
     if let (Some(p), Some(v)) = (&args.save_recipe, &variant) {
-        let mut recipe = v.recipe(&m, &hash)?;
+        let mut recipe = v.recipe(hash.identity(&m)?);
         recipe.calibration = Some(CalibrationIdentity {
             hash: cal.hash.clone(),
             source: cal.source.describe(),
@@ -310,6 +277,9 @@ pub fn run(args: FitnessArgs, device: DeviceChoice) -> Result<()> {
         });
         recipe.seed = Some(args.seed);
         recipe.fitness = Some(RecipeScores::from(&r));
+        if args.calib.heal != Heal::None {
+            recipe.heal = Some(gelaco::export::Healing { method: args.calib.heal, calibration: cal.clone() });
+        }
         if recipe.origin.is_empty() {
             recipe.origin = "gelaco fitness".into();
         }

@@ -14,12 +14,12 @@ use gelaco::backend::DeviceChoice;
 use gelaco::eval::choice::{self, ChoiceOptions, Task, TaskScore};
 use gelaco::eval::generate::{GenerateOptions, generate};
 use gelaco::eval::perplexity::{PerplexityReport, perplexity};
-use gelaco::export::hf::{HfDtype, HfOptions};
-use gelaco::export::gguf::GgufOptions;
-use gelaco::export::{ExportReport, ExportSource};
-use gelaco::model::{self, LoadedModel, Llama};
+use gelaco::collapse::merge::DEFAULT_MERGE_OP;
+use gelaco::export::hf::HfDtype;
+use gelaco::export::{ExportFormat, ExportRequest, Variant};
+use gelaco::model::{LoadedModel, Llama};
 
-use super::fitness::{CompressArgs, MergeOpArg, ModelHash, Variant};
+use super::fitness::{CompressArgs, MergeOpArg, ModelHash};
 
 /// Several compressed models: any number of recipes and merge lists.
 #[derive(Args, Clone, Debug)]
@@ -57,10 +57,11 @@ impl VariantsArgs {
         let settings = gelaco::collapse::MergeSettings { keep_base_norms: self.keep_norms };
         let mut out = Vec::new();
         for r in &self.recipe {
-            out.push(Variant::from_recipe(r, m, &hash, self.any_model)?);
+            out.push(Variant::from_recipe_file(r, &m.files, hash.get(m)?, self.any_model)?);
         }
         for text in &self.merges {
-            out.push(Variant::from_merges(text, self.merge_op, settings, m)?);
+            let (_, op) = super::fitness::check_merges(text, self.merge_op)?;
+            out.push(Variant::from_merges(text, op, settings, m.model.num_layers())?);
         }
         Ok(out)
     }
@@ -74,15 +75,15 @@ struct Entry {
     model: Llama,
 }
 
-fn entries(m: &LoadedModel, variants: &[Variant], original: bool) -> Vec<Entry> {
+fn entries(m: &LoadedModel, variants: &[Variant], original: bool) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     if original {
         out.push(Entry { label: "original".into(), layers: m.model.num_layers(), merges: String::new(), model: m.model.clone() });
     }
     for v in variants {
-        out.push(Entry { label: v.label.clone(), layers: v.plan.remaining(), merges: v.plan.merges_text(), model: v.build(&m.model) });
+        out.push(Entry { label: v.label.clone(), layers: v.plan.remaining(), merges: v.plan.merges_text_with_ops(v.merge_op), model: v.build(&m.model)? });
     }
-    out
+    Ok(out)
 }
 
 #[derive(Args, Debug)]
@@ -151,7 +152,7 @@ pub fn eval(a: EvalArgs, device: DeviceChoice) -> Result<()> {
     };
     let m = super::load(&a.model, device)?;
     let variants = a.variants.variants(&m)?;
-    let list = entries(&m, &variants, !a.no_original);
+    let list = entries(&m, &variants, !a.no_original)?;
     if list.is_empty() {
         return Err(gelaco::Error::Invalid("--no-original with no --recipe or --merges leaves nothing to evaluate".into()).into());
     }
@@ -273,7 +274,7 @@ pub fn compare(a: CompareArgs, device: DeviceChoice) -> Result<()> {
     let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, seed: a.seed, stop_at_eos: true };
     let mut out = Vec::new();
     let mut reference: Option<Vec<u32>> = None;
-    for e in entries(&m, &variants, true) {
+    for e in entries(&m, &variants, true)? {
         let g = generate(&e.model, &m.tokenizer, &ids, &opts, |_| {})?;
         let agree = reference
             .as_ref()
@@ -299,19 +300,13 @@ pub fn compare(a: CompareArgs, device: DeviceChoice) -> Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ExportFormat {
-    Hf,
-    Gguf,
-}
-
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
     pub compress: CompressArgs,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = named::<ExportFormat>())]
     pub format: ExportFormat,
     /// Output: a folder for hf, a file for gguf.
     #[arg(long)]
@@ -332,70 +327,40 @@ pub struct ExportArgs {
     pub json: bool,
 }
 
-/// Largest |difference| between two models' logits on a fixed text, and the logit scale.
-fn logit_difference(a: &Llama, b: &Llama, ids: &[u32]) -> Result<(f64, f64)> {
-    let la = model::llama::download(a.logits(a.forward(&[ids.to_vec()], None)?))?;
-    let lb = model::llama::download(b.logits(b.forward(&[ids.to_vec()], None)?))?;
-    let diff = la.data.iter().zip(&lb.data).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
-    let scale = la.data.iter().map(|x| x.abs() as f64).fold(0.0, f64::max);
-    Ok((diff, scale))
-}
-
-/// The text the export check runs.
-const VERIFY_TEXT: &str = "The capital of France is Paris. Layer collapse keeps the first and last layers of a model.";
-
 pub fn export(a: ExportArgs, device: DeviceChoice) -> Result<()> {
     a.compress.check()?;
     gelaco::export::refuse_existing(&a.out, a.force)?;
     let m = super::load(&a.model, device)?;
     let hash = ModelHash::default();
-    let variant = a.compress.variant(&m, &hash)?;
-    let variant = match variant {
+    let variant = match a.compress.variant(&m, &hash)? {
         Some(v) => v,
-        None => Variant {
-            label: "original".into(),
-            plan: gelaco::collapse::Plan::identity(m.model.num_layers()),
-            merge_op: gelaco::collapse::merge::DEFAULT_MERGE_OP,
-            settings: a.compress.settings(),
-            recipe: None,
-        },
+        None => Variant::from_plan("original", gelaco::collapse::Plan::identity(m.model.num_layers()), DEFAULT_MERGE_OP, a.compress.settings()),
     };
-    let mut recipe = variant.recipe(&m, &hash)?;
+    let mut recipe = variant.recipe(hash.identity(&m)?);
     if recipe.origin.is_empty() {
         recipe.origin = "gelaco export".into();
     }
-    let compressed = variant.build(&m.model);
-    let src = ExportSource { source: &m, plan: &variant.plan, settings: variant.settings, compressed: &compressed, recipe: Some(&recipe) };
+    if a.dtype.is_some() && a.format == ExportFormat::Gguf {
+        eprintln!("note: --dtype applies to hf exports; GGUF keeps each tensor's type");
+    }
+    let request = ExportRequest {
+        format: a.format,
+        out: a.out.clone(),
+        force: a.force,
+        dtype: a.dtype,
+        max_shard_bytes: a.max_shard_mb.max(1) * 1_000_000,
+        verify: !a.no_verify,
+    };
     let spinner = bar(0, &format!("writing {}", a.out.display()))?;
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let t = std::time::Instant::now();
-    let report: ExportReport = match a.format {
-        ExportFormat::Hf => gelaco::export::hf::export(
-            &src,
-            &a.out,
-            &HfOptions { dtype: a.dtype, max_shard_bytes: a.max_shard_mb.max(1) * 1_000_000, force: a.force },
-        )?,
-        ExportFormat::Gguf => {
-            if a.dtype.is_some() {
-                eprintln!("note: --dtype applies to hf exports; GGUF keeps each tensor's type");
-            }
-            gelaco::export::gguf::export(&src, &a.out, &GgufOptions { force: a.force })?
-        }
-    };
+    let (report, verify) = gelaco::export::export_variant(&m, &variant, &recipe, &request)?;
     spinner.finish_and_clear();
     let seconds = t.elapsed().as_secs_f64();
-    let verify = if a.no_verify {
-        None
-    } else {
-        let back = model::load(&a.out, m.device.clone())
-            .with_context(|| format!("the export at {} does not load back", a.out.display()))?;
-        let ids = m.tokenizer.encode(VERIFY_TEXT)?;
-        let back_ids = back.tokenizer.encode(VERIFY_TEXT)?;
-        if back_ids != ids {
-            eprintln!("warning: the exported tokenizer encodes the check text differently");
-        }
-        Some(logit_difference(&compressed, &back.model, &ids)?)
-    };
+    if verify.is_some_and(|v| !v.tokenizer_matches) {
+        eprintln!("warning: the exported tokenizer encodes the check text differently");
+    }
+    let verify = verify.map(|v| (v.max_abs_logit_difference, v.max_abs_logit));
     if a.json {
         super::print_json(&json!({
             "report": report,

@@ -43,6 +43,9 @@ pub struct ExportSource<'a> {
     pub settings: MergeSettings,
     pub compressed: &'a Llama,
     pub recipe: Option<&'a Recipe>,
+    /// Collapsed groups were healed: their layers hold new weights even where the merge
+    /// kept one original layer.
+    pub healed: bool,
 }
 
 impl ExportSource<'_> {
@@ -51,8 +54,105 @@ impl ExportSource<'_> {
     }
 
     pub fn sources(&self) -> Vec<LayerSource> {
-        layer_sources(self.plan, self.settings)
+        let mut sources = layer_sources(self.plan, self.settings);
+        if self.healed {
+            for (s, g) in sources.iter_mut().zip(self.plan.groups()) {
+                if g.start() != g.end() {
+                    *s = LayerSource::Merged;
+                }
+            }
+        }
+        sources
     }
+}
+
+/// The formats a compressed model is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    Hf,
+    Gguf,
+}
+
+crate::choice!(ExportFormat {
+    Hf => "hf": "a Hugging Face folder: config.json, safetensors, tokenizer files",
+    Gguf => "gguf": "one GGUF file for llama.cpp and Ollama (from a GGUF source)",
+});
+
+/// How to write an export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportRequest {
+    pub format: ExportFormat,
+    pub out: PathBuf,
+    /// Replace an existing output.
+    pub force: bool,
+    /// Weight type of a Hugging Face export (`None`: the source's).
+    pub dtype: Option<hf::HfDtype>,
+    /// Largest safetensors shard, bytes.
+    pub max_shard_bytes: u64,
+    /// Reload the export and compare its logits with the in-memory model.
+    pub verify: bool,
+}
+
+impl ExportRequest {
+    pub fn new(format: ExportFormat, out: PathBuf) -> Self {
+        ExportRequest { format, out, force: false, dtype: None, max_shard_bytes: hf::HfOptions::default().max_shard_bytes, verify: true }
+    }
+}
+
+/// What reloading an export showed.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Verification {
+    /// Largest |difference| of the logits of the reloaded and the in-memory model on
+    /// [`VERIFY_TEXT`].
+    pub max_abs_logit_difference: f64,
+    /// Largest |logit|, for scale.
+    pub max_abs_logit: f64,
+    /// The exported tokenizer encodes the text as the source's does.
+    pub tokenizer_matches: bool,
+}
+
+/// The text an export's check runs.
+pub const VERIFY_TEXT: &str = "The capital of France is Paris. Layer collapse keeps the first and last layers of a model.";
+
+/// Build `variant` from the loaded model, write it as asked, and (unless told not to)
+/// reload the result and compare its logits with the in-memory model.
+pub fn export_variant(m: &LoadedModel, variant: &Variant, recipe: &Recipe, req: &ExportRequest) -> Result<(ExportReport, Option<Verification>)> {
+    refuse_existing(&req.out, req.force)?;
+    let compressed = variant.build(&m.model)?;
+    let src = ExportSource {
+        source: m,
+        plan: &variant.plan,
+        settings: variant.settings,
+        compressed: &compressed,
+        recipe: Some(recipe),
+        healed: variant.heal.as_ref().is_some_and(|h| h.method != crate::fitness::Heal::None),
+    };
+    let report = match req.format {
+        ExportFormat::Hf => hf::export(&src, &req.out, &hf::HfOptions { dtype: req.dtype, max_shard_bytes: req.max_shard_bytes.max(1), force: req.force })?,
+        ExportFormat::Gguf => gguf::export(&src, &req.out, &gguf::GgufOptions { force: req.force })?,
+    };
+    let verification = if req.verify { Some(verify(m, &compressed, &req.out)?) } else { None };
+    Ok((report, verification))
+}
+
+/// Reload the export at `out` and compare it with `compressed`.
+pub fn verify(m: &LoadedModel, compressed: &Llama, out: &Path) -> Result<Verification> {
+    let back = crate::model::load(out, m.device.clone()).map_err(|e| match e {
+        Error::Io { .. } | Error::Format { .. } | Error::Config { .. } | Error::Weights { .. } => {
+            Error::Invalid(format!("the export at {} does not load back: {e}", out.display()))
+        }
+        other => other,
+    })?;
+    let ids = m.tokenizer.encode(VERIFY_TEXT)?;
+    let tokenizer_matches = back.tokenizer.encode(VERIFY_TEXT)? == ids;
+    let la = download(compressed.logits(compressed.forward(&[ids.clone()], None)?))?;
+    let lb = download(back.model.logits(back.model.forward(&[ids], None)?))?;
+    Ok(Verification {
+        max_abs_logit_difference: la.data.iter().zip(&lb.data).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max),
+        max_abs_logit: la.data.iter().map(|x| x.abs() as f64).fold(0.0, f64::max),
+        tokenizer_matches,
+    })
 }
 
 /// The tensors of a merged layer, downloaded from the device, by Hugging Face suffix
