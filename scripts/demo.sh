@@ -1,31 +1,36 @@
 #!/usr/bin/env bash
-# The main job on the demo model: set-up, build, a short GeLaCo search (Pareto front of
-# fitness against compression, with the LaCo and ShortGPT baselines), then for the front's
-# most compressed model with fitness >= 0.8: its recipe, generation beside the original's,
-# perplexity and ARC-Easy (first 100 items) beside the original's, and a GGUF export.
-# Extra arguments go to `gelaco search` (e.g. --evaluations 2000, --device gpu).
+# The main job on the demo model, from the repository alone: set-up, build, a GeLaCo search
+# (Pareto front of KL-based fitness against compression, candidates healed, each front
+# solution judged on held-out validation text), then the recommended model removing about
+# a fifth of the layers: its recipe, generation beside the original's, test perplexity and
+# ARC-Easy beside the original's, and a GGUF export checked by reloading it.
+# Data: assets/data (WikiText-2 validation to calibrate and validate, the head of WikiText-2
+# test to report, 100 ARC-Easy questions). Extra arguments go to `gelaco search`
+# (e.g. --max-seconds 1800, --device gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$(bash scripts/setup.sh | tail -n 1)
 cargo build --release --locked
 bin=target/release/gelaco
-data=../shared/data
+data=assets/data
 out=runs/demo-$(date +%Y%m%d-%H%M%S)
 $bin inspect --model "$model"
 $bin generate --model "$model" --prompt "The capital of France is" --max-new-tokens 16 --device cpu
-$bin search --model "$model" --calib "$data/wikitext-2-raw/wiki.valid.raw" --samples 16 --max-tokens 64 \
-  --population 24 --evaluations 480 --seed 1 --baselines --out "$out" "$@"
-# every front solution and baseline as a recipe; pick the most compressed with fitness >= 0.8
+$bin search --model "$model" --calib "$data/wiki.valid.raw" --samples 16 --max-seconds 420 --seed 1 --out "$out" --device cpu "$@"
+# every front solution as a recipe; recommended-NNlayers.json: the lowest validation
+# perplexity of its size
 $bin front "$out" --recipes "$out/recipes"
 recipe=$($bin front "$out" --json | python3 -c '
 import json, sys
-front = json.load(sys.stdin)["front"]
-good = [(i, f) for i, f in enumerate(front) if f["fitness"] >= 0.8] or list(enumerate(front))
-i, f = max(good, key=lambda p: p[1]["compression"])
-print("front-%02d-%dlayers.json" % (i, f["remaining_layers"]))')
+run = json.load(sys.stdin)
+size = lambda s: s["remaining_layers"] if "remaining_layers" in s else s["result"]["remaining_layers"]
+picks = [s for s in run["front"] + run["baselines"] if s.get("recommended")]
+layers = run["run"]["model"]["layers"]
+best = min(picks, key=lambda s: abs(size(s) - round(0.8 * layers)))
+print("recommended-%dlayers.json" % size(best))')
 recipe="$out/recipes/$recipe"
-echo "chosen: $recipe"
+echo "recommended: $recipe"
 $bin compare --model "$model" --recipe "$recipe" --prompt "The capital of France is" --max-new-tokens 16 --device cpu
-$bin eval --model "$model" --recipe "$recipe" --perplexity "$data/wikitext2-raw-test.txt" --max-windows 8 \
-  --task arc_easy="$data/arc/ARC-Easy-Test.jsonl" --limit 100 --device cpu
+$bin eval --model "$model" --recipe "$recipe" --perplexity "$data/wiki.test.head.raw" --max-windows 8 \
+  --task arc_easy="$data/arc-easy-test-100.jsonl" --device cpu
 $bin export --model "$model" --recipe "$recipe" --format gguf --out "$out/compressed.gguf" --device cpu

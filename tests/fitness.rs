@@ -9,9 +9,14 @@ use common::{Tiny, TinyArch};
 use gelaco::backend::{self, ComputeDevice, DeviceChoice};
 use gelaco::collapse::{MergeOp, MergeSettings, Plan, Triple, build};
 use gelaco::fitness::calibration::{self, CalibOptions, CalibSource, Calibration, Pick};
-use gelaco::fitness::{EngineOptions, FitnessEngine, FitnessResult, naive};
+use gelaco::fitness::{EngineOptions, FitnessEngine, FitnessResult, Heal, Objective, naive};
 use gelaco::model::{self, LoadedModel};
 use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// The paper's fitness: module-wise similarity, no healing.
+fn similarity() -> EngineOptions {
+    EngineOptions { objective: Objective::Similarity, heal: Heal::None, ..EngineOptions::default() }
+}
 
 fn devices() -> Vec<ComputeDevice> {
     let mut d = vec![backend::select(DeviceChoice::Cpu).unwrap()];
@@ -69,7 +74,7 @@ fn engine_equals_straightforward_evaluation() {
         let (_dir, m) = tiny_loaded(&tiny, &d);
         for keep_base_norms in [false, true] {
             let settings = MergeSettings { keep_base_norms };
-            let opts = EngineOptions { batch_size: 4, cache_mb: 64, merge: settings, ..Default::default() };
+            let opts = EngineOptions { batch_size: 4, cache_mb: 64, merge: settings, ..similarity() };
             let engine = FitnessEngine::new(&m.model, cal.clone(), opts).unwrap();
             for op in MergeOp::ALL {
                 for (label, ranges) in plans(6) {
@@ -95,9 +100,9 @@ fn chunked_reference_gives_the_same_numbers() {
     let cal = calibration(7);
     let cpu = backend::select(DeviceChoice::Cpu).unwrap();
     let (_dir, m) = tiny_loaded(&tiny, &cpu);
-    let cached = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { batch_size: 3, cache_mb: 64, ..Default::default() }).unwrap();
+    let cached = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { batch_size: 3, cache_mb: 64, ..similarity() }).unwrap();
     assert_eq!(cached.cache_state(), (3, 3));
-    let chunked = FitnessEngine::new(&m.model, cal, EngineOptions { batch_size: 3, cache_mb: 1, ..Default::default() }).unwrap();
+    let chunked = FitnessEngine::new(&m.model, cal, EngineOptions { batch_size: 3, cache_mb: 1, ..similarity() }).unwrap();
     let (chunks, kept) = chunked.cache_state();
     assert!(kept < chunks, "{kept} of {chunks} cached");
     for (label, ranges) in plans(5) {
@@ -112,7 +117,7 @@ fn budget_too_small_is_refused() {
     let cpu = backend::select(DeviceChoice::Cpu).unwrap();
     let (_dir, m) = tiny_loaded(&tiny, &cpu);
     let long = Calibration::from_samples(vec![vec![1; 20_000]], CalibSource::SelfGenerated, CalibOptions::default());
-    let e = FitnessEngine::new(&m.model, long, EngineOptions { cache_mb: 1, ..Default::default() }).err().unwrap();
+    let e = FitnessEngine::new(&m.model, long, EngineOptions { cache_mb: 1, ..similarity() }).err().unwrap();
     assert!(matches!(e, gelaco::Error::Setting { setting: "cache_mb", .. }), "{e}");
 }
 
@@ -158,7 +163,7 @@ fn two_hundred_plans_do_not_grow_memory() {
     let tiny = Tiny { layers: 8, hidden: 256, ff: 512, heads: 4, kv_heads: 2, ..Tiny::default() };
     let cpu = backend::select(DeviceChoice::Cpu).unwrap();
     let (_dir, m) = tiny_loaded(&tiny, &cpu);
-    let engine = FitnessEngine::new(&m.model, calibration(8), EngineOptions::default()).unwrap();
+    let engine = FitnessEngine::new(&m.model, calibration(8), similarity()).unwrap();
     let mut rng = StdRng::seed_from_u64(5);
     let mut random_plan = || {
         let g: Vec<Triple> = (0..8)
@@ -189,7 +194,7 @@ fn non_finite_activations_give_the_worst_fitness() {
     let tiny = Tiny::default();
     let cpu = backend::select(DeviceChoice::Cpu).unwrap();
     let (_dir, m) = tiny_loaded(&tiny, &cpu);
-    let engine = FitnessEngine::new(&m.model, calibration(4), EngineOptions::default()).unwrap();
+    let engine = FitnessEngine::new(&m.model, calibration(4), similarity()).unwrap();
     let plan = Plan::from_ranges(&[(1, 2)], 4, MergeOp::KeepFirst).unwrap();
     let mut broken = build(&m.model, &plan, MergeSettings::default());
     let mut layer = (*broken.layers[1]).clone();

@@ -235,3 +235,88 @@ fn stop_during_the_baselines_ends_the_job_and_the_run_resumes() {
     assert!(!final_front(&resumed).is_empty());
     assert_eq!(store::read_info(&dir).unwrap().status, store::Status::Finished);
 }
+
+#[test]
+fn a_search_stopped_in_its_first_generation_keeps_what_it_evaluated() {
+    let f = fixture();
+    let out = f.root.join("early");
+    let h = job::spawn(spec(&f, &out, settings(100_000)), None);
+    let mut seen = 0;
+    let mut front = None;
+    for e in h.events.iter() {
+        match e {
+            Event::Evaluated { .. } => {
+                seen += 1;
+                if seen == 5 {
+                    h.send(job::Command::Stop);
+                }
+            }
+            Event::Generation { .. } => panic!("the first generation should not have completed"),
+            Event::Done { front: f, .. } => {
+                front = Some(f);
+                break;
+            }
+            Event::Failed { error, .. } => panic!("{error}"),
+            _ => {}
+        }
+    }
+    h.join();
+    let front = front.expect("a Done event");
+    assert!(!front.is_empty() && seen >= 5);
+    // the front is the best of what was evaluated, and it is on disk
+    assert_eq!(store::read_front(&out).unwrap(), front);
+    let logged: Vec<gelaco::search::problem::EvaluatedPlan> =
+        std::fs::read_to_string(out.join("evaluations.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for e in &logged {
+        assert!(
+            front.iter().any(|f| f.result.compression >= e.result.compression && f.result.fitness >= e.result.fitness),
+            "{} is not covered by the front",
+            e.merges
+        );
+    }
+}
+
+#[test]
+fn validation_marks_one_recommended_solution_per_size_and_refuses_calibration_text() {
+    use gelaco::eval::validation::{ValidationOptions, ValidationSource};
+    let f = fixture();
+    let out = f.root.join("v");
+    let mut s = spec(&f, &out, settings(36));
+    if let JobSpec::New { validation, baselines, .. } = &mut s {
+        *validation = Some((ValidationSource::Rest, ValidationOptions { window: 16, windows: 2 }));
+        *baselines = true;
+    }
+    let front = final_front(&run_to_end(s));
+    let baselines = store::read_baselines(&out).unwrap();
+    assert!(front.iter().all(|e| e.validation_perplexity.is_some_and(|p| p.is_finite() && p > 1.0)));
+    assert!(baselines.iter().all(|b| b.validation_perplexity.is_some()));
+    let mut sizes: Vec<usize> = front.iter().map(|e| e.result.remaining_layers).chain(baselines.iter().map(|b| b.result.remaining_layers)).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for size in sizes {
+        let recommended: Vec<f64> = front
+            .iter()
+            .filter(|e| e.result.remaining_layers == size && e.recommended)
+            .filter_map(|e| e.validation_perplexity)
+            .chain(baselines.iter().filter(|b| b.result.remaining_layers == size && b.recommended).filter_map(|b| b.validation_perplexity))
+            .collect();
+        assert_eq!(recommended.len(), 1, "{size} layers");
+        let best = front
+            .iter()
+            .filter(|e| e.result.remaining_layers == size)
+            .filter_map(|e| e.validation_perplexity)
+            .chain(baselines.iter().filter(|b| b.result.remaining_layers == size).filter_map(|b| b.validation_perplexity))
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(recommended[0], best, "{size} layers");
+    }
+    let info = store::read_info(&out).unwrap();
+    assert!(info.validation.as_ref().is_some_and(|v| v.tokens > 0 && v.source.contains("not used for calibration")));
+    assert!(store::read_validation(&out).unwrap().is_some());
+    // a validation file holding a calibration line is refused
+    let mut s = spec(&f, &f.root.join("overlap"), settings(12));
+    if let JobSpec::New { validation, .. } = &mut s {
+        *validation = Some((ValidationSource::File(f.calib.clone()), ValidationOptions::default()));
+    }
+    let events = run_to_end(s);
+    assert!(matches!(events.last(), Some(Event::Failed { error, .. }) if error.is_input_error() && error.to_string().contains("calibration sample")), "{:?}", events.last());
+}

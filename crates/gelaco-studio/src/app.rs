@@ -64,7 +64,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        let data = shared_data_dir();
+        let data = bundled_data_dir();
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
         let demo = home.join(".cache/gelaco/models/SmolLM2-135M-Instruct.Q4_1.gguf");
         Settings {
@@ -80,19 +80,13 @@ impl Default for Settings {
             init: Init::Banded,
             merge_op: Some(gelaco::collapse::merge::DEFAULT_MERGE_OP),
             calib_kind: CalibKind::File,
-            calib_file: data
-                .as_ref()
-                .map(|d| d.join("wikitext2-raw-test.txt").display().to_string())
-                .unwrap_or_default(),
+            calib_file: data.as_ref().map(|d| d.join("wiki.valid.raw").display().to_string()).unwrap_or_default(),
             samples: 16,
             max_tokens: 64,
             baselines: true,
             runs_dir: home.join(".local/share/gelaco/runs").display().to_string(),
             dark: true,
-            eval_text: data
-                .as_ref()
-                .map(|d| d.join("wikitext2-raw-test.txt").display().to_string())
-                .unwrap_or_default(),
+            eval_text: data.as_ref().map(|d| d.join("wiki.test.head.raw").display().to_string()).unwrap_or_default(),
             eval_windows: 4,
             bench_limit: 100,
             prompt: "The three most important things about compressing a language model are".into(),
@@ -101,18 +95,21 @@ impl Default for Settings {
     }
 }
 
-/// The evaluation data beside the project (`../shared/data`), when present.
-fn shared_data_dir() -> Option<PathBuf> {
+/// The small data shipped in the repository (`assets/data`: WikiText-2 validation for
+/// calibration, the head of WikiText-2 test for perplexity, 100 ARC-Easy questions), found
+/// above the program.
+fn bundled_data_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let mut dir = exe.parent()?.to_path_buf();
-    for _ in 0..5 {
-        let d = dir.join("../shared/data");
-        if d.join("wikitext2-raw-test.txt").exists() {
-            return Some(d.canonicalize().unwrap_or(d));
-        }
-        dir = dir.parent()?.to_path_buf();
-    }
-    None
+    exe.ancestors()
+        .map(|d| d.join("assets/data"))
+        .find(|d| d.join("wiki.valid.raw").exists())
+        .map(|d| d.canonicalize().unwrap_or(d))
+}
+
+/// Full benchmark files: the folder named by `GELACO_DATA` (the layout of lm-evaluation
+/// data: `arc/`, `piqa/`, `hellaswag/`).
+fn benchmark_data_dir() -> Option<PathBuf> {
+    std::env::var_os("GELACO_DATA").map(PathBuf::from).filter(|d| d.is_dir())
 }
 
 /// One plotted evaluation.
@@ -647,7 +644,7 @@ impl App {
                 let Some(model) = self.model_path() else { return self.error("open a model first") };
                 let tasks = benchmark_tasks();
                 if tasks.is_empty() {
-                    return self.error("no benchmark data found (../shared/data beside the program)");
+                    return self.error("no benchmark data found: set GELACO_DATA to a folder with arc/, piqa/ and hellaswag/");
                 }
                 let target = if s.merges.is_empty() { self.target(None) } else { self.target(Some(&s)) };
                 self.worker.send(Request::Benchmark { model, device: self.settings.device, target, tasks, limit: self.settings.bench_limit.max(1) });
@@ -697,7 +694,10 @@ impl App {
             Ok(i) => i,
             Err(e) => return self.error(format!("cannot read the run: {e}")),
         };
-        let r = gelaco::export::Recipe::from_run(&info, &s.plan(), &s.result, format!("GeLaCo Studio: {}", s.label));
+        let r = match gelaco::export::Recipe::from_run(dir, &info, &s.result, format!("GeLaCo Studio: {}", s.label)) {
+            Ok(r) => r,
+            Err(e) => return self.error(format!("cannot make the recipe: {}", crate::words(&e))),
+        };
         let recipes = dir.join("recipes");
         let _ = std::fs::create_dir_all(&recipes);
         let path = recipes.join(format!("{}layers-{}.json", s.result.remaining_layers, s.merges.replace([':', ','], "_")));
@@ -886,17 +886,25 @@ impl App {
 }
 
 /// The benchmark files beside the program (ARC-Easy, PIQA, HellaSwag).
+/// The benchmark tasks the window scores: the full files under `GELACO_DATA` where they
+/// exist, else the 100 ARC-Easy questions shipped in `assets/data`.
 pub fn benchmark_tasks() -> Vec<(String, PathBuf)> {
-    let Some(d) = shared_data_dir() else { return Vec::new() };
-    [
-        ("arc_easy", d.join("arc/ARC-Easy-Test.jsonl")),
-        ("piqa", d.join("piqa/dev.jsonl")),
-        ("hellaswag", d.join("hellaswag/hellaswag_val_full.txt")),
-    ]
-    .into_iter()
-    .filter(|(_, p)| p.exists())
-    .map(|(n, p)| (n.to_string(), p))
-    .collect()
+    let full: Vec<(String, PathBuf)> = match benchmark_data_dir() {
+        Some(d) => [
+            ("arc_easy", d.join("arc/ARC-Easy-Test.jsonl")),
+            ("piqa", d.join("piqa/dev.jsonl")),
+            ("hellaswag", d.join("hellaswag/hellaswag_val_full.txt")),
+        ]
+        .into_iter()
+        .filter(|(_, p)| p.exists())
+        .map(|(n, p)| (n.to_string(), p))
+        .collect(),
+        None => Vec::new(),
+    };
+    if !full.is_empty() {
+        return full;
+    }
+    bundled_data_dir().map(|d| vec![("arc_easy (first 100)".to_string(), d.join("arc-easy-test-100.jsonl"))]).unwrap_or_default()
 }
 
 fn remember(list: &mut Vec<PathBuf>, p: PathBuf) {

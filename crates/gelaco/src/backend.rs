@@ -15,7 +15,7 @@ use burn::tensor::{Device, DeviceKind};
 
 use crate::error::{Error, Result};
 
-/// What the user asked for with `--device`.
+/// The compute device a user asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {

@@ -103,7 +103,7 @@ fn perplexity_matches_transformers() {
     assert!(rel < 0.005, "perplexity {} vs transformers {reference}", r.perplexity);
 }
 
-/// The engine against an independent PyTorch implementation of METHOD.md 1-3
+/// The engine against an independent PyTorch implementation of the paper's genotype, merge and similarity fitness
 /// (`tests/make_fitness_reference.py`), every case within 1e-3.
 fn check_fitness_parity(choice: DeviceChoice) {
     use gelaco::collapse::{MergeOp, MergeSettings, Plan};
@@ -132,7 +132,12 @@ fn check_fitness_parity(choice: DeviceChoice) {
     for case in fx["cases"].as_array().unwrap() {
         let keep_norms = case["keep_norms"].as_bool().unwrap();
         let engine = engines.entry(keep_norms).or_insert_with(|| {
-            let opts = EngineOptions { merge: MergeSettings { keep_base_norms: keep_norms }, ..EngineOptions::default() };
+            let opts = EngineOptions {
+                merge: MergeSettings { keep_base_norms: keep_norms },
+                objective: gelaco::fitness::Objective::Similarity,
+                heal: gelaco::fitness::Heal::None,
+                ..EngineOptions::default()
+            };
             FitnessEngine::new(&lm.model, Calibration::clone(&cal), opts).unwrap()
         });
         let ranges: Vec<(usize, usize)> = serde_json::from_value(case["merges"].clone()).unwrap();

@@ -116,7 +116,7 @@ pub struct SearchArgs {
     /// Multi-fidelity selection: offspring scored on TOKENS calibration tokens first, the
     /// share KEEP going on, only full-set scores deciding survival ("256:0.25,full:1");
     /// "full:1" scores every offspring on the full set.
-    #[arg(long, default_value = "full:1")]
+    #[arg(long, default_value = gelaco::search::DEFAULT_FIDELITY)]
     fidelity: String,
     /// Run folder (must be new or empty).
     #[arg(long, default_value = "runs/latest")]
@@ -287,7 +287,7 @@ pub fn search(a: SearchArgs, device: DeviceChoice) -> Result<()> {
         mutation_eta: a.mutation_eta,
         merge_op: a.merge_op.op(),
         keep_norms: a.keep_norms,
-        fidelity: (a.fidelity != "full:1").then(|| a.fidelity.clone()),
+        fidelity: Some(a.fidelity.clone()),
     };
     settings.validate(layers)?;
     let spec = JobSpec::New {
@@ -435,18 +435,29 @@ pub fn front(a: FrontArgs) -> Result<()> {
         let info = store::read_info(&a.dir)?;
         std::fs::create_dir_all(out).map_err(|e| gelaco::Error::io(out, e))?;
         let mut written = 0;
+        let save = |r: &Recipe, name: String| r.save(&out.join(name), a.force);
         for (i, e) in front.iter().enumerate() {
             let origin = format!("{} front #{i}", a.dir.display());
-            let r = Recipe::from_run(&info, &plan_of(&e.result), &e.result, origin);
-            r.save(&out.join(format!("front-{i:02}-{}layers.json", e.result.remaining_layers)), a.force)?;
+            let mut r = Recipe::from_run(&a.dir, &info, &e.result, origin)?;
+            r.validation_perplexity = e.validation_perplexity;
+            save(&r, format!("front-{i:02}-{}layers.json", e.result.remaining_layers))?;
+            if e.recommended {
+                save(&r, format!("recommended-{}layers.json", e.result.remaining_layers))?;
+                written += 1;
+            }
             written += 1;
         }
         for b in &baselines {
             let name: String = b.method.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
             let name = name.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-");
             let origin = format!("{} baseline {}", a.dir.display(), b.method);
-            let r = Recipe::from_run(&info, &b.plan, &b.result, origin);
-            r.save(&out.join(format!("baseline-{}.json", name.trim_matches('-'))), a.force)?;
+            let mut r = Recipe::from_run(&a.dir, &info, &b.result, origin)?;
+            r.validation_perplexity = b.validation_perplexity;
+            save(&r, format!("baseline-{}.json", name.trim_matches('-')))?;
+            if b.recommended {
+                save(&r, format!("recommended-{}layers.json", b.result.remaining_layers))?;
+                written += 1;
+            }
             written += 1;
         }
         eprintln!("{written} recipes written to {}", out.display());
@@ -459,6 +470,12 @@ pub fn front(a: FrontArgs) -> Result<()> {
         print_front(&front, &baselines);
     }
     Ok(())
+}
+
+/// Engine settings of a baseline command: the methods as published, unhealed (recipes
+/// and fitness alike).
+fn baseline_options(calib: &CalibArgs) -> gelaco::fitness::EngineOptions {
+    gelaco::fitness::EngineOptions { heal: gelaco::fitness::Heal::None, ..calib.engine_options(MergeSettings::default()) }
 }
 
 /// `TOKENS:KEEP,...` of a selection schedule.
@@ -548,14 +565,14 @@ pub fn baseline(cmd: BaselineCommand, device: DeviceChoice) -> Result<()> {
             let op = merge_op.op().ok_or_else(|| gelaco::Error::Invalid("LaCo needs one operator, not auto".into()))?;
             let m = super::load(&model, device)?;
             let cal = calib.load(&m, seed)?;
-            let engine = FitnessEngine::new(&m.model, cal, calib.engine_options(MergeSettings::default()))?;
+            let engine = FitnessEngine::new(&m.model, cal, baseline_options(&calib))?;
             let s = LacoSettings { window, threshold, interval, lowest, op };
             print_baseline(&baselines::laco(&engine, &s)?, json)
         }
         BaselineCommand::Sleb { model, calib, remove, seed, recipes, json } => {
             let m = super::load(&model, device)?;
             let cal = calib.load(&m, seed)?;
-            let score = FitnessEngine::new(&m.model, cal, calib.engine_options(MergeSettings::default()))?;
+            let score = FitnessEngine::new(&m.model, cal, baseline_options(&calib))?;
             let nll = score.under(Objective::Nll)?;
             let bar = baseline_bar("SLEB", json)?;
             let sols = depth::sleb(&nll, &score, &remove, &mut |done, planned| {
@@ -580,7 +597,7 @@ pub fn baseline(cmd: BaselineCommand, device: DeviceChoice) -> Result<()> {
             let settings = EvoPressSettings { offspring, generations, fidelity: parse_fidelity(&fidelity)?, seed };
             let m = super::load(&model, device)?;
             let cal = calib.load(&m, seed)?;
-            let score = FitnessEngine::new(&m.model, cal, calib.engine_options(MergeSettings::default()))?;
+            let score = FitnessEngine::new(&m.model, cal, baseline_options(&calib))?;
             let kl = score.under(Objective::Kl)?;
             let mut sols = Vec::new();
             for r in remove {
@@ -606,7 +623,7 @@ pub fn baseline(cmd: BaselineCommand, device: DeviceChoice) -> Result<()> {
         BaselineCommand::Shortgpt { model, calib, remove, seed, json } => {
             let m = super::load(&model, device)?;
             let cal = calib.load(&m, seed)?;
-            let engine = FitnessEngine::new(&m.model, cal, calib.engine_options(MergeSettings::default()))?;
+            let engine = FitnessEngine::new(&m.model, cal, baseline_options(&calib))?;
             let influence = baselines::block_influence(&m.model, &engine.calibration.samples, calib.batch_size)?;
             if !json {
                 let shown: Vec<String> = influence.iter().map(|b| format!("{b:.3}")).collect();

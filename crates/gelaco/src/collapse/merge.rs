@@ -1,4 +1,4 @@
-//! Merge operators (METHOD.md 2) and the construction of a compressed model from a plan.
+//! Merge operators and the construction of a compressed model from a plan.
 //!
 //! Only merged layers get new tensors. Every other layer of a compressed model is the
 //! original's `Arc<Layer>`, whose tensors are reference-counted device handles.

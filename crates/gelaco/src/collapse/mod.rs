@@ -1,4 +1,4 @@
-//! Layer collapse: genotypes and plans (METHOD.md 1), merge operators (METHOD.md 2).
+//! Layer collapse: genotypes and plans, merge operators.
 
 pub mod merge;
 pub mod plan;

@@ -1,4 +1,4 @@
-//! What is searched (METHOD.md 1): a genotype of `L` triples `(b, e, a)` decoded through
+//! What is searched: a genotype of `L` triples `(b, e, a)` decoded through
 //! `psi` into a collapse plan, whose list of effective `(cb, ce)` pairs is its canonical form.
 
 use serde::{Deserialize, Serialize};
@@ -48,7 +48,7 @@ impl Plan {
         }
     }
 
-    /// Decode a genotype (METHOD.md 1). Triples without an operator gene use `default_op`.
+    /// Decode a genotype. Triples without an operator gene use `default_op`.
     /// Indices beyond the model are clamped to the last layer.
     pub fn decode(triples: &[Triple], num_layers: usize, default_op: MergeOp) -> Self {
         let mut plan = Plan::identity(num_layers);
@@ -81,7 +81,7 @@ impl Plan {
         self.canonical.push(Span { cb, ce, op });
     }
 
-    /// A plan from `--merges`-style ranges: active triples in genotype order, inclusive,
+    /// A plan from merge ranges: active triples in genotype order, inclusive,
     /// original 0-based indices. Every range must lie in the model and have `b < e`.
     pub fn from_ranges(ranges: &[(usize, usize)], num_layers: usize, op: MergeOp) -> Result<Self> {
         let triples: Vec<Triple> = ranges
@@ -249,7 +249,7 @@ impl Plan {
         if parts.is_empty() { "none".into() } else { parts.join(", ") }
     }
 
-    /// The ranges of [`Plan::to_genotype`]'s active triples, as `--merges` text, with the
+    /// The ranges of [`Plan::to_genotype`]'s active triples, as merges text (`B:E,...`), with the
     /// operator of every merge whose operator is not `default` (`B:E:op`).
     pub fn merges_text_with_ops(&self, default: MergeOp) -> String {
         self.to_genotype()
@@ -263,7 +263,7 @@ impl Plan {
             .join(",")
     }
 
-    /// The ranges of [`Plan::to_genotype`]'s active triples, as `--merges` text.
+    /// The ranges of [`Plan::to_genotype`]'s active triples, as merges text (`B:E,...`).
     pub fn merges_text(&self) -> String {
         self.to_genotype()
             .iter()

@@ -67,7 +67,7 @@ pub struct Recipe {
     pub architecture: String,
     /// The genotype in original indices; decoding it gives `canonical`.
     pub genotype: Vec<Triple>,
-    /// Active merges in `--merges` form (original indices, inclusive).
+    /// Active merges in merges-text form (`B:E,B:E:op`) (original indices, inclusive).
     pub merges: String,
     /// Effective merges in the order they apply (indices of the model compressed so far).
     pub canonical: Vec<Span>,
@@ -200,9 +200,10 @@ impl Recipe {
 impl Recipe {
     /// A recipe for a solution of a search run (a front entry or a baseline): its plan,
     /// scores, and the run's model, calibration and seed.
-    pub fn from_run(info: &RunInfo, plan: &Plan, result: &FitnessResult, origin: String) -> Self {
-        let op = info.settings.merge_op.unwrap_or(crate::collapse::merge::DEFAULT_MERGE_OP);
-        let mut r = Recipe::new(info.model.clone(), plan, op, info.engine.merge);
+    /// Healed as the run healed, with the run's calibration samples.
+    pub fn from_run(dir: &Path, info: &RunInfo, result: &FitnessResult, origin: String) -> Result<Self> {
+        let variant = super::Variant::from_run(dir, info, result, origin.clone())?;
+        let mut r = variant.recipe(info.model.clone());
         r.calibration = Some(CalibrationIdentity {
             hash: info.calibration_hash.clone(),
             source: info.calibration_source.clone(),
@@ -212,7 +213,7 @@ impl Recipe {
         r.seed = Some(info.settings.seed);
         r.fitness = Some(RecipeScores::from(result));
         r.origin = origin;
-        r
+        Ok(r)
     }
 }
 

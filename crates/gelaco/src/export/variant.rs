@@ -1,4 +1,4 @@
-//! One compressed model to build from a loaded original: from `--merges`-style text, a
+//! One compressed model to build from a loaded original: from merges text (`B:E,B:E:op`), a
 //! recipe, or a search run's solution; with its merge operator and settings, and healing
 //! with the calibration it is fitted on. Every workflow that runs, judges or exports a
 //! compressed model builds it through this type.

@@ -68,7 +68,7 @@ pub struct CalibOptions {
 impl Default for CalibOptions {
     fn default() -> Self {
         CalibOptions {
-            samples: 64,
+            samples: 32,
             min_chars: 40,
             max_tokens: 128,
             pick: Pick::First,

@@ -57,7 +57,9 @@ impl FitnessEngine {
         let refs: Vec<_> = (0..chunks).map(|i| self.reference(i)).collect::<Result<_>>()?;
         let mut hidden: Vec<Tensor<3>> = refs.iter().map(|r| r.hidden_in[first].clone()).collect();
         let mut model = compressed.clone();
-        for (c, group) in groups.iter().enumerate().skip(start) {
+        // layers after the last collapsed group need not run: nothing after them is fitted
+        let last = groups.iter().rposition(|g| g.start() != g.end()).unwrap_or(0);
+        for (c, group) in groups.iter().enumerate().take(last + 1).skip(start) {
             if group.start() != group.end() {
                 let end = *group.end();
                 let mut ata: Option<Tensor<2>> = None;
@@ -84,6 +86,9 @@ impl FitnessEngine {
                 let mut layers = model.layers.clone();
                 layers[c] = Arc::new(fold(&layers[c], t));
                 model = model.with_layers(layers);
+            }
+            if c == last {
+                break;
             }
             for (i, h) in hidden.iter_mut().enumerate() {
                 let mut state = model.state(self.chunks[i].seq());

@@ -26,6 +26,13 @@ use objective::{HeadRows, chunk_losses, effective_top_k};
 use reference::{Chunk, ReferenceActs, bytes_per_token};
 use similarity::{ChunkSimilarity, chunk_similarity};
 
+/// The objective of a new search or evaluation, chosen by the measurements in the README
+/// (run folders written before objectives existed read as `similarity`).
+pub const DEFAULT_OBJECTIVE: Objective = Objective::Kl;
+
+/// Healing of a new search's candidates, chosen by held-out perplexity (README).
+pub const DEFAULT_HEAL: Heal = Heal::Linear;
+
 /// The value given to a model whose activations are not finite: below any cosine.
 pub const WORST_FITNESS: f64 = -1.0;
 
@@ -93,9 +100,9 @@ impl Default for EngineOptions {
             batch_size: 16,
             cache_mb: 2048,
             merge: MergeSettings::default(),
-            objective: Objective::Similarity,
+            objective: DEFAULT_OBJECTIVE,
             kl_top_k: None,
-            heal: Heal::None,
+            heal: DEFAULT_HEAL,
         }
     }
 }
@@ -319,13 +326,14 @@ impl FitnessEngine {
         self.chunks.iter().map(|c| c.lens.iter().sum::<usize>()).sum()
     }
 
-    /// This engine when it measures `objective`, else one with the same calibration and
-    /// settings that does (the original's activations are computed anew for it).
+    /// The engine a published method measures with: `objective`, without healing, on the
+    /// same calibration and settings. This engine when it is that, else a new one (the
+    /// original's activations are computed anew for it).
     pub fn under(&self, objective: Objective) -> Result<std::borrow::Cow<'_, FitnessEngine>> {
-        if objective == self.options.objective {
+        if objective == self.options.objective && self.options.heal == Heal::None {
             return Ok(std::borrow::Cow::Borrowed(self));
         }
-        let other = FitnessEngine::new(&self.model, self.calibration.clone(), EngineOptions { objective, ..self.options })?;
+        let other = FitnessEngine::new(&self.model, self.calibration.clone(), EngineOptions { objective, heal: Heal::None, ..self.options })?;
         Ok(std::borrow::Cow::Owned(other))
     }
 

@@ -1,4 +1,4 @@
-//! Module-wise similarity (METHOD.md 3), reduced on the device: per sample and per
+//! Module-wise similarity, reduced on the device: per sample and per
 //! original layer, cosine similarities of module outputs; one small matrix comes back.
 
 use burn::tensor::Tensor;

@@ -370,7 +370,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
     }
     let baseline_plans: Vec<_> = baselines.iter().map(|s| s.plan.clone()).collect();
     let known: Vec<_> = baselines.iter().map(|b| (b.plan.model_key(), Arc::new(b.result.clone()))).collect();
-    let mut picker = validation.map(|v| Picker::new(v, &m.model, engine.options.merge));
+    let mut picker = validation.map(|v| Picker::new(v, &engine));
     if let Some(p) = picker.as_mut() {
         if p.missing(&[], &baselines) > 0 {
             out.send(Event::Stage { message: format!("validation perplexity of {} baseline solutions", baselines.len()) });

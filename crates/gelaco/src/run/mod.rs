@@ -11,7 +11,7 @@ use crate::fitness::FitnessResult;
 /// One solution of a front, with everything needed to rebuild and judge it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FrontEntry {
-    /// Active triples in original indices, `--merges` form.
+    /// Active triples in original indices, merges-text form (`B:E,B:E:op`).
     pub merges: String,
     pub genes: Vec<f64>,
     #[serde(flatten)]

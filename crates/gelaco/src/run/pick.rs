@@ -6,25 +6,23 @@
 use std::collections::HashMap;
 
 use super::FrontEntry;
-use crate::collapse::{MergeSettings, build};
 use crate::error::{Error, Result};
 use crate::eval::validation::Validation;
 use crate::export::recipe::plan_of;
-use crate::fitness::FitnessResult;
-use crate::model::Llama;
+use crate::fitness::{FitnessEngine, FitnessResult};
 use crate::search::baselines::BaselineSolution;
 
-/// Validation perplexities of the models of one run.
+/// Validation perplexities of the models of one run, built as the run's engine builds
+/// them (merge settings, healing).
 pub struct Picker<'a> {
     pub validation: Validation,
-    model: &'a Llama,
-    merge: MergeSettings,
+    engine: &'a FitnessEngine,
     cache: HashMap<String, Option<f64>>,
 }
 
 impl<'a> Picker<'a> {
-    pub fn new(validation: Validation, model: &'a Llama, merge: MergeSettings) -> Self {
-        Picker { validation, model, merge, cache: HashMap::new() }
+    pub fn new(validation: Validation, engine: &'a FitnessEngine) -> Self {
+        Picker { validation, engine, cache: HashMap::new() }
     }
 
     /// Validation perplexity of the model `result` describes (`None`: not finite).
@@ -34,7 +32,7 @@ impl<'a> Picker<'a> {
         if let Some(v) = self.cache.get(&key) {
             return Ok(*v);
         }
-        let compressed = build(self.model, &plan, self.merge);
+        let compressed = self.engine.build_on(&plan, usize::MAX)?;
         let v = match self.validation.perplexity(&compressed) {
             Ok(p) if p.is_finite() => Some(p),
             Ok(_) | Err(Error::Numerical(_)) => None,

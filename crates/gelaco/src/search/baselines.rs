@@ -1,4 +1,4 @@
-//! The baselines GeLaCo is compared with (METHOD.md 5), expressed as collapse plans so that
+//! The baselines GeLaCo is compared with, expressed as collapse plans so that
 //! they are scored with the same fitness and can seed a search.
 //!
 //! - LaCo: from the top down, merge a window of C layers into its first; keep the merge
@@ -90,6 +90,8 @@ pub fn laco(engine: &FitnessEngine, s: &LacoSettings) -> Result<BaselineSolution
     if s.window < 2 || s.window > layers {
         return Err(Error::setting("window", format!("must be between 2 and {layers}")));
     }
+    // LaCo's criterion is the similarity of final hidden states, whatever the run measures
+    let criterion = engine.under(crate::fitness::Objective::Similarity)?;
     let mut plan = Plan::identity(layers);
     let mut l = layers as isize - s.window as isize;
     while l >= s.lowest as isize {
@@ -98,7 +100,7 @@ pub fn laco(engine: &FitnessEngine, s: &LacoSettings) -> Result<BaselineSolution
         if ce < plan.remaining() {
             let mut candidate = plan.clone();
             candidate.push(cb, ce, s.op);
-            let r = engine.evaluate(&candidate)?;
+            let r = criterion.evaluate(&candidate)?;
             tracing::debug!(cb, ce, hidden = r.hidden, "laco candidate");
             if r.hidden.is_finite() && r.hidden > s.threshold {
                 plan = candidate;

@@ -32,7 +32,8 @@ impl Fidelity {
     pub fn parse(text: &str, calibration_tokens: usize) -> Result<Self> {
         let bad = |why: &str| Error::setting("fidelity", format!("'{text}' {why} (e.g. 256:0.25,full:1)"));
         let mut steps = Vec::new();
-        for part in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let parts: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
             let (t, k) = part.split_once(':').ok_or_else(|| bad("is not TOKENS:KEEP,..."))?;
             let tokens = match t.trim() {
                 "full" | "all" => None,
@@ -47,6 +48,10 @@ impl Fidelity {
             let keep: f64 = k.trim().parse().map_err(|_| bad("has a share that is not a number"))?;
             if !(keep > 0.0 && keep <= 1.0) {
                 return Err(bad("has a share outside (0, 1]"));
+            }
+            // a screening step as large as the calibration set screens nothing: left out
+            if tokens.is_none() && i + 1 < parts.len() && t.trim().parse::<usize>().is_ok() {
+                continue;
             }
             steps.push(FidelityStep { tokens, keep });
         }
@@ -111,6 +116,8 @@ mod tests {
         assert_eq!(f.steps, vec![FidelityStep { tokens: Some(256), keep: 0.25 }, FidelityStep { tokens: None, keep: 1.0 }]);
         assert_eq!(f.text(), "256:0.25,full:1");
         assert_eq!(Fidelity::parse("full:1", 8192).unwrap().screening_steps().count(), 0);
+        // a calibration set smaller than a screening step: every offspring on the full set
+        assert_eq!(Fidelity::parse("512:0.25,full:1", 300).unwrap().steps, vec![FidelityStep { tokens: None, keep: 1.0 }]);
         for (text, why) in [
             ("1024:0.5,256:0.5,full:1", "not increasing"),
             ("256:0.25,1024:0.5", "full calibration set"),

@@ -1,4 +1,4 @@
-//! The GeLaCo search (METHOD.md 4): NSGA-II over (fitness, compression), or a
+//! The GeLaCo search: NSGA-II over (fitness, compression), or a
 //! single-objective GA at a target size, over genotypes of layer-collapse triples.
 
 pub mod algorithm;
@@ -24,7 +24,7 @@ use problem::{Encoding, Mode};
 pub enum Init {
     /// Uniform over the genotype space, as the paper.
     Paper,
-    /// Plans whose compression falls in a band (`--band LO,HI`).
+    /// Plans whose compression falls in a band (the `band` setting).
     #[default]
     Banded,
     /// The baselines' solutions, then banded plans.
@@ -36,6 +36,14 @@ crate::choice!(Init {
     Banded => "banded": "plans whose compression falls in a band",
     Warm => "warm": "the baselines' solutions, then banded plans",
 });
+
+/// Solutions per generation of a new search: small enough that a ten-minute search on a
+/// 2-core CPU runs several generations (the paper's 200 is `population: 200`).
+pub const DEFAULT_POPULATION: usize = 16;
+
+/// Multi-fidelity selection of a new search: a quarter of the offspring, chosen on 256
+/// calibration tokens, are scored on the full set.
+pub const DEFAULT_FIDELITY: &str = "256:0.25,full:1";
 
 /// Everything that defines a search, saved in its run folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,7 +77,7 @@ impl Default for SearchSettings {
     fn default() -> Self {
         SearchSettings {
             mode: Mode::Pareto,
-            population: 200,
+            population: DEFAULT_POPULATION,
             evaluations: 30_000,
             generations: None,
             max_seconds: None,
@@ -82,7 +90,7 @@ impl Default for SearchSettings {
             mutation_eta: 20.0,
             merge_op: Some(crate::collapse::merge::DEFAULT_MERGE_OP),
             keep_norms: false,
-            fidelity: None,
+            fidelity: Some(DEFAULT_FIDELITY.into()),
         }
     }
 }
@@ -163,9 +171,15 @@ pub fn initial_population(settings: &SearchSettings, encoding: &Encoding, seeds:
     if settings.init == Init::Warm {
         out.extend(seeds.iter().map(|p| encoding.encode(p)));
     }
-    let (lo, hi) = settings.band;
-    let lo_r = ((lo * layers as f64).round() as usize).max(1);
-    let hi_r = ((hi * layers as f64).round() as usize).clamp(lo_r, layers - 1);
+    // one size asked for: every initial plan has it; else sizes spread over the band
+    let (lo_r, hi_r) = match settings.mode {
+        Mode::Single { target_removed } => (target_removed.clamp(1, layers - 1), target_removed.clamp(1, layers - 1)),
+        Mode::Pareto => {
+            let (lo, hi) = settings.band;
+            let lo_r = ((lo * layers as f64).round() as usize).max(1);
+            (lo_r, ((hi * layers as f64).round() as usize).clamp(lo_r, layers - 1))
+        }
+    };
     while out.len() < settings.population {
         let removed = rng.random_range(lo_r..=hi_r);
         let op = if encoding.op_genes { MergeOp::ALL[rng.random_range(0..MergeOp::ALL.len())] } else { encoding.default_op };
