@@ -6,5 +6,11 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash scripts/setup.sh >/dev/null
 cargo build --release --locked
+# the core library builds without any window, terminal or argument-parsing crate
+ui=$(cargo tree -p gelaco -e normal,build --prefix none --locked | grep -E '^(clap|egui|eframe|egui_plot|rfd|indicatif|winit) v' | sort -u || true)
+if [ -n "$ui" ]; then
+  echo "scripts/test.sh: the core crate depends on $ui" >&2
+  exit 1
+fi
 cargo test --release --locked --no-fail-fast -- --test-threads=2
 echo "scripts/test.sh: $(( $(date +%s) - start )) s" >&2
