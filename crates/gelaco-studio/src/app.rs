@@ -17,7 +17,7 @@ use gelaco::eval::choice::TaskScore;
 use gelaco::export::recipe::plan_of;
 use gelaco::fitness::calibration::{CalibOptions, CalibSource};
 use gelaco::eval::validation::{ValidationOptions, ValidationSource};
-use gelaco::fitness::{EngineOptions, FitnessResult};
+use gelaco::fitness::{EngineOptions, FitnessResult, Heal, Objective};
 use gelaco::run::FrontEntry;
 use gelaco::run::job::{self, Command, Event, JobHandle, JobSpec, Progress};
 use gelaco::run::store;
@@ -52,6 +52,14 @@ pub struct Settings {
     pub calib_file: String,
     pub samples: usize,
     pub max_tokens: usize,
+    /// What the search's fitness measures.
+    pub objective: Objective,
+    /// Heal every candidate the search scores.
+    pub heal: Heal,
+    /// Multi-fidelity selection, `TOKENS:KEEP,...,full:1`.
+    pub fidelity: String,
+    /// Pick recommended solutions on the calibration file's unused lines.
+    pub validation: bool,
     pub baselines: bool,
     pub runs_dir: String,
     pub dark: bool,
@@ -83,6 +91,10 @@ impl Default for Settings {
             calib_file: data.as_ref().map(|d| d.join("wiki.valid.raw").display().to_string()).unwrap_or_default(),
             samples: 16,
             max_tokens: 64,
+            objective: EngineOptions::default().objective,
+            heal: EngineOptions::default().heal,
+            fidelity: gelaco::search::DEFAULT_FIDELITY.into(),
+            validation: true,
             baselines: true,
             runs_dir: home.join(".local/share/gelaco/runs").display().to_string(),
             dark: true,
@@ -128,6 +140,10 @@ pub struct Solution {
     pub label: String,
     pub merges: String,
     pub result: FitnessResult,
+    /// Perplexity on the run's validation text, when the run has one.
+    pub validation_perplexity: Option<f64>,
+    /// The lowest validation perplexity of its size.
+    pub recommended: bool,
 }
 
 impl Solution {
@@ -136,15 +152,33 @@ impl Solution {
     }
 
     pub fn from_front(i: usize, e: &FrontEntry) -> Self {
-        Solution { label: format!("front #{i} ({} layers)", e.result.remaining_layers), merges: e.merges.clone(), result: e.result.clone() }
+        Solution {
+            label: format!("front #{i} ({} layers)", e.result.remaining_layers),
+            merges: e.merges.clone(),
+            result: e.result.clone(),
+            validation_perplexity: e.validation_perplexity,
+            recommended: e.recommended,
+        }
     }
 
     pub fn from_point(p: &Point) -> Self {
-        Solution { label: format!("{} layers, gen {}", p.result.remaining_layers, p.generation), merges: p.merges.clone(), result: (*p.result).clone() }
+        Solution {
+            label: format!("{} layers, gen {}", p.result.remaining_layers, p.generation),
+            merges: p.merges.clone(),
+            result: (*p.result).clone(),
+            validation_perplexity: None,
+            recommended: false,
+        }
     }
 
     pub fn from_baseline(b: &BaselineSolution) -> Self {
-        Solution { label: b.method.clone(), merges: b.merges.clone(), result: b.result.clone() }
+        Solution {
+            label: b.method.clone(),
+            merges: b.merges.clone(),
+            result: b.result.clone(),
+            validation_perplexity: b.validation_perplexity,
+            recommended: b.recommended,
+        }
     }
 }
 
@@ -229,6 +263,10 @@ pub struct App {
     pub job: Option<JobHandle>,
     pub run_dir: Option<PathBuf>,
     pub run_layers: usize,
+    /// How the shown run heals its models.
+    pub run_heal: Heal,
+    /// The plot's y axis: validation perplexity instead of fitness.
+    pub plot_validation: bool,
     pub paused: bool,
     pub stage: Option<String>,
     pub progress: Option<Progress>,
@@ -296,6 +334,8 @@ impl App {
             job: None,
             run_dir: None,
             run_layers: 0,
+            run_heal: Heal::None,
+            plot_validation: false,
             paused: false,
             stage: None,
             progress: None,
@@ -740,7 +780,7 @@ impl App {
             }
         };
         // the rest of a calibration file picks the recommended solutions
-        let validation = matches!(calib, CalibSource::File(_)).then_some(ValidationSource::Rest);
+        let validation = (s.validation && matches!(calib, CalibSource::File(_))).then_some(ValidationSource::Rest);
         let settings = SearchSettings {
             mode: if s.pareto { Mode::Pareto } else { Mode::Single { target_removed: s.target_removed } },
             population: s.population.max(2),
@@ -748,6 +788,7 @@ impl App {
             seed: s.seed,
             init: s.init,
             merge_op: s.merge_op,
+            fidelity: Some(s.fidelity.trim().to_string()).filter(|f| !f.is_empty()),
             ..SearchSettings::default()
         };
         let out = match &self.launch.out {
@@ -772,13 +813,15 @@ impl App {
                 seed: s.seed,
                 ..CalibOptions::default()
             },
-            engine: EngineOptions::default(),
+            engine: EngineOptions { objective: s.objective, heal: s.heal, ..EngineOptions::default() },
             settings,
             out,
             baselines: s.baselines,
             validation: validation.map(|v| (v, ValidationOptions::default())),
         };
+        let heal = s.heal;
         self.reset_run_view();
+        self.run_heal = heal;
         self.spawn(spec);
     }
 
@@ -821,6 +864,7 @@ impl App {
                 self.hypervolume = cp.hypervolume.iter().enumerate().map(|(g, h)| [g as f64, *h]).collect();
             }
         }
+        self.run_heal = info.engine.heal;
         if self.settings.model.trim().is_empty() || !Path::new(self.settings.model.trim()).exists() {
             self.settings.model = info.model.path.display().to_string();
         }

@@ -9,6 +9,7 @@ use gelaco::export::ExportFormat;
 use gelaco::backend::DeviceChoice;
 use gelaco::collapse::MergeOp;
 use gelaco::search::Init;
+use gelaco::fitness::{FitnessResult, Heal, Objective};
 use gelaco::search::baselines::BaselineMethod;
 use gelaco::util::Choice;
 
@@ -248,6 +249,40 @@ fn run_settings(app: &mut App, ui: &mut Ui) {
                 });
                 ui.end_row();
             }
+            let l = ui.label("Objective");
+            egui::ComboBox::from_id_salt("objective").selected_text(s.objective.name()).show_ui(ui, |ui| {
+                for o in Objective::VALUES {
+                    tip(ui.selectable_value(&mut s.objective, *o, o.name()), o.help());
+                }
+            })
+            .response
+            .on_hover_text("What the search's fitness measures; kl (the default) ranks plans by held-out perplexity best")
+            .labelled_by(l.id);
+            ui.end_row();
+            ui.label("Healing");
+            let mut healing = s.heal == Heal::Linear;
+            let changed = tip(
+                ui.checkbox(&mut healing, "linear map folded into each collapsed group"),
+                "Fit on the calibration activations a least-squares map that restores each collapsed group's output, folded into its down projection (same architecture, exports unchanged)",
+            )
+            .changed();
+            if changed {
+                s.heal = if healing { Heal::Linear } else { Heal::None };
+            }
+            ui.end_row();
+            let l = ui.label("Fidelity");
+            tip(
+                ui.add(egui::TextEdit::singleline(&mut s.fidelity).desired_width(150.0)),
+                "Multi-fidelity selection TOKENS:KEEP,...,full:1: offspring are scored on a few tokens first and only the best share on all of them; full:1 scores every offspring fully",
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+            ui.label("Validation");
+            tip(
+                ui.checkbox(&mut s.validation, "the calibration file's unused lines"),
+                "Held-out text the search never sees: every front solution gets its perplexity on it, and the lowest of each size is recommended",
+            );
+            ui.end_row();
             ui.label("Samples × tokens");
             ui.horizontal(|ui| {
                 tip(ui.add(egui::DragValue::new(&mut s.samples).range(1..=4096)), "Calibration samples");
@@ -345,18 +380,38 @@ fn front_view(app: &mut App, ui: &mut Ui) {
     let plot_height = (ui.available_height() - hv_height - 40.0).max(200.0);
     let layers = app.run_layers.max(1) as f64;
     let selected = app.selected.clone();
+    let objective = app.front.first().map_or(app.settings.objective, |e| e.result.objective);
+    ui.horizontal(|ui| {
+        ui.label("y axis");
+        tip(ui.selectable_value(&mut app.plot_validation, false, "fitness"), "The objective the search maximises");
+        tip(
+            ui.selectable_value(&mut app.plot_validation, true, "validation perplexity"),
+            "Perplexity on held-out text the search never sees (log scale); it picks the recommended solution of each size",
+        );
+        ui.label(RichText::new("○ recommended: the lowest validation perplexity of its size").weak());
+    });
+    let by_validation = app.plot_validation;
+    let y_label = if by_validation {
+        "validation perplexity (log10)".to_string()
+    } else {
+        match objective {
+            Objective::Similarity => "fitness (module-wise similarity)".to_string(),
+            Objective::Kl => "fitness exp(-KL) (next-token distributions)".to_string(),
+            Objective::Nll => "fitness exp(-NLL) (calibration text)".to_string(),
+        }
+    };
     let response = Plot::new("pareto")
         .height(plot_height)
         .legend(Legend::default().position(egui_plot::Corner::LeftBottom))
         .x_axis_label("compression (share of layers removed)")
-        .y_axis_label("fitness (module-wise similarity)")
+        .y_axis_label(y_label)
         .include_x(0.0)
-        .include_y(0.0)
+        .include_y(if by_validation { 1.0 } else { 0.0 })
         .include_y(1.0)
         .label_formatter(|_| None)
         .show(ui, |plot| {
-            // evaluated solutions, in up to 10 colour bands by generation
-            let bands = generations.min(10);
+            // evaluated solutions, in up to 10 colour bands by generation (no validation: fitness view only)
+            let bands = if by_validation { 0 } else { generations.min(10) };
             for b in 0..bands {
                 let pts: Vec<[f64; 2]> = app
                     .points
@@ -376,7 +431,11 @@ fn front_view(app: &mut App, ui: &mut Ui) {
                 );
             }
             // the front as a step line, sorted by compression
-            let mut f: Vec<[f64; 2]> = app.front.iter().map(|e| [e.result.compression, e.result.fitness]).collect();
+            let mut f: Vec<[f64; 2]> = app
+                .front
+                .iter()
+                .filter_map(|e| y_of(by_validation, &e.result, e.validation_perplexity).map(|y| [e.result.compression, y]))
+                .collect();
             f.sort_by(|a, b| a[0].total_cmp(&b[0]));
             if !f.is_empty() {
                 let mut steps = Vec::with_capacity(f.len() * 2);
@@ -395,15 +454,34 @@ fn front_view(app: &mut App, ui: &mut Ui) {
                 (BaselineMethod::Sleb, MarkerShape::Up, 7.0, Color32::from_rgb(0x2b, 0x9a, 0x66)),
                 (BaselineMethod::Evopress, MarkerShape::Cross, 7.0, Color32::from_rgb(0xf5, 0x9e, 0x0b)),
             ] {
-                let points: Vec<[f64; 2]> =
-                    app.baselines.iter().filter(|b| b.kind() == Some(method)).map(|b| [b.result.compression, b.result.fitness]).collect();
+                let points: Vec<[f64; 2]> = app
+                    .baselines
+                    .iter()
+                    .filter(|b| b.kind() == Some(method))
+                    .filter_map(|b| y_of(by_validation, &b.result, b.validation_perplexity).map(|y| [b.result.compression, y]))
+                    .collect();
                 if !points.is_empty() {
                     plot.points(Points::new(method.title(), PlotPoints::from(points)).shape(shape).radius(radius).color(color).filled(true));
                 }
             }
-            if let Some(s) = &selected {
+            let recommended: Vec<[f64; 2]> = app
+                .front
+                .iter()
+                .filter(|e| e.recommended)
+                .filter_map(|e| y_of(by_validation, &e.result, e.validation_perplexity).map(|y| [e.result.compression, y]))
+                .chain(
+                    app.baselines
+                        .iter()
+                        .filter(|b| b.recommended)
+                        .filter_map(|b| y_of(by_validation, &b.result, b.validation_perplexity).map(|y| [b.result.compression, y])),
+                )
+                .collect();
+            if !recommended.is_empty() {
+                plot.points(Points::new("recommended", PlotPoints::from(recommended)).shape(MarkerShape::Circle).radius(8.0).filled(false).color(FRONT));
+            }
+            if let Some((s, y)) = selected.as_ref().and_then(|s| y_of(by_validation, &s.result, s.validation_perplexity).map(|y| (s, y))) {
                 plot.points(
-                    Points::new("selected", PlotPoints::from(vec![[s.result.compression, s.result.fitness]]))
+                    Points::new("selected", PlotPoints::from(vec![[s.result.compression, y]]))
                         .shape(MarkerShape::Circle)
                         .radius(9.0)
                         .filled(false)
@@ -414,7 +492,7 @@ fn front_view(app: &mut App, ui: &mut Ui) {
     // hover and click: the nearest solution within a few pixels (only it becomes a Solution)
     let nearest = response.response.hover_pos().and_then(|pos| {
         let mut best: Option<(f32, Pick)> = None;
-        for (x, y, pick) in pickable(app) {
+        for (x, y, pick) in pickable(app, by_validation) {
             let d = response.transform.position_from_point(&PlotPoint::new(x, y)).distance(pos);
             if d < 10.0 && best.as_ref().is_none_or(|(b, _)| d < *b) {
                 best = Some((d, pick));
@@ -426,9 +504,12 @@ fn front_view(app: &mut App, ui: &mut Ui) {
         let r = &c.result;
         response.response.clone().on_hover_ui_at_pointer(|ui| {
             ui.label(RichText::new(&c.label).strong());
-            ui.label(format!("fitness {:.4}  (attention {:.3}, MLP {:.3}, hidden {:.3})", r.fitness, r.attention, r.ffn, r.hidden));
+            ui.label(score_line(r));
+            if let Some(v) = c.validation_perplexity {
+                ui.label(format!("validation perplexity {v:.2}{}", if c.recommended { "  (recommended)" } else { "" }));
+            }
             ui.label(format!("{} of {} layers ({:.1}% removed, {:.1}% of parameters)", r.remaining_layers, layers as usize, 100.0 * r.compression, 100.0 * r.params_removed));
-            ui.label(format!("merges {}", if c.merges.is_empty() { "none" } else { &c.merges }));
+            ui.label(format!("removed {}  ·  merges {}", c.plan().removed_text(), if c.merges.is_empty() { "none" } else { &c.merges }));
             ui.label(RichText::new("click to inspect").weak());
         });
         if response.response.clicked() {
@@ -473,12 +554,36 @@ impl Pick {
 }
 
 /// Positions of everything a click can select: front first, then baselines, then points.
-fn pickable(app: &App) -> impl Iterator<Item = (f64, f64, Pick)> + '_ {
-    let xy = |r: &gelaco::fitness::FitnessResult| (r.compression, r.fitness);
-    let front = app.front.iter().enumerate().map(move |(i, e)| (xy(&e.result), Pick::Front(i)));
-    let baselines = app.baselines.iter().enumerate().map(move |(i, b)| (xy(&b.result), Pick::Baseline(i)));
-    let points = app.points.iter().enumerate().map(|(i, p)| ((p.compression, p.fitness), Pick::Point(i)));
-    front.chain(baselines).chain(points).map(|((x, y), pick)| (x, y, pick))
+fn pickable(app: &App, by_validation: bool) -> impl Iterator<Item = (f64, f64, Pick)> + '_ {
+    let front = app
+        .front
+        .iter()
+        .enumerate()
+        .filter_map(move |(i, e)| y_of(by_validation, &e.result, e.validation_perplexity).map(|y| (e.result.compression, y, Pick::Front(i))));
+    let baselines = app
+        .baselines
+        .iter()
+        .enumerate()
+        .filter_map(move |(i, b)| y_of(by_validation, &b.result, b.validation_perplexity).map(|y| (b.result.compression, y, Pick::Baseline(i))));
+    let points = app.points.iter().enumerate().filter(move |_| !by_validation).map(|(i, p)| (p.compression, p.fitness, Pick::Point(i)));
+    front.chain(baselines).chain(points)
+}
+
+/// A solution's height on the plot: its fitness, or log10 of its validation perplexity.
+fn y_of(by_validation: bool, r: &FitnessResult, validation: Option<f64>) -> Option<f64> {
+    if by_validation { validation.filter(|v| *v > 0.0).map(f64::log10) } else { Some(r.fitness) }
+}
+
+/// What a solution's fitness is made of, in the words of its objective.
+fn score_line(r: &FitnessResult) -> String {
+    match r.objective {
+        Objective::Similarity => format!("fitness {:.4}  (attention {:.3}, MLP {:.3}, hidden {:.3})", r.fitness, r.attention, r.ffn, r.hidden),
+        Objective::Kl | Objective::Nll => {
+            let kl = r.kl.map(|k| format!("KL {k:.4} nats/token  ")).unwrap_or_default();
+            let nll = r.nll.map(|n| format!("calibration perplexity {:.2}", n.exp())).unwrap_or_default();
+            format!("fitness {:.4}  ({kl}{nll})", r.fitness)
+        }
+    }
 }
 
 /// One cell per original layer; merged groups joined and coloured.
@@ -556,14 +661,30 @@ fn inspector(app: &mut App, ui: &mut Ui) {
         100.0 * r.compression,
         100.0 * r.params_removed
     ));
+    ui.label(format!("removed (original layers): {}", s.plan().removed_text()));
+    match s.validation_perplexity {
+        Some(v) => ui.label(format!("validation perplexity {v:.2}{}", if s.recommended { "  ·  recommended for its size" } else { "" })),
+        None => ui.label(RichText::new("no validation perplexity (the run has no validation text, or this is not a front solution)").weak()),
+    };
+    let healed = app.run_heal == Heal::Linear && r.remaining_layers < r.psi.len();
+    ui.label(if healed { "healed: a linear map per collapsed group, folded into its down projection" } else { "not healed" });
     ui.add_space(4.0);
     layer_map(ui, &s);
     ui.add_space(6.0);
-    ui.label(RichText::new("Similarity to the original").strong());
-    bar(ui, "fitness", r.fitness, FRONT);
-    bar(ui, "attention", r.attention, ACCENT);
-    bar(ui, "MLP", r.ffn, ACCENT);
-    bar(ui, "hidden", r.hidden, ACCENT);
+    match r.objective {
+        Objective::Similarity => {
+            ui.label(RichText::new("Similarity to the original").strong());
+            bar(ui, "fitness", r.fitness, FRONT);
+            bar(ui, "attention", r.attention, ACCENT);
+            bar(ui, "MLP", r.ffn, ACCENT);
+            bar(ui, "hidden", r.hidden, ACCENT);
+        }
+        Objective::Kl | Objective::Nll => {
+            ui.label(RichText::new("Next-token distributions on the calibration text").strong());
+            bar(ui, "fitness", r.fitness, FRONT);
+            ui.label(score_line(r));
+        }
+    }
     if !r.per_layer.is_empty() {
         ui.collapsing("Per compressed layer", |ui| {
             for (i, l) in r.per_layer.iter().enumerate() {
@@ -658,7 +779,13 @@ fn compare_view(app: &mut App, ui: &mut Ui) {
     if app.compare.is_empty() {
         ui.label(RichText::new("Select solutions and press “Add to compare” to put them side by side with the original.").weak());
     }
-    let original = Solution { label: "original".into(), merges: String::new(), result: Default::default() };
+    let original = Solution {
+        label: "original".into(),
+        merges: String::new(),
+        result: Default::default(),
+        validation_perplexity: None,
+        recommended: false,
+    };
     let mut rows = vec![original];
     rows.extend(app.compare.iter().cloned());
     egui::Grid::new("compare-table").striped(true).num_columns(7).spacing([14.0, 4.0]).show(ui, |ui| {

@@ -57,11 +57,20 @@ pub struct BenchArgs {
     /// Timed repetitions per shape (after one warm-up).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Seed of the random plans (`--suite objectives`).
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
     #[arg(long)]
     json: bool,
 }
 
 const SHAPES: [(usize, usize); 2] = [(16, 64), (1, 512)];
+
+/// The paper's fitness (module-wise similarity, no healing), which the fitness, merge-ops
+/// and init suites measure.
+fn paper_options() -> EngineOptions {
+    EngineOptions { objective: gelaco::fitness::Objective::Similarity, heal: gelaco::fitness::Heal::None, ..EngineOptions::default() }
+}
 
 fn prefill_seconds(model: &Llama, batch: usize, seq: usize) -> Result<f64> {
     let vocab = model.config.vocab_size as u32;
@@ -179,7 +188,7 @@ fn fitness_bench(args: &BenchArgs, devices: &[DeviceChoice]) -> Result<()> {
         let naive_rate = naive_plans.len() as f64 / t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        let engine = FitnessEngine::new(&m.model, cal.clone(), EngineOptions::default())?;
+        let engine = FitnessEngine::new(&m.model, cal.clone(), paper_options())?;
         let setup = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for p in &plans {
@@ -221,7 +230,7 @@ fn merge_ops(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
     let content = std::fs::read_to_string(&text).map_err(|e| gelaco::Error::io(&text, e))?;
     let ids = m.tokenizer.encode(&content)?;
     let layers = m.model.num_layers();
-    let engine = FitnessEngine::new(&m.model, cal, EngineOptions::default())?;
+    let engine = FitnessEngine::new(&m.model, cal, paper_options())?;
     let base = gelaco::eval::perplexity::perplexity(&m.model, &ids, 512, Some(args.max_windows), |_, _| true)?;
     println!("original model: perplexity {:.2} ({} windows of 512 tokens)\n", base.perplexity, base.windows);
     println!("| span | layers removed | operator | fitness | attention | mlp | hidden | perplexity |");
@@ -299,9 +308,9 @@ fn objectives_bench(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
     let objectives = [Objective::Similarity, Objective::Kl, Objective::Nll];
     let engines: Vec<FitnessEngine> = objectives
         .iter()
-        .map(|&objective| FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective, ..EngineOptions::default() }))
+        .map(|&objective| FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective, heal: gelaco::fitness::Heal::None, ..EngineOptions::default() }))
         .collect::<gelaco::Result<_>>()?;
-    let mut rng = StdRng::seed_from_u64(7);
+    let mut rng = StdRng::seed_from_u64(args.seed);
     let max_removed = 15.min(layers - 1);
     // (removed, log perplexity, fitness per objective)
     let mut rows: Vec<(usize, f64, Vec<f64>)> = Vec::new();
@@ -316,7 +325,8 @@ fn objectives_bench(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
             Err(gelaco::Error::Numerical(_)) => f64::INFINITY,
             Err(e) => return Err(e.into()),
         };
-        eprintln!("[{}/{}] removed {removed:>2} ({}): log ppl {log_ppl:.3}, fitness {fitness:.4?}  ({:.0}s)", i + 1, args.plans, plan.removed_text(), t.elapsed().as_secs_f64());
+        let shown: Vec<String> = fitness.iter().map(|f| format!("{f:.6e}")).collect();
+        eprintln!("[{}/{}] removed {removed:>2} ({}): log ppl {log_ppl:.4}, fitness [{}]  ({:.0}s)", i + 1, args.plans, plan.removed_text(), shown.join(", "), t.elapsed().as_secs_f64());
         rows.push((plan.removed(), log_ppl, fitness));
     }
     println!("Spearman correlation of each objective's fitness with held-out quality (-log perplexity), {} random plans, calibration {} tokens, held-out {} windows of 512:\n", rows.len(), cal.tokens(), args.max_windows);
@@ -342,7 +352,7 @@ fn init_bench(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
     let m = super::load(&args.model, device)?;
     let cal = calibration::load(&CalibSource::File(calib), &CalibOptions { samples: 16, max_tokens: 64, ..CalibOptions::default() }, &m.model, &m.tokenizer)?;
     let layers = m.model.num_layers();
-    let engine = FitnessEngine::new(&m.model, cal, EngineOptions::default())?;
+    let engine = FitnessEngine::new(&m.model, cal, paper_options())?;
     println!("| initialisation | plans | mean layers removed | plans removing > half | mean fitness | fitness < 0.5 | non-finite |");
     println!("|---|---|---|---|---|---|---|");
     for init in [Init::Paper, Init::Banded] {
