@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Tiny, TinyArch};
+use common::{Tiny, TinyArch, devices};
 use gelaco::backend::{self, ComputeDevice, DeviceChoice};
 use gelaco::collapse::{MergeOp, MergeSettings, Plan, Triple, build};
 use gelaco::fitness::calibration::{self, CalibOptions, CalibSource, Calibration, Pick};
@@ -18,13 +18,6 @@ fn similarity() -> EngineOptions {
     EngineOptions { objective: Objective::Similarity, heal: Heal::None, ..EngineOptions::default() }
 }
 
-fn devices() -> Vec<ComputeDevice> {
-    let mut d = vec![backend::select(DeviceChoice::Cpu).unwrap()];
-    if std::env::var("GELACO_SKIP_WGPU").is_err() {
-        d.push(backend::select(DeviceChoice::Gpu).expect("no WGPU adapter: install mesa-vulkan-drivers or set GELACO_SKIP_WGPU=1"));
-    }
-    d
-}
 
 fn calibration(samples: usize) -> Calibration {
     let mut rng = StdRng::seed_from_u64(3);

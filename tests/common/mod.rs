@@ -295,6 +295,17 @@ pub fn write_safetensors_as(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32
     std::fs::write(path, out).unwrap();
 }
 
+/// Both backends: the CPU one and the best WGPU adapter, which must be present (software
+/// Vulkan is enough); `GELACO_SKIP_WGPU=1` runs the CPU half alone on a machine without any.
+pub fn devices() -> Vec<gelaco::backend::ComputeDevice> {
+    use gelaco::backend::{self, DeviceChoice};
+    let mut d = vec![backend::select(DeviceChoice::Cpu).unwrap()];
+    if std::env::var("GELACO_SKIP_WGPU").is_err() {
+        d.push(backend::select(DeviceChoice::Gpu).expect("no WGPU adapter: install mesa-vulkan-drivers or set GELACO_SKIP_WGPU=1"));
+    }
+    d
+}
+
 /// Where the demo model lives once the set-up has fetched it.
 pub fn demo_model() -> PathBuf {
     if let Ok(p) = std::env::var("GELACO_DEMO_MODEL") {

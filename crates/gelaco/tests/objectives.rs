@@ -4,7 +4,7 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
-use common::Tiny;
+use common::{Tiny, devices};
 use gelaco::backend::{self, ComputeDevice, DeviceChoice};
 use gelaco::collapse::{MergeOp, MergeSettings, Plan, build};
 use gelaco::eval::perplexity::window_nll;
@@ -16,13 +16,6 @@ use gelaco::search::baselines::removal_plan;
 use gelaco::search::depth::{self, EvoPressSettings};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-fn devices() -> Vec<ComputeDevice> {
-    let mut d = vec![backend::select(DeviceChoice::Cpu).unwrap()];
-    if std::env::var("GELACO_SKIP_WGPU").is_err() {
-        d.push(backend::select(DeviceChoice::Gpu).expect("no WGPU adapter: install mesa-vulkan-drivers or set GELACO_SKIP_WGPU=1"));
-    }
-    d
-}
 
 fn calibration(samples: usize) -> Calibration {
     let mut rng = StdRng::seed_from_u64(5);
@@ -75,8 +68,8 @@ fn kl_and_nll_match_full_forward_passes_with_prefix_reuse_and_chunks() {
         let (_dir, m) = loaded(&tiny, &d);
         let cal = calibration(7);
         for (cache_mb, batch) in [(64, 3), (1, 2)] {
-            let kl_engine = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Kl, cache_mb, batch_size: batch, ..Default::default() }).unwrap();
-            let nll_engine = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Nll, cache_mb, batch_size: batch, ..Default::default() }).unwrap();
+            let kl_engine = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Kl, cache_mb, batch_size: batch, heal: Heal::None, ..Default::default() }).unwrap();
+            let nll_engine = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Nll, cache_mb, batch_size: batch, heal: Heal::None, ..Default::default() }).unwrap();
             for ranges in [vec![], vec![(3, 4)], vec![(0, 1), (4, 5)]] {
                 let plan = Plan::from_ranges(&ranges, 6, MergeOp::KeepFirst).unwrap();
                 let compressed = build(&m.model, &plan, MergeSettings::default());
@@ -103,7 +96,7 @@ fn nll_equals_the_perplexity_windows_nll() {
     let cpu = backend::select(DeviceChoice::Cpu).unwrap();
     let (_dir, m) = loaded(&tiny, &cpu);
     let cal = calibration(5);
-    let engine = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Nll, ..Default::default() }).unwrap();
+    let engine = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Nll, heal: Heal::None, ..Default::default() }).unwrap();
     let r = engine.evaluate(&Plan::identity(4)).unwrap();
     let total: f64 = cal.samples.iter().map(|s| window_nll(&m.model, s).unwrap()).sum();
     let tokens: usize = cal.samples.iter().map(|s| s.len() - 1).sum();
@@ -119,7 +112,7 @@ fn top_k_kl_approaches_the_full_kl_from_below() {
     let cal = calibration(4);
     let plan = Plan::from_ranges(&[(1, 3)], 5, MergeOp::KeepFirst).unwrap();
     let kl = |k: Option<usize>| {
-        let e = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Kl, kl_top_k: k, ..Default::default() }).unwrap();
+        let e = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Kl, kl_top_k: k, heal: Heal::None, ..Default::default() }).unwrap();
         e.evaluate(&plan).unwrap().kl.unwrap()
     };
     let full = kl(None);
@@ -141,7 +134,7 @@ fn healing_fits_the_removed_layers_output_and_keeps_the_architecture() {
         let (_dir, m) = loaded(&tiny, &d);
         let cal = calibration(12);
         let plan = Plan::from_ranges(&[(2, 4)], 6, MergeOp::KeepFirst).unwrap();
-        let plain = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Nll, ..Default::default() }).unwrap();
+        let plain = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Nll, heal: Heal::None, ..Default::default() }).unwrap();
         let healing = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Nll, heal: Heal::Linear, ..Default::default() }).unwrap();
         let unhealed = plain.build_on(&plan, usize::MAX).unwrap();
         let healed = healing.build_on(&plan, usize::MAX).unwrap();

@@ -3,21 +3,11 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
-use common::{Tiny, TinyArch};
+use common::{Tiny, TinyArch, devices};
 use gelaco::backend::{self, ComputeDevice, DeviceChoice};
 use gelaco::eval::generate::{GenerateOptions, generate};
 use gelaco::model::llama::{KvCache, Llama, download};
 use gelaco::model::{self, LoadedModel};
-
-/// Both backends. WGPU must be present (software Vulkan is enough); set
-/// GELACO_SKIP_WGPU=1 to run the CPU half alone on a machine without any adapter.
-fn devices() -> Vec<ComputeDevice> {
-    let mut d = vec![backend::select(DeviceChoice::Cpu).unwrap()];
-    if std::env::var("GELACO_SKIP_WGPU").is_err() {
-        d.push(backend::select(DeviceChoice::Gpu).expect("no WGPU adapter: install mesa-vulkan-drivers or set GELACO_SKIP_WGPU=1"));
-    }
-    d
-}
 
 fn load(path: &std::path::Path, device: &ComputeDevice) -> LoadedModel {
     model::load(path, device.clone()).unwrap()

@@ -220,15 +220,20 @@ fn fitness_bench(args: &BenchArgs, devices: &[DeviceChoice]) -> Result<()> {
     Ok(())
 }
 
-fn merge_ops(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
-    let need = |p: &Option<PathBuf>, flag: &str| {
-        p.clone().ok_or_else(|| gelaco::Error::Invalid(format!("--suite merge-ops needs {flag} FILE")))
-    };
+/// The model, 16 calibration samples of 64 tokens from `--calib`, and the token ids of
+/// `--text`: what the merge-ops and objectives suites measure on.
+fn model_calib_text(args: &BenchArgs, suite: &str, device: DeviceChoice) -> Result<(gelaco::model::LoadedModel, gelaco::fitness::calibration::Calibration, Vec<u32>)> {
+    let need = |p: &Option<PathBuf>, flag: &str| p.clone().ok_or_else(|| gelaco::Error::Invalid(format!("--suite {suite} needs {flag} FILE")));
     let (calib, text) = (need(&args.calib, "--calib")?, need(&args.text, "--text")?);
     let m = super::load(&args.model, device)?;
     let cal = calibration::load(&CalibSource::File(calib), &CalibOptions { samples: 16, max_tokens: 64, ..CalibOptions::default() }, &m.model, &m.tokenizer)?;
     let content = std::fs::read_to_string(&text).map_err(|e| gelaco::Error::io(&text, e))?;
     let ids = m.tokenizer.encode(&content)?;
+    Ok((m, cal, ids))
+}
+
+fn merge_ops(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
+    let (m, cal, ids) = model_calib_text(args, "merge-ops", device)?;
     let layers = m.model.num_layers();
     let engine = FitnessEngine::new(&m.model, cal, paper_options())?;
     let base = gelaco::eval::perplexity::perplexity(&m.model, &ids, 512, Some(args.max_windows), |_, _| true)?;
@@ -296,14 +301,7 @@ pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
 
 fn objectives_bench(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
     use gelaco::fitness::Objective;
-    let need = |p: &Option<PathBuf>, flag: &str| {
-        p.clone().ok_or_else(|| gelaco::Error::Invalid(format!("--suite objectives needs {flag} FILE")))
-    };
-    let (calib, text) = (need(&args.calib, "--calib")?, need(&args.text, "--text")?);
-    let m = super::load(&args.model, device)?;
-    let cal = calibration::load(&CalibSource::File(calib), &CalibOptions { samples: 16, max_tokens: 64, ..CalibOptions::default() }, &m.model, &m.tokenizer)?;
-    let content = std::fs::read_to_string(&text).map_err(|e| gelaco::Error::io(&text, e))?;
-    let ids = m.tokenizer.encode(&content)?;
+    let (m, cal, ids) = model_calib_text(args, "objectives", device)?;
     let layers = m.model.num_layers();
     let objectives = [Objective::Similarity, Objective::Kl, Objective::Nll];
     let engines: Vec<FitnessEngine> = objectives

@@ -182,33 +182,13 @@ pub enum BaselineCommand {
         json: bool,
     },
     /// SLEB: remove one layer at a time, each time the one whose removal gives the lowest
-    /// calibration NLL (scored, like every baseline, with --objective).
-    Sleb {
-        #[arg(long)]
-        model: PathBuf,
-        #[command(flatten)]
-        calib: CalibArgs,
-        /// Layers to remove; one greedy pass gives every size ("3,6,9,12").
-        #[arg(long, value_delimiter = ',', required = true)]
-        remove: Vec<usize>,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Write each solution as a recipe in this folder.
-        #[arg(long)]
-        recipes: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
+    /// calibration NLL; one greedy pass gives every size.
+    Sleb(RemovalArgs),
     /// EvoPress: a (1+lambda) evolutionary search over which layers to drop, by KL of the
-    /// next-token distributions with multi-step selection.
+    /// next-token distributions with multi-step selection; one search per size.
     Evopress {
-        #[arg(long)]
-        model: PathBuf,
         #[command(flatten)]
-        calib: CalibArgs,
-        /// Layers to remove; several values give several searches ("3,6").
-        #[arg(long, value_delimiter = ',', required = true)]
-        remove: Vec<usize>,
+        removal: RemovalArgs,
         /// Offspring per generation (lambda).
         #[arg(long, default_value_t = EvoPressSettings::default().offspring)]
         offspring: usize,
@@ -218,28 +198,49 @@ pub enum BaselineCommand {
         /// of candidates scored on more tokens).
         #[arg(long, default_value_t = fidelity_text(&EvoPressSettings::default().fidelity))]
         fidelity: String,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Write each solution as a recipe in this folder.
-        #[arg(long)]
-        recipes: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
     },
     /// ShortGPT: remove the layers of lowest Block Influence.
-    Shortgpt {
-        #[arg(long)]
-        model: PathBuf,
-        #[command(flatten)]
-        calib: CalibArgs,
-        /// Layers to remove; several values give several solutions ("4,8").
-        #[arg(long, value_delimiter = ',', required = true)]
-        remove: Vec<usize>,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long)]
-        json: bool,
-    },
+    Shortgpt(RemovalArgs),
+}
+
+/// What the layer-removal baselines share: the model, calibration, sizes and output.
+#[derive(Args, Debug)]
+pub struct RemovalArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    calib: CalibArgs,
+    /// Layers to remove; several values give several solutions ("3,6,9,12").
+    #[arg(long, value_delimiter = ',', required = true)]
+    remove: Vec<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write each solution as a recipe in this folder.
+    #[arg(long)]
+    recipes: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+impl RemovalArgs {
+    /// The loaded model and the engine that scores the solutions (unhealed, as published).
+    fn open(&self, device: DeviceChoice) -> Result<(gelaco::model::LoadedModel, FitnessEngine)> {
+        let m = super::load(&self.model, device)?;
+        let cal = self.calib.load(&m, self.seed)?;
+        let engine = FitnessEngine::new(&m.model, cal, baseline_options(&self.calib))?;
+        Ok((m, engine))
+    }
+
+    /// Print the solutions and write their recipes when asked.
+    fn report(&self, m: &gelaco::model::LoadedModel, sols: &[BaselineSolution]) -> Result<()> {
+        for s in sols {
+            print_baseline(s, self.json)?;
+        }
+        match &self.recipes {
+            Some(dir) => save_baseline_recipes(dir, m, sols),
+            None => Ok(()),
+        }
+    }
 }
 
 fn parse_band(text: &str) -> Result<(f64, f64)> {
@@ -500,15 +501,27 @@ fn parse_fidelity(text: &str) -> Result<Vec<(usize, f64)>> {
         .collect()
 }
 
-/// A progress bar over `planned` evaluations of a baseline, or none with `--json`.
-fn baseline_bar(what: &str, json: bool) -> Result<Option<ProgressBar>> {
-    if json {
-        return Ok(None);
+/// Run a baseline with a progress bar over its planned evaluations (none with `--json`).
+fn with_bar<T>(what: &str, json: bool, run: impl FnOnce(depth::Progress) -> gelaco::Result<T>) -> Result<T> {
+    let bar = if json {
+        None
+    } else {
+        let bar = ProgressBar::new(0);
+        bar.set_style(ProgressStyle::with_template("{msg} {bar:24} {pos}/{len} evaluations  ETA {eta}").context("progress template")?);
+        bar.set_message(what.to_string());
+        Some(bar)
+    };
+    let out = run(&mut |done, planned| {
+        if let Some(b) = &bar {
+            b.set_length(planned as u64);
+            b.set_position(done as u64);
+        }
+        true
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
-    let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("{msg} {bar:24} {pos}/{len} evaluations  ETA {eta}").context("progress template")?);
-    bar.set_message(what.to_string());
-    Ok(Some(bar))
+    Ok(out?)
 }
 
 /// Write a baseline's solutions as recipes.
@@ -569,70 +582,31 @@ pub fn baseline(cmd: BaselineCommand, device: DeviceChoice) -> Result<()> {
             let s = LacoSettings { window, threshold, interval, lowest, op };
             print_baseline(&baselines::laco(&engine, &s)?, json)
         }
-        BaselineCommand::Sleb { model, calib, remove, seed, recipes, json } => {
-            let m = super::load(&model, device)?;
-            let cal = calib.load(&m, seed)?;
-            let score = FitnessEngine::new(&m.model, cal, baseline_options(&calib))?;
+        BaselineCommand::Sleb(r) => {
+            let (m, score) = r.open(device)?;
             let nll = score.under(Objective::Nll)?;
-            let bar = baseline_bar("SLEB", json)?;
-            let sols = depth::sleb(&nll, &score, &remove, &mut |done, planned| {
-                if let Some(b) = &bar {
-                    b.set_length(planned as u64);
-                    b.set_position(done as u64);
-                }
-                true
-            })?;
-            if let Some(b) = bar {
-                b.finish_and_clear();
-            }
-            for s in &sols {
-                print_baseline(s, json)?;
-            }
-            if let Some(dir) = recipes {
-                save_baseline_recipes(&dir, &m, &sols)?;
-            }
-            Ok(())
+            let sols = with_bar("SLEB", r.json, |progress| depth::sleb(&nll, &score, &r.remove, progress))?;
+            r.report(&m, &sols)
         }
-        BaselineCommand::Evopress { model, calib, remove, offspring, generations, fidelity, seed, recipes, json } => {
-            let settings = EvoPressSettings { offspring, generations, fidelity: parse_fidelity(&fidelity)?, seed };
-            let m = super::load(&model, device)?;
-            let cal = calib.load(&m, seed)?;
-            let score = FitnessEngine::new(&m.model, cal, baseline_options(&calib))?;
+        BaselineCommand::Evopress { removal: r, offspring, generations, fidelity } => {
+            let settings = EvoPressSettings { offspring, generations, fidelity: parse_fidelity(&fidelity)?, seed: r.seed };
+            let (m, score) = r.open(device)?;
             let kl = score.under(Objective::Kl)?;
             let mut sols = Vec::new();
-            for r in remove {
-                let bar = baseline_bar(&format!("EvoPress r={r}"), json)?;
-                let s = depth::evopress(&kl, &score, r, &settings, &mut |done, planned| {
-                    if let Some(b) = &bar {
-                        b.set_length(planned as u64);
-                        b.set_position(done as u64);
-                    }
-                    true
-                })?;
-                if let Some(b) = bar {
-                    b.finish_and_clear();
-                }
-                print_baseline(&s, json)?;
-                sols.push(s);
+            for &size in &r.remove {
+                sols.push(with_bar(&format!("EvoPress r={size}"), r.json, |progress| depth::evopress(&kl, &score, size, &settings, progress))?);
             }
-            if let Some(dir) = recipes {
-                save_baseline_recipes(&dir, &m, &sols)?;
-            }
-            Ok(())
+            r.report(&m, &sols)
         }
-        BaselineCommand::Shortgpt { model, calib, remove, seed, json } => {
-            let m = super::load(&model, device)?;
-            let cal = calib.load(&m, seed)?;
-            let engine = FitnessEngine::new(&m.model, cal, baseline_options(&calib))?;
-            let influence = baselines::block_influence(&m.model, &engine.calibration.samples, calib.batch_size)?;
-            if !json {
+        BaselineCommand::Shortgpt(r) => {
+            let (m, engine) = r.open(device)?;
+            let influence = baselines::block_influence(&m.model, &engine.calibration.samples, r.calib.batch_size)?;
+            if !r.json {
                 let shown: Vec<String> = influence.iter().map(|b| format!("{b:.3}")).collect();
                 println!("block influence: {}", shown.join(" "));
             }
-            for r in remove {
-                print_baseline(&baselines::shortgpt(&engine, &influence, r)?, json)?;
-            }
-            Ok(())
+            let sols = r.remove.iter().map(|&k| baselines::shortgpt(&engine, &influence, k)).collect::<gelaco::Result<Vec<_>>>()?;
+            r.report(&m, &sols)
         }
     }
 }
