@@ -291,3 +291,18 @@ fn healed_exports_reload_with_the_healed_logits_and_their_recipe_rebuilds_them()
         assert!(matches!(e, gelaco::Error::Setting { setting: "heal", .. }), "{e}");
     }
 }
+
+#[test]
+fn recipes_written_by_the_earlier_release_still_load() {
+    let dir = common::repo_root().join("docs/recipes");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        let r = Recipe::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let plan = r.plan().unwrap();
+        assert_eq!(plan.remaining(), r.remaining_layers, "{}", p.display());
+        assert!(r.heal.is_none() && r.validation_perplexity.is_none());
+        n += 1;
+    }
+    assert!(n >= 3, "no recipes in {}", dir.display());
+}

@@ -320,3 +320,62 @@ fn validation_marks_one_recommended_solution_per_size_and_refuses_calibration_te
     let events = run_to_end(s);
     assert!(matches!(events.last(), Some(Event::Failed { error, .. }) if error.is_input_error() && error.to_string().contains("calibration sample")), "{:?}", events.last());
 }
+
+/// Remove, at any depth, the JSON keys that run folders written before objectives,
+/// healing, validation and multi-fidelity selection did not have.
+fn strip_new_keys(v: &mut serde_json::Value) {
+    const NEW: [&str; 11] =
+        ["objective", "kl", "nll", "heal", "kl_top_k", "fidelity", "validation", "kind", "validation_perplexity", "recommended", "screened"];
+    match v {
+        serde_json::Value::Object(m) => {
+            for k in NEW {
+                m.remove(k);
+            }
+            m.values_mut().for_each(strip_new_keys);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_new_keys),
+        _ => {}
+    }
+}
+
+#[test]
+fn run_folders_written_before_objectives_and_healing_still_load_and_resume() {
+    let f = fixture();
+    let dir = f.root.join("old");
+    // the earlier release's search: the paper's fitness, no healing, no screening
+    let mut s = spec(&f, &dir, SearchSettings { fidelity: None, ..settings(24) });
+    if let JobSpec::New { baselines, engine, .. } = &mut s {
+        *baselines = true;
+        *engine = EngineOptions { objective: gelaco::fitness::Objective::Similarity, heal: gelaco::fitness::Heal::None, ..EngineOptions::default() };
+    }
+    final_front(&run_to_end(s));
+    // rewrite every file in the schema of the earlier release
+    for name in ["run.json", "checkpoint.json", "front.json", "baselines.json"] {
+        let p = dir.join(name);
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        strip_new_keys(&mut v);
+        std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    }
+    let log: Vec<String> = std::fs::read_to_string(dir.join("evaluations.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            strip_new_keys(&mut v);
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(dir.join("evaluations.jsonl"), log.join("\n") + "\n").unwrap();
+    // the old folder reads as the paper's fitness, unhealed, without validation
+    let info = store::read_info(&dir).unwrap();
+    assert_eq!(info.engine.objective, gelaco::fitness::Objective::Similarity);
+    assert_eq!(info.engine.heal, gelaco::fitness::Heal::None);
+    assert!(info.validation.is_none() && info.settings.fidelity.is_none());
+    assert!(!store::read_front(&dir).unwrap().is_empty());
+    assert!(store::read_baselines(&dir).unwrap().iter().all(|b| b.kind().is_some()));
+    // the command line reprints it and writes its recipes, and the search resumes
+    let out = gelaco_cmd(&["front", dir.to_str().unwrap(), "--recipes", f.root.join("old-recipes").to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resumed = run_to_end(JobSpec::Resume { dir: dir.clone(), device: DeviceChoice::Cpu, model: None, evaluations: Some(36) });
+    assert!(!final_front(&resumed).is_empty());
+}

@@ -44,9 +44,10 @@ pub fn draw(app: &mut App, ui: &mut Ui) {
         egui::ScrollArea::vertical().show(ui, |ui| {
             model_card(app, ui);
             ui.separator();
-            run_settings(app, ui);
-            ui.separator();
+            // the controls above the settings: Run stays in view however many settings there are
             run_controls(app, ui);
+            ui.separator();
+            run_settings(app, ui);
         });
     });
     egui::Panel::right("inspector").resizable(true).default_size(380.0).min_size(300.0).show(ui, |ui| {
@@ -262,7 +263,7 @@ fn run_settings(app: &mut App, ui: &mut Ui) {
             ui.label("Healing");
             let mut healing = s.heal == Heal::Linear;
             let changed = tip(
-                ui.checkbox(&mut healing, "linear map folded into each collapsed group"),
+                ui.checkbox(&mut healing, "linear"),
                 "Fit on the calibration activations a least-squares map that restores each collapsed group's output, folded into its down projection (same architecture, exports unchanged)",
             )
             .changed();
@@ -272,15 +273,15 @@ fn run_settings(app: &mut App, ui: &mut Ui) {
             ui.end_row();
             let l = ui.label("Fidelity");
             tip(
-                ui.add(egui::TextEdit::singleline(&mut s.fidelity).desired_width(150.0)),
+                ui.add(egui::TextEdit::singleline(&mut s.fidelity).desired_width(120.0)),
                 "Multi-fidelity selection TOKENS:KEEP,...,full:1: offspring are scored on a few tokens first and only the best share on all of them; full:1 scores every offspring fully",
             )
             .labelled_by(l.id);
             ui.end_row();
             ui.label("Validation");
             tip(
-                ui.checkbox(&mut s.validation, "the calibration file's unused lines"),
-                "Held-out text the search never sees: every front solution gets its perplexity on it, and the lowest of each size is recommended",
+                ui.checkbox(&mut s.validation, "held-out lines"),
+                "The calibration file's lines the calibration did not take, never seen by the search: every front solution gets its perplexity on them, and the lowest of each size is recommended",
             );
             ui.end_row();
             ui.label("Samples × tokens");
@@ -388,7 +389,7 @@ fn front_view(app: &mut App, ui: &mut Ui) {
             ui.selectable_value(&mut app.plot_validation, true, "validation perplexity"),
             "Perplexity on held-out text the search never sees (log scale); it picks the recommended solution of each size",
         );
-        ui.label(RichText::new("○ recommended: the lowest validation perplexity of its size").weak());
+        ui.label(RichText::new("○ recommended").weak()).on_hover_text("Ringed: the lowest validation perplexity of its size");
     });
     let by_validation = app.plot_validation;
     let y_label = if by_validation {
@@ -661,13 +662,16 @@ fn inspector(app: &mut App, ui: &mut Ui) {
         100.0 * r.compression,
         100.0 * r.params_removed
     ));
-    ui.label(format!("removed (original layers): {}", s.plan().removed_text()));
+    let wrapped = |ui: &mut Ui, text: RichText| ui.add(egui::Label::new(text).wrap());
+    wrapped(ui, RichText::new(format!("removed (original layers): {}", s.plan().removed_text())));
     match s.validation_perplexity {
-        Some(v) => ui.label(format!("validation perplexity {v:.2}{}", if s.recommended { "  ·  recommended for its size" } else { "" })),
-        None => ui.label(RichText::new("no validation perplexity (the run has no validation text, or this is not a front solution)").weak()),
-    };
+        Some(v) => wrapped(ui, RichText::new(format!("validation perplexity {v:.2}{}", if s.recommended { " · recommended" } else { "" }))),
+        None => wrapped(ui, RichText::new("no validation perplexity").weak()),
+    }
+    .on_hover_text("Perplexity on held-out text: front solutions and baselines of runs with a validation text have one");
     let healed = app.run_heal == Heal::Linear && r.remaining_layers < r.psi.len();
-    ui.label(if healed { "healed: a linear map per collapsed group, folded into its down projection" } else { "not healed" });
+    wrapped(ui, RichText::new(if healed { "healed (linear map per collapsed group)" } else { "not healed" }))
+        .on_hover_text("A least-squares map fitted on the calibration activations, folded into each collapsed group's down projection");
     ui.add_space(4.0);
     layer_map(ui, &s);
     ui.add_space(6.0);
@@ -680,9 +684,9 @@ fn inspector(app: &mut App, ui: &mut Ui) {
             bar(ui, "hidden", r.hidden, ACCENT);
         }
         Objective::Kl | Objective::Nll => {
-            ui.label(RichText::new("Next-token distributions on the calibration text").strong());
+            ui.label(RichText::new("Next-token distributions").strong()).on_hover_text("The compressed model's next-token distributions against the original's, on the calibration text");
             bar(ui, "fitness", r.fitness, FRONT);
-            ui.label(score_line(r));
+            ui.add(egui::Label::new(score_line(r)).wrap());
         }
     }
     if !r.per_layer.is_empty() {

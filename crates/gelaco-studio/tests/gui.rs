@@ -80,7 +80,9 @@ fn open_run_see_the_front_select_and_stop() {
     assert!(h.state().log.iter().any(|l| l.text.contains("search ended")), "{:?}", h.state().log);
     h.get_by_label_contains("#0:").click();
     step_until(&mut h, "a selection", 10, |a| a.selected.is_some());
-    h.get_by_label("Similarity to the original");
+    // the default objective's view of the solution, and where it lies
+    h.get_by_label("Next-token distributions");
+    h.get_by_label_contains("removed (original layers)");
     h.get_by_label("Save recipe").click();
     h.step();
     h.step();
