@@ -40,7 +40,7 @@ fn group_colors(n: usize) -> Vec<Color32> {
 pub fn draw(app: &mut App, ui: &mut Ui) {
     egui::Panel::top("toolbar").show(ui, |ui| toolbar(app, ui));
     egui::Panel::bottom("log").resizable(true).default_size(120.0).min_size(60.0).show(ui, |ui| log_panel(app, ui));
-    egui::Panel::left("setup").resizable(true).default_size(320.0).min_size(260.0).show(ui, |ui| {
+    egui::Panel::left("setup").resizable(true).default_size(320.0).min_size(260.0).max_size(420.0).show(ui, |ui| {
         egui::ScrollArea::vertical().show(ui, |ui| {
             model_card(app, ui);
             ui.separator();
@@ -50,7 +50,7 @@ pub fn draw(app: &mut App, ui: &mut Ui) {
             run_settings(app, ui);
         });
     });
-    egui::Panel::right("inspector").resizable(true).default_size(380.0).min_size(300.0).show(ui, |ui| {
+    egui::Panel::right("inspector").resizable(true).default_size(380.0).min_size(300.0).max_size(440.0).show(ui, |ui| {
         egui::ScrollArea::vertical().show(ui, |ui| inspector(app, ui));
     });
     egui::CentralPanel::default().show(ui, |ui| {
