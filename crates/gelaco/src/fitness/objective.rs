@@ -141,23 +141,41 @@ impl TargetDist {
     }
 
     /// Compute from the original's final normed hidden state `[batch, seq, hidden]`.
-    pub fn compute(model: &Llama, normed: &Tensor<3>, rows: &HeadRows, top_k: Option<usize>) -> Self {
+    pub fn compute(model: &Llama, normed: &Tensor<3>, rows: &HeadRows, top_k: Option<usize>) -> Result<Self> {
         let slices = head_slices(model, normed, rows);
-        match top_k {
+        Ok(match top_k {
             None => TargetDist::Full(slices.collect()),
-            Some(k) => TargetDist::TopK(
-                slices
-                    .map(|lp| {
-                        let (top, idx) = lp.topk_with_indices(k, 1);
-                        let n = top.dims()[0];
-                        let kept = top.clone().exp().sum_dim(1).reshape([n]);
-                        let rest = (kept.neg() + 1.0).clamp_min(1e-12).log();
-                        (top, idx, rest)
-                    })
-                    .collect(),
-            ),
-        }
+            // the top K are chosen on the host, once per calibration set: the same choice on
+            // every backend
+            Some(k) => TargetDist::TopK(slices.map(|lp| top_k_rows(lp, k)).collect::<Result<_>>()?),
+        })
     }
+}
+
+/// The `k` largest log-probabilities of each row of `lp` (`[rows, vocab]`), their token ids,
+/// and the log of each row's remaining mass.
+fn top_k_rows(lp: Tensor<2>, k: usize) -> Result<(Tensor<2>, Tensor<2, Int>, Tensor<1>)> {
+    let device = lp.device();
+    let [n, vocab] = lp.dims();
+    let host = download(lp)?;
+    let (mut values, mut ids, mut rest) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k), Vec::with_capacity(n));
+    let mut order: Vec<usize> = Vec::with_capacity(vocab);
+    for row in host.data.chunks(vocab) {
+        order.clear();
+        order.extend(0..vocab);
+        order.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+        let top = &mut order[..k];
+        top.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let kept: f64 = top.iter().map(|&i| (row[i] as f64).exp()).sum();
+        values.extend(top.iter().map(|&i| row[i]));
+        ids.extend(top.iter().map(|&i| i as i32));
+        rest.push((1.0 - kept).max(1e-12).ln() as f32);
+    }
+    Ok((
+        Tensor::<2>::from_data(TensorData::new(values, [n, k]), &device),
+        Tensor::<2, Int>::from_data(TensorData::new(ids, [n, k]), &device),
+        Tensor::<1>::from_data(TensorData::new(rest, [n]), &device),
+    ))
 }
 
 /// Log-softmax of the LM head over each slice of token rows: `[rows, vocab]` each.

@@ -107,7 +107,7 @@ impl ReferenceActs {
         let hidden_out = h.clone();
         let normed = model.final_norm(h);
         let target = match (objective, rows) {
-            (Objective::Kl, Some(rows)) => Some(TargetDist::compute(model, &normed, rows, top_k)),
+            (Objective::Kl, Some(rows)) => Some(TargetDist::compute(model, &normed, rows, top_k)?),
             _ => None,
         };
         let final_hidden = normed * chunk.mask.clone();
