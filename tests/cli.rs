@@ -252,3 +252,18 @@ fn without_a_display_the_window_says_what_to_do() {
     assert!(stderr.contains("no display") && stderr.contains("gelaco --help"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_model_giving_nan_is_an_error_of_its_file() {
+    let tiny = Tiny::default();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("nan-norm.gguf");
+    let mut tensors = tiny.gguf_tensors();
+    let norm = tensors.iter_mut().find(|t| t.name == "output_norm.weight").unwrap();
+    norm.data = gguf::f32_bytes(&vec![f32::NAN; tiny.hidden]);
+    gguf::write_file(&bad, &tiny.gguf_metadata(), &tensors).unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "the hand and the thing. ".repeat(40)).unwrap();
+    let out = gelaco(&["perplexity", "--model", bad.to_str().unwrap(), "--text", text.to_str().unwrap(), "--window", "64", "--device", "cpu"]);
+    assert_input_error(&out, &["nan-norm.gguf", "non-finite"]);
+}

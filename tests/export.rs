@@ -264,7 +264,7 @@ fn healed_exports_reload_with_the_healed_logits_and_their_recipe_rebuilds_them()
     use gelaco::fitness::Heal;
     use gelaco::fitness::calibration::{CalibOptions, CalibSource, Calibration};
     let (dir, g, hf) = models(6);
-    let samples: Vec<Vec<u32>> = (0..10u32).map(|i| (0..12).map(|t| (i * 31 + t * 7) % 250).collect()).collect();
+    let samples: Vec<Vec<u32>> = (0..12u32).map(|i| (0..12).map(|t| (i * 31 + t * 7) % 250).collect()).collect();
     let cal = Calibration::from_samples(samples, CalibSource::SelfGenerated, CalibOptions::default());
     for (source, format) in [(&g, ExportFormat::Gguf), (&hf, ExportFormat::Hf), (&g, ExportFormat::Hf)] {
         let m = cpu_load(source);

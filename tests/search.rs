@@ -38,7 +38,7 @@ fn spec(f: &Fixture, out: &Path, settings: SearchSettings) -> JobSpec {
         model: f.model.clone(),
         device: DeviceChoice::Cpu,
         calib: CalibSource::File(f.calib.clone()),
-        calib_options: CalibOptions { samples: 6, max_tokens: 16, ..CalibOptions::default() },
+        calib_options: CalibOptions { samples: 6, max_tokens: 32, ..CalibOptions::default() },
         engine: EngineOptions::default(),
         settings,
         out: out.to_path_buf(),
@@ -173,7 +173,7 @@ fn a_killed_search_resumes_to_the_same_front() {
     let f = fixture();
     let (model, calib) = (f.model.to_str().unwrap(), f.calib.to_str().unwrap());
     let args = |out: &Path| -> Vec<String> {
-        ["search", "--model", model, "--calib", calib, "--samples", "6", "--max-tokens", "16", "--population", "10", "--evaluations", "120", "--seed", "9", "--device", "cpu", "--out", out.to_str().unwrap()]
+        ["search", "--model", model, "--calib", calib, "--samples", "6", "--max-tokens", "32", "--population", "10", "--evaluations", "120", "--seed", "9", "--device", "cpu", "--out", out.to_str().unwrap()]
             .iter()
             .map(|s| s.to_string())
             .collect()
@@ -378,4 +378,52 @@ fn run_folders_written_before_objectives_and_healing_still_load_and_resume() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let resumed = run_to_end(JobSpec::Resume { dir: dir.clone(), device: DeviceChoice::Cpu, model: None, evaluations: Some(36) });
     assert!(!final_front(&resumed).is_empty());
+}
+
+#[test]
+fn hostile_run_folders_exit_2_naming_file_and_field() {
+    let f = fixture();
+    let run = f.root.join("run");
+    let out = gelaco_cmd(&[
+        "search", "--model", f.model.to_str().unwrap(), "--calib", f.calib.to_str().unwrap(), "--samples", "6", "--max-tokens", "32",
+        "--population", "4", "--evaluations", "8", "--device", "cpu", "--out", run.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let edit = |dir: &Path, file: &str, change: &dyn Fn(&mut serde_json::Value)| {
+        let p = dir.join(file);
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        change(&mut v);
+        std::fs::write(&p, v.to_string()).unwrap();
+    };
+    let copy = |name: &str| -> PathBuf {
+        let to = f.root.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(&run).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+        to
+    };
+    type Case<'a> = (&'a str, &'a str, &'a dyn Fn(&mut serde_json::Value), &'a [&'a str]);
+    let cases: [Case; 4] = [
+        // population 0 once made resume loop for ever
+        ("resume", "run.json", &|v| v["settings"]["population"] = 0.into(), &["run.json", "settings.population"]),
+        ("resume", "run.json", &|v| v["model"]["sha256"] = "ü".repeat(20).into(), &["run.json", "model.sha256"]),
+        ("resume", "calibration.json", &|v| v["samples"][0][0] = 1_000_000.into(), &["calibration.json"]),
+        ("front", "front.json", &|v| v[0]["psi"] = serde_json::json!([0]), &["front.json", "psi"]),
+    ];
+    for (i, (command, file, change, names)) in cases.iter().enumerate() {
+        let dir = copy(&format!("bad{i}"));
+        edit(&dir, file, change);
+        let start = Instant::now();
+        let out = gelaco_cmd(&[command, dir.to_str().unwrap(), "--device", "cpu"][..if *command == "front" { 2 } else { 4 }]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {stderr}");
+        assert!(!stderr.contains("panicked") && start.elapsed() < Duration::from_secs(60), "{stderr}");
+        for n in *names {
+            assert!(stderr.contains(n), "'{n}' not in {stderr}");
+        }
+    }
 }

@@ -38,6 +38,7 @@ fn setting_label(setting: &str) -> String {
         "cache_mb" => "The activation cache (MB)",
         "samples" => "Samples (of Samples × tokens)",
         "max_tokens" => "Tokens (of Samples × tokens)",
+        "heal" => "Healing",
         other => return other.replace('_', " "),
     };
     label.to_string()

@@ -7,6 +7,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod fitness;
+pub mod limits;
 pub mod model;
 pub mod run;
 pub mod search;

@@ -68,7 +68,12 @@ macro_rules! choice {
 
 /// The first 12 characters of a hash, for messages (never splits a character).
 pub fn short_hash(hash: &str) -> &str {
-    hash.char_indices().nth(12).map_or(hash, |(i, _)| &hash[..i])
+    short_text(hash, 12)
+}
+
+/// The first `chars` characters of `text` (whole characters, whatever their encoding).
+pub fn short_text(text: &str, chars: usize) -> &str {
+    text.char_indices().nth(chars).map_or(text, |(i, _)| &text[..i])
 }
 
 /// Hex SHA-256 of a byte slice.

@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 fn calibration(samples: usize) -> Calibration {
     let mut rng = StdRng::seed_from_u64(5);
     let ids: Vec<Vec<u32>> = (0..samples)
-        .map(|i| (0..(6 + (i * 5) % 11)).map(|_| rng.random_range(0..256)).collect())
+        .map(|i| (0..(12 + (i * 5) % 11)).map(|_| rng.random_range(0..256)).collect())
         .collect();
     Calibration::from_samples(ids, CalibSource::SelfGenerated, CalibOptions::default())
 }
@@ -122,7 +122,7 @@ fn top_k_kl_approaches_the_full_kl_from_below() {
     assert!(k8 <= full + 1e-5 && k64 <= full + 1e-5 && k8 <= k64 + 1e-5, "top-8 {k8}, top-64 {k64}, full {full}");
     assert!(k64 > 0.5 * full, "top-64 {k64} vs full {full}");
     for bad in [Some(0), Some(vocab + 1)] {
-        let e = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Kl, kl_top_k: bad, ..Default::default() }).err().unwrap();
+        let e = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Kl, kl_top_k: bad, heal: Heal::None, ..Default::default() }).err().unwrap();
         assert!(matches!(e, gelaco::Error::Setting { setting: "kl_top_k", .. }), "{e}");
     }
 }
@@ -136,6 +136,9 @@ fn healing_fits_the_removed_layers_output_and_keeps_the_architecture() {
         let plan = Plan::from_ranges(&[(2, 4)], 6, MergeOp::KeepFirst).unwrap();
         let plain = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Nll, heal: Heal::None, ..Default::default() }).unwrap();
         let healing = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective: Objective::Nll, heal: Heal::Linear, ..Default::default() }).unwrap();
+        // too few tokens to fit a map of the hidden size on: refused before any work
+        let e = FitnessEngine::new(&m.model, calibration(2), EngineOptions { heal: Heal::Linear, ..Default::default() }).err().unwrap();
+        assert!(matches!(&e, gelaco::Error::Setting { setting: "heal", .. }) && e.to_string().contains("128"), "{e}");
         let unhealed = plain.build_on(&plan, usize::MAX).unwrap();
         let healed = healing.build_on(&plan, usize::MAX).unwrap();
         assert_eq!(healed.num_layers(), 4);
@@ -172,7 +175,7 @@ fn sleb_and_evopress_remove_the_asked_layers() {
     let tiny = Tiny { layers: 8, ..Tiny::default() };
     let cpu = backend::select(DeviceChoice::Cpu).unwrap();
     let (_dir, m) = loaded(&tiny, &cpu);
-    let cal = calibration(6);
+    let cal = calibration(12);
     let score = FitnessEngine::new(&m.model, cal.clone(), EngineOptions::default()).unwrap();
     let nll = score.under(Objective::Nll).unwrap();
     let mut calls = Vec::new();

@@ -156,9 +156,9 @@ pub fn eval(a: EvalArgs, device: DeviceChoice) -> Result<()> {
     if list.is_empty() {
         return Err(gelaco::Error::Invalid("--no-original with no --recipe or --merges leaves nothing to evaluate".into()).into());
     }
-    let ids = match &text {
-        Some(t) => Some(m.tokenizer.encode(t)?),
-        None => None,
+    let ids = match (&text, &a.perplexity) {
+        (Some(t), Some(p)) => Some(super::text_ids(&m, p, t, a.window)?),
+        _ => None,
     };
     let opts = ChoiceOptions { batch_size: a.batch_size.max(1), ..ChoiceOptions::default() };
     let mut rows: Vec<(String, usize, String, Option<PerplexityReport>, Vec<TaskScore>)> = Vec::new();

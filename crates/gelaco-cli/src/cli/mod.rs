@@ -178,12 +178,48 @@ pub fn choose_device(choice: DeviceChoice) -> Result<ComputeDevice> {
     Ok(d)
 }
 
+/// The model file the command works on, once known: a numerical failure (NaN or infinite
+/// values) is reported as a property of that file.
+static MODEL_FILE: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+pub fn note_model(path: &Path) {
+    if let Ok(mut m) = MODEL_FILE.lock() {
+        *m = Some(path.to_path_buf());
+    }
+}
+
+/// A numerical failure as an error of the model file the command worked on.
+fn numerical_as_model(e: anyhow::Error) -> anyhow::Error {
+    let Some(gelaco::Error::Numerical(message)) = e.chain().find_map(|c| c.downcast_ref::<gelaco::Error>()) else {
+        return e;
+    };
+    match MODEL_FILE.lock().ok().and_then(|m| m.clone()) {
+        Some(path) => gelaco::Error::weights(path, format!("{message}: the model gives non-finite values")).into(),
+        None => e,
+    }
+}
+
 pub fn load(path: &Path, choice: DeviceChoice) -> Result<LoadedModel> {
+    note_model(path);
     let device = choose_device(choice)?;
     let t = std::time::Instant::now();
     let m = model::load(path, device)?;
     tracing::info!(seconds = t.elapsed().as_secs_f64(), "model loaded");
     Ok(m)
+}
+
+/// The token ids of a text read from `path` for perplexity in windows of `window`: a text
+/// shorter than one window is an error of that file.
+pub fn text_ids(m: &LoadedModel, path: &Path, content: &str, window: usize) -> Result<Vec<u32>> {
+    let ids = m.tokenizer.encode(content)?;
+    if ids.len() < window.max(2) {
+        return Err(gelaco::Error::format(
+            path,
+            format!("has {} tokens, fewer than one window of {} (--window)", ids.len(), window.max(2)),
+        )
+        .into());
+    }
+    Ok(ids)
 }
 
 pub fn print_json(v: &serde_json::Value) -> Result<()> {
@@ -194,6 +230,10 @@ pub fn print_json(v: &serde_json::Value) -> Result<()> {
 }
 
 pub fn try_main() -> Result<()> {
+    dispatch().map_err(numerical_as_model)
+}
+
+fn dispatch() -> Result<()> {
     let cli = Cli::parse();
     let common = cli.common;
     init_logging(common.verbose);
@@ -283,7 +323,7 @@ pub fn try_main() -> Result<()> {
             let mut m = load(&model, device)?;
             let variant = compress.apply(&mut m)?;
             let plan = variant.map(|v| v.plan).unwrap_or_else(|| gelaco::collapse::Plan::identity(m.model.num_layers()));
-            let ids = m.tokenizer.encode(&content)?;
+            let ids = text_ids(&m, &text, &content, window)?;
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template("{spinner} perplexity {bar:30} {pos}/{len} windows  {elapsed} < {eta}  {msg}")

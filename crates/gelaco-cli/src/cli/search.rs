@@ -255,6 +255,7 @@ fn layers_of(model: &Path) -> Result<usize> {
 }
 
 pub fn search(a: SearchArgs, device: DeviceChoice) -> Result<()> {
+    super::note_model(&a.model);
     let layers = layers_of(&a.model)?;
     let mode = match a.mode {
         ModeArg::Nsga2 => {

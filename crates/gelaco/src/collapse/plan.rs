@@ -68,6 +68,36 @@ impl Plan {
         plan
     }
 
+    /// Check a plan read from a file against a model of `layers` layers: every merge of the
+    /// canonical form in range of the model compressed so far, and `psi` what they give.
+    pub fn check(&self, layers: usize) -> crate::limits::Check {
+        if self.num_layers != layers {
+            return Err(format!("num_layers: {} but the model has {layers} layers", self.num_layers));
+        }
+        Self::check_parts(layers, &self.canonical, &self.psi)
+    }
+
+    /// [`Plan::check`] of a canonical form and its `psi`.
+    pub fn check_parts(layers: usize, canonical: &[Span], psi: &[usize]) -> crate::limits::Check {
+        if psi.len() != layers {
+            return Err(format!("psi: {} entries for a model of {layers} layers", psi.len()));
+        }
+        if canonical.len() >= layers.max(1) {
+            return Err(format!("canonical: {} merges for a model of {layers} layers", canonical.len()));
+        }
+        let mut plan = Plan::identity(layers);
+        for (i, s) in canonical.iter().enumerate() {
+            if !(s.cb < s.ce && s.ce < plan.remaining()) {
+                return Err(format!("canonical[{i}]: merge {}:{} is not inside the {} layers left", s.cb, s.ce, plan.remaining()));
+            }
+            plan.push(s.cb, s.ce, s.op);
+        }
+        if plan.psi != psi {
+            return Err("psi: does not follow from the canonical merges".into());
+        }
+        Ok(())
+    }
+
     /// Apply one more merge, in the indices of the model compressed so far.
     pub fn push(&mut self, cb: usize, ce: usize, op: MergeOp) {
         debug_assert!(cb < ce && ce < self.remaining());

@@ -139,6 +139,7 @@ impl Recipe {
                 format!("recipe version {} is newer than this tool reads ({RECIPE_VERSION})", r.version),
             ));
         }
+        r.check().map_err(|m| Error::format(path, m))?;
         let plan = r.plan_unchecked().map_err(|e| Error::format(path, e.to_string()))?;
         if plan.canonical != r.canonical {
             return Err(Error::format(path, "the genotype does not decode to the recorded canonical merges"));
@@ -154,6 +155,23 @@ impl Recipe {
         refuse_existing(path, force)?;
         let text = serde_json::to_vec_pretty(self).map_err(|e| Error::format(path, e.to_string()))?;
         write_atomic(path, &text)
+    }
+
+    /// The checks that come before anything is built from the recipe's numbers.
+    fn check(&self) -> crate::limits::Check {
+        use crate::limits::{field, number, token_samples};
+        field("model", self.model.check())?;
+        if self.genotype.len() > self.model.layers {
+            return Err(format!("genotype: {} triples for a model of {} layers", self.genotype.len(), self.model.layers));
+        }
+        if let Some(h) = &self.heal {
+            token_samples("heal.calibration.samples", &h.calibration.samples, &h.calibration.hash, None)
+                .map_err(|m| if m.starts_with("hash") { format!("heal.calibration.{m}") } else { m })?;
+        }
+        if let Some(v) = self.validation_perplexity {
+            number("validation_perplexity", v)?;
+        }
+        Ok(())
     }
 
     fn plan_unchecked(&self) -> Result<Plan> {
@@ -272,5 +290,36 @@ mod tests {
         assert!(e.to_string().contains("remaining_layers"), "{e}");
         std::fs::write(&p, "{\"x\": 1}").unwrap();
         assert!(Recipe::load(&p).unwrap_err().to_string().contains("not a recipe"));
+    }
+
+    #[test]
+    fn hostile_recipes_are_refused_naming_the_field() {
+        let plan = Plan::from_ranges(&[(2, 5)], 12, MergeOp::KeepFirst).unwrap();
+        let r = Recipe::new(identity(), &plan, MergeOp::KeepFirst, MergeSettings::default());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.json");
+        type Change = fn(&mut serde_json::Value);
+        let cases: Vec<(Change, &str)> = vec![
+            (|v| v["model"]["layers"] = serde_json::json!(1u64 << 62), "model.layers"),
+            (|v| v["model"]["layers"] = serde_json::json!(1_000_000_000u64), "model.layers"),
+            (|v| v["model"]["sha256"] = serde_json::json!("abc"), "model.sha256"),
+            (|v| v["model"]["sha256"] = serde_json::json!("ü".repeat(40)), "model.sha256"),
+            (|v| v["genotype"] = serde_json::json!(vec![serde_json::json!({"b": 0, "e": 0, "active": false}); 13]), "genotype"),
+            (|v| v["genotype"][0]["e"] = serde_json::json!(1u64 << 40), "out of range"),
+            (|v| v["canonical"][0]["ce"] = serde_json::json!(9), "canonical"),
+            (|v| v["validation_perplexity"] = serde_json::json!(null), ""),
+        ];
+        for (change, want) in cases {
+            let mut v = serde_json::to_value(&r).unwrap();
+            change(&mut v);
+            std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+            match Recipe::load(&p) {
+                Ok(_) => assert!(want.is_empty(), "{want}: loaded"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(!want.is_empty() && e.contains("r.json") && e.contains(want), "{want}: {e}");
+                }
+            }
+        }
     }
 }

@@ -41,6 +41,25 @@ crate::choice!(Heal {
     Linear => "linear": "fit a linear map on the calibration activations that restores each collapsed group's output, folded into its down projection",
 });
 
+/// Healing fits on at least this many calibration tokens per hidden dimension.
+pub const MIN_TOKENS_PER_DIM: usize = 2;
+
+/// Healing a model of hidden size `d` needs [`MIN_TOKENS_PER_DIM`] calibration tokens per
+/// dimension: a `d x d` map fitted on fewer restores the calibration almost exactly and says
+/// nothing of other text.
+pub fn check_tokens(available: usize, d: usize) -> Result<()> {
+    if available < MIN_TOKENS_PER_DIM * d {
+        return Err(Error::setting(
+            "heal",
+            format!(
+                "needs at least {} calibration tokens to fit on ({MIN_TOKENS_PER_DIM} x the hidden size {d}); the calibration has {available}",
+                MIN_TOKENS_PER_DIM * d
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `lambda` relative to the mean diagonal of `M^T M`.
 pub const RIDGE: f64 = 1e-3;
 
@@ -53,7 +72,10 @@ impl FitnessEngine {
         let groups = plan.groups();
         let first = plan.first_changed_layer();
         let start = plan.psi[first];
-        let chunks = chunks.clamp(1, self.chunks.len());
+        // fit on at least the tokens `check_tokens` asks for, even when scoring on fewer
+        let d = compressed.config.hidden_size;
+        check_tokens(self.total_tokens(), d)?;
+        let chunks = chunks.max(self.chunk_count(Some(MIN_TOKENS_PER_DIM * d))).clamp(1, self.chunks.len());
         let refs: Vec<_> = (0..chunks).map(|i| self.reference(i)).collect::<Result<_>>()?;
         let mut hidden: Vec<Tensor<3>> = refs.iter().map(|r| r.hidden_in[first].clone()).collect();
         let mut model = compressed.clone();

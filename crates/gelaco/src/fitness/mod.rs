@@ -73,6 +73,37 @@ pub struct FitnessResult {
     pub nll: Option<f64>,
 }
 
+impl EngineOptions {
+    /// Check options read from a file.
+    pub fn check(&self) -> crate::limits::Check {
+        use crate::limits::{MAX_VOCAB, count};
+        count("batch_size", self.batch_size, 1, 1 << 16)?;
+        count("cache_mb", self.cache_mb, 1, usize::MAX >> 21)?;
+        match self.kl_top_k {
+            Some(k) => count("kl_top_k", k, 1, MAX_VOCAB),
+            None => Ok(()),
+        }
+    }
+}
+
+impl FitnessResult {
+    /// Check a result read from a file against a model of `layers` layers.
+    pub fn check(&self, layers: usize) -> crate::limits::Check {
+        use crate::limits::number;
+        crate::collapse::Plan::check_parts(layers, &self.canonical, &self.psi)?;
+        let removed: usize = self.canonical.iter().map(|s| s.ce - s.cb).sum();
+        if self.remaining_layers != layers - removed {
+            return Err(format!("remaining_layers: {} but the merges leave {}", self.remaining_layers, layers - removed));
+        }
+        if self.per_layer.len() > layers {
+            return Err(format!("per_layer: {} entries for a model of {layers} layers", self.per_layer.len()));
+        }
+        number("fitness", self.fitness)?;
+        number("compression", self.compression)?;
+        number("params_removed", self.params_removed)
+    }
+}
+
 /// Engine settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EngineOptions {
@@ -214,8 +245,10 @@ impl FitnessEngine {
     /// Prepare the engine: chunk the samples and cache as many chunks' reference
     /// activations as `cache_mb` holds.
     pub fn new(model: &Llama, calibration: Calibration, options: EngineOptions) -> Result<Self> {
-        if calibration.samples.is_empty() {
-            return Err(Error::Invalid("the calibration set is empty".into()));
+        crate::limits::token_samples("calibration samples", &calibration.samples, &calibration.hash, Some(model.config.vocab_size))
+            .map_err(|m| Error::Invalid(format!("the calibration set is not usable: {m}")))?;
+        if options.heal == Heal::Linear {
+            heal::check_tokens(calibration.tokens(), model.config.hidden_size)?;
         }
         if options.batch_size == 0 {
             return Err(Error::setting("batch_size", "must be at least 1"));

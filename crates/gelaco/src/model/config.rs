@@ -107,6 +107,22 @@ impl ModelConfig {
                 return bad(format!("{name} must be positive"));
             }
         }
+        // bounds far above any published model, so that sizes computed from them cannot
+        // overflow and nothing is allocated from an absurd number
+        use crate::limits::{MAX_LAYERS, MAX_VOCAB};
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_heads, 1 << 12),
+            ("num_key_value_heads", self.num_kv_heads, 1 << 12),
+            ("head_dim", self.head_dim, 1 << 12),
+        ] {
+            if v > max {
+                return bad(format!("{name} ({v}) is larger than {max}, more than any model this tool can run"));
+            }
+        }
         if self.num_heads % self.num_kv_heads != 0 {
             return bad(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",

@@ -123,10 +123,11 @@ impl Tokenizer {
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
-            .map_err(tok_err)?;
+            .map_err(|e| Error::format(path, format!("tokenizer.ggml.merges: {e}")))?;
         let mut inner = HfTokenizer::new(bpe);
         let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
-        inner.with_pre_tokenizer(Some(pre_tokenizer_for(pre)?));
+        let pre_tokenizer = pre_tokenizer_for(pre).map_err(|e| Error::format(path, format!("tokenizer.ggml.pre: {e}")))?;
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         // control (3) and user-defined (4) tokens match whole, before splitting
         let specials: Vec<AddedToken> = tokens
@@ -147,9 +148,12 @@ impl Tokenizer {
     }
 
     /// Encode text without any special token added.
+    /// Texts longer than this are tokenised piece by piece: the tokenizer's working memory
+    /// grows with its input, to gigabytes for one line of tens of megabytes.
+    pub const PIECE_BYTES: usize = 1 << 20;
+
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, false).map_err(tok_err)?;
-        Ok(enc.get_ids().to_vec())
+        encode_in_pieces(&self.inner, text, Self::PIECE_BYTES)
     }
 
     /// Encode a prompt, with BOS in front when the model asks for it and `bos` allows.
@@ -189,6 +193,38 @@ impl Tokenizer {
     }
 }
 
+/// Tokenise `text` in pieces of at most about `max` bytes, cut where pre-tokenisation cuts
+/// anyway (after a line break, or before a space, each followed by a letter or digit), so
+/// that the ids are those of the whole text; a stretch with no such place is cut at a
+/// character boundary.
+fn encode_in_pieces(t: &HfTokenizer, text: &str, max: usize) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let cut = if rest.len() <= max { rest.len() } else { piece_end(rest, max) };
+        let enc = t.encode_fast(&rest[..cut], false).map_err(tok_err)?;
+        ids.extend_from_slice(enc.get_ids());
+        rest = &rest[cut..];
+    }
+    Ok(ids)
+}
+
+/// Where to end a piece of at most `max` bytes of `text` (longer than `max`).
+fn piece_end(text: &str, max: usize) -> usize {
+    let bytes = text.as_bytes();
+    let starts_word = |i: usize| bytes.get(i).is_some_and(|b| b.is_ascii_alphanumeric());
+    let mut space = None;
+    for i in (1..=max).rev() {
+        if bytes[i - 1] == b'\n' && starts_word(i) {
+            return i;
+        }
+        if space.is_none() && bytes[i] == b' ' && !bytes[i - 1].is_ascii_whitespace() && starts_word(i + 1) {
+            space = Some(i);
+        }
+    }
+    space.unwrap_or_else(|| (1..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(max))
+}
+
 fn tokenizer_config_add_bos(tokenizer_json: &Path) -> Option<bool> {
     let cfg = tokenizer_json.parent()?.join("tokenizer_config.json");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cfg).ok()?).ok()?;
@@ -216,6 +252,20 @@ mod tests {
         let ids = t.encode_fast("ab a12", false).unwrap().get_ids().to_vec();
         // "ab" | " a" | "1" | "2"
         assert_eq!(ids, vec![6, 5, 3, 4]);
+    }
+
+    #[test]
+    fn long_texts_are_tokenised_in_pieces_with_the_ids_of_the_whole() {
+        let t = tiny();
+        let text = "ab a12 ba\nab  ab\n\n a1 bb ".repeat(40);
+        let whole = t.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
+        for max in [16, 33, 100, 1000] {
+            assert_eq!(encode_in_pieces(&t, &text, max).unwrap(), whole, "pieces of {max} bytes");
+        }
+        // no place to cut: at a character boundary
+        let wide = "é".repeat(100);
+        let end = piece_end(&wide, 9);
+        assert!(end <= 9 && wide.is_char_boundary(end), "{end}");
     }
 
     #[test]

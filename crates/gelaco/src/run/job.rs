@@ -343,6 +343,14 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
             store.set_status(&mut info, Status::Running, None)?;
             let want = info.baselines;
             let validation = super::store::read_validation(&store.dir)?;
+            // the token ids must belong to the model's vocabulary
+            let vocab = Some(m.model.config.vocab_size);
+            crate::limits::token_samples("samples", &calibration.samples, &calibration.hash, vocab)
+                .map_err(|msg| Error::format(store.dir.join("calibration.json"), msg))?;
+            if let Some(v) = &validation {
+                crate::limits::token_samples("windows", &v.windows, &v.hash, vocab)
+                    .map_err(|msg| Error::format(store.dir.join("validation.json"), msg))?;
+            }
             (m, store, info, calibration, logged, checkpoint, want, validation)
         }
     };

@@ -28,6 +28,7 @@ use crate::search::SearchSettings;
 use crate::search::algorithm::AlgorithmState;
 use crate::search::baselines::BaselineSolution;
 use crate::search::problem::EvaluatedPlan;
+use crate::limits::{Check, MAX_LAYERS, count, field, sha256, token_samples};
 use crate::util::write_atomic;
 
 /// Identity of the model a run is about.
@@ -54,6 +55,14 @@ impl ModelIdentity {
             architecture: files.config.arch.name().to_string(),
             layers: files.config.num_layers,
         }
+    }
+}
+
+impl ModelIdentity {
+    /// Check an identity read from a file.
+    pub fn check(&self) -> Check {
+        count("layers", self.layers, 1, MAX_LAYERS)?;
+        sha256("sha256", &self.sha256)
     }
 }
 
@@ -95,6 +104,30 @@ pub struct ValidationInfo {
     pub tokens: usize,
 }
 
+impl RunInfo {
+    /// Check `run.json`: the model's identity, every setting as a new run would check it,
+    /// and the hashes.
+    pub fn check(&self) -> Check {
+        field("model", self.model.check())?;
+        self.settings.validate(self.model.layers).map_err(|e| settings_field("settings", e))?;
+        field("engine", self.engine.check())?;
+        sha256("calibration_hash", &self.calibration_hash)?;
+        if let Some(v) = &self.validation {
+            sha256("validation.hash", &v.hash)?;
+        }
+        Ok(())
+    }
+
+    /// How many genes a plan of this run has, and how many objectives the search keeps.
+    fn shape(&self) -> (crate::search::operators::Bounds, usize) {
+        let objectives = match self.settings.mode {
+            crate::search::problem::Mode::Pareto => 2,
+            crate::search::problem::Mode::Single { .. } => 1,
+        };
+        (self.settings.encoding(self.model.layers).bounds(), objectives)
+    }
+}
+
 /// `checkpoint.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -117,6 +150,73 @@ pub struct RunStore {
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not a valid run file: {e}")))
+}
+
+/// A setting's error as a field of a file (`settings.population: must be ...`).
+fn settings_field(prefix: &str, e: Error) -> String {
+    match e {
+        Error::Setting { setting, message } => format!("{prefix}.{setting}: {message}"),
+        e => format!("{prefix}: {e}"),
+    }
+}
+
+/// Read a run file and hold it to `check` (its message names the field).
+fn read_checked<T: for<'de> Deserialize<'de>>(path: &Path, check: impl FnOnce(&T) -> Check) -> Result<T> {
+    let value = read_json(path)?;
+    check(&value).map_err(|m| Error::format(path, m))?;
+    Ok(value)
+}
+
+/// Check the calibration samples of a run against its `run.json`.
+fn check_calibration(c: &Calibration, info: &RunInfo) -> Check {
+    token_samples("samples", &c.samples, &c.hash, None)?;
+    if c.hash != info.calibration_hash {
+        return Err("hash: differs from the calibration_hash of run.json".into());
+    }
+    if let Some(text) = &info.settings.fidelity {
+        let tokens = c.samples.iter().map(Vec::len).sum();
+        crate::search::fidelity::Fidelity::parse(text, tokens).map_err(|e| settings_field("(run.json) settings", e))?;
+    }
+    Ok(())
+}
+
+impl EvaluatedPlan {
+    /// Check one line of `evaluations.jsonl` of a run whose plans have `genes` genes.
+    fn check(&self, layers: usize, genes: usize) -> Check {
+        if self.genes.len() != genes {
+            return Err(format!("genes: {} values where the run has {genes}", self.genes.len()));
+        }
+        field("result", self.result.check(layers))
+    }
+}
+
+fn check_front(front: &[FrontEntry], layers: usize) -> Check {
+    for (i, e) in front.iter().enumerate() {
+        field(format_args!("[{i}]"), e.result.check(layers))?;
+    }
+    Ok(())
+}
+
+fn check_baselines(baselines: &[BaselineSolution], layers: usize) -> Check {
+    for (i, b) in baselines.iter().enumerate() {
+        field(format_args!("[{i}]"), (|| {
+            field("plan", b.plan.check(layers))?;
+            field("result", b.result.check(layers))?;
+            if b.plan.psi != b.result.psi {
+                return Err("result.psi: differs from plan.psi".into());
+            }
+            Ok(())
+        })())?;
+    }
+    Ok(())
+}
+
+fn check_validation(v: &Validation) -> Check {
+    token_samples("windows", &v.windows, &v.hash, None)?;
+    if let Some(i) = v.windows.iter().position(|w| w.len() < 2) {
+        return Err(format!("windows[{i}]: fewer than 2 tokens"));
+    }
+    Ok(())
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -149,21 +249,31 @@ impl RunStore {
     /// checkpoint. A torn last line (the process died while writing it) is dropped.
     #[allow(clippy::type_complexity)]
     pub fn open(dir: &Path) -> Result<(Self, RunInfo, Calibration, Vec<EvaluatedPlan>, Option<Checkpoint>)> {
-        let info: RunInfo = read_json(&dir.join("run.json"))?;
-        let calibration: Calibration = read_json(&dir.join("calibration.json"))?;
+        let info: RunInfo = read_checked(&dir.join("run.json"), RunInfo::check)?;
+        let layers = info.model.layers;
+        let (bounds, objectives) = info.shape();
+        let calibration: Calibration = read_checked(&dir.join("calibration.json"), |c| check_calibration(c, &info))?;
         let log_path = dir.join("evaluations.jsonl");
         let mut evaluations = Vec::new();
         if log_path.exists() {
             let f = File::open(&log_path).map_err(|e| Error::io(&log_path, e))?;
             let mut good_bytes = 0u64;
-            for line in BufReader::new(f).lines() {
+            let mut lines = BufReader::new(f).lines().peekable();
+            while let Some(line) = lines.next() {
                 let line = line.map_err(|e| Error::io(&log_path, e))?;
+                let number = evaluations.len() + 1;
                 match serde_json::from_str::<EvaluatedPlan>(&line) {
-                    Ok(e) if e.index == evaluations.len() => {
+                    Ok(e) => {
+                        if e.index != evaluations.len() {
+                            return Err(Error::format(&log_path, format!("line {number}: index {} where {} was expected", e.index, evaluations.len())));
+                        }
+                        e.check(layers, bounds.lower.len()).map_err(|m| Error::format(&log_path, format!("line {number}: {m}")))?;
                         good_bytes += line.len() as u64 + 1;
                         evaluations.push(e);
                     }
-                    _ => break,
+                    // a torn last line: the process died while writing it
+                    Err(_) if lines.peek().is_none() => break,
+                    Err(e) => return Err(Error::format(&log_path, format!("line {number}: not a valid evaluation: {e}"))),
                 }
             }
             // cut a torn tail so that appends continue on a line boundary
@@ -171,7 +281,11 @@ impl RunStore {
             f.set_len(good_bytes).map_err(|e| Error::io(&log_path, e))?;
         }
         let cp_path = dir.join("checkpoint.json");
-        let checkpoint = if cp_path.exists() { Some(read_json(&cp_path)?) } else { None };
+        let checkpoint = if cp_path.exists() {
+            Some(read_checked(&cp_path, |c: &Checkpoint| field("state", c.state.check(&bounds, objectives)))?)
+        } else {
+            None
+        };
         let store = Self::open_log(dir, evaluations.len())?;
         Ok((store, info, calibration, evaluations, checkpoint))
     }
@@ -217,26 +331,206 @@ impl RunStore {
 
 /// The saved front of a run folder.
 pub fn read_front(dir: &Path) -> Result<Vec<FrontEntry>> {
-    read_json(&dir.join("front.json"))
+    let layers = read_info(dir)?.model.layers;
+    read_checked(&dir.join("front.json"), |f: &Vec<FrontEntry>| check_front(f, layers))
 }
 
 /// The saved baselines of a run folder (empty when none were computed).
 pub fn read_baselines(dir: &Path) -> Result<Vec<BaselineSolution>> {
     let p = dir.join("baselines.json");
-    if p.exists() { read_json(&p) } else { Ok(Vec::new()) }
+    if !p.exists() {
+        return Ok(Vec::new());
+    }
+    let layers = read_info(dir)?.model.layers;
+    read_checked(&p, |b: &Vec<BaselineSolution>| check_baselines(b, layers))
 }
 
 /// The calibration samples of a run folder.
 pub fn read_calibration(dir: &Path) -> Result<Calibration> {
-    read_json(&dir.join("calibration.json"))
+    let info = read_info(dir)?;
+    read_checked(&dir.join("calibration.json"), |c| check_calibration(c, &info))
 }
 
 /// The validation windows of a run folder (`None` when it has none).
 pub fn read_validation(dir: &Path) -> Result<Option<Validation>> {
     let p = dir.join("validation.json");
-    if p.exists() { read_json(&p).map(Some) } else { Ok(None) }
+    if p.exists() { read_checked(&p, check_validation).map(Some) } else { Ok(None) }
 }
 
 pub fn read_info(dir: &Path) -> Result<RunInfo> {
-    read_json(&dir.join("run.json"))
+    read_checked(&dir.join("run.json"), RunInfo::check)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::collapse::{MergeOp, Plan};
+    use crate::fitness::calibration::{CalibOptions, CalibSource};
+    use crate::fitness::{FitnessResult, Objective};
+
+    const LAYERS: usize = 6;
+
+    fn result(plan: &Plan) -> FitnessResult {
+        FitnessResult {
+            fitness: 0.5,
+            attention: 0.0,
+            ffn: 0.0,
+            hidden: 0.0,
+            compression: plan.compression(),
+            params_removed: 0.1,
+            remaining_layers: plan.remaining(),
+            psi: plan.psi.clone(),
+            canonical: plan.canonical.clone(),
+            non_finite: false,
+            per_layer: Vec::new(),
+            objective: Objective::Kl,
+            kl: Some(0.7),
+            nll: None,
+        }
+    }
+
+    /// A valid run folder of a 6-layer model: run.json, calibration, two logged
+    /// evaluations, a checkpoint, a front and a baseline.
+    fn run_folder() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let calibration = Calibration::from_samples(vec![vec![1, 2, 3], vec![4, 5]], CalibSource::SelfGenerated, CalibOptions::default());
+        let info = RunInfo {
+            tool_version: "0".into(),
+            settings: SearchSettings { population: 4, ..SearchSettings::default() },
+            engine: EngineOptions::default(),
+            model: ModelIdentity { path: "m.gguf".into(), sha256: "ab".repeat(32), architecture: "llama".into(), layers: LAYERS },
+            calibration_hash: calibration.hash.clone(),
+            calibration_source: "self".into(),
+            status: Status::Stopped,
+            message: None,
+            baselines: true,
+            validation: None,
+        };
+        let mut store = RunStore::create(&dir, &info, &calibration).unwrap();
+        let (bounds, _) = info.shape();
+        let encoding = info.settings.encoding(LAYERS);
+        let mut population = Vec::new();
+        for i in 0..2 {
+            let mut genes = vec![0.0; bounds.lower.len()];
+            genes[0] = i as f64;
+            genes[1] = 3.0;
+            genes[2] = 1.0;
+            let plan = encoding.decode(&genes);
+            let r = Arc::new(result(&plan));
+            store
+                .append(&EvaluatedPlan { index: i, generation: 0, genes: genes.clone(), key: plan.model_key(), merges: plan.merges_text(), cached: false, result: r })
+                .unwrap();
+            population.push(json!({"x": genes, "eval": {"objectives": [0.5, 0.5], "violation": 0.0}, "rank": 0, "crowding": null}));
+        }
+        let state: AlgorithmState = serde_json::from_value(json!({"generation": 1, "evaluations": 2, "population": population})).unwrap();
+        store.checkpoint(&Checkpoint { state, evaluated: 2, cache_hits: 0, unique: 2, seconds: 1.0, hypervolume: vec![0.1] }).unwrap();
+        let plan = Plan::from_ranges(&[(1, 3)], LAYERS, MergeOp::KeepFirst).unwrap();
+        let entry = FrontEntry { merges: plan.merges_text(), genes: Vec::new(), result: result(&plan), validation_perplexity: Some(40.0), recommended: true };
+        store.write_front(&[entry]).unwrap();
+        let b = BaselineSolution {
+            method: "ShortGPT (r=2)".into(),
+            kind: None,
+            validation_perplexity: None,
+            recommended: false,
+            merges: plan.merges_text(),
+            result: result(&plan),
+            plan,
+        };
+        store.write_baselines(&[b]).unwrap();
+        (tmp, dir)
+    }
+
+    fn edit(path: &Path, change: impl FnOnce(&mut Value)) {
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        change(&mut v);
+        std::fs::write(path, serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+
+    /// The error of opening and reading every file of the run folder, as text.
+    fn open_error(dir: &Path) -> String {
+        let e = RunStore::open(dir)
+            .and_then(|_| read_front(dir))
+            .and_then(|_| read_baselines(dir))
+            .and_then(|_| read_calibration(dir))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(e, Error::Format { .. }), "{e:?}");
+        e.to_string()
+    }
+
+    #[test]
+    fn a_valid_run_folder_opens() {
+        let (_tmp, dir) = run_folder();
+        let (_, info, _, logged, checkpoint) = RunStore::open(&dir).unwrap();
+        assert_eq!((info.model.layers, logged.len(), checkpoint.unwrap().state.population.len()), (LAYERS, 2, 2));
+        assert_eq!(read_front(&dir).unwrap().len(), 1);
+        assert_eq!(read_baselines(&dir).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn hostile_run_files_are_refused_naming_file_and_field() {
+        type Change = fn(&mut Value);
+        let cases: Vec<(&str, Change, &str)> = vec![
+            ("run.json", |v| v["settings"]["population"] = json!(0), "settings.population"),
+            ("run.json", |v| v["settings"]["population"] = json!(1_000_000_000u64), "settings.population"),
+            ("run.json", |v| v["settings"]["evaluations"] = json!(0), "settings.evaluations"),
+            ("run.json", |v| v["settings"]["band"] = json!([0.9, 0.1]), "settings.band"),
+            ("run.json", |v| v["settings"]["crossover_probability"] = json!(7.0), "settings.crossover_probability"),
+            ("run.json", |v| v["settings"]["mode"] = json!({"mode": "single", "target_removed": 99}), "settings.target_removed"),
+            ("run.json", |v| v["settings"]["fidelity"] = json!("full:1,3:0.5"), "settings.fidelity"),
+            ("run.json", |v| v["model"]["layers"] = json!(1u64 << 62), "model.layers"),
+            ("run.json", |v| v["model"]["layers"] = json!(0), "model.layers"),
+            ("run.json", |v| v["model"]["sha256"] = json!("ab"), "model.sha256"),
+            ("run.json", |v| v["model"]["sha256"] = json!("é".repeat(64)), "model.sha256"),
+            ("run.json", |v| v["engine"]["batch_size"] = json!(0), "engine.batch_size"),
+            ("run.json", |v| v["engine"]["kl_top_k"] = json!(0), "engine.kl_top_k"),
+            ("run.json", |v| v["calibration_hash"] = json!("x"), "calibration_hash"),
+            ("calibration.json", |v| v["samples"] = json!([[1, 2], []]), "samples[1]: no tokens"),
+            ("calibration.json", |v| v["samples"] = json!([]), "samples: no samples"),
+            ("calibration.json", |v| v["samples"] = json!([[1, 2, 3], [4, 6]]), "hash: does not match"),
+            ("checkpoint.json", |v| v["state"]["population"] = json!([]), "state.population: 0"),
+            ("checkpoint.json", |v| v["state"]["population"][0]["eval"]["objectives"] = json!([]), "population[0].eval.objectives"),
+            ("checkpoint.json", |v| v["state"]["population"][1]["x"] = json!([1.0]), "population[1].x"),
+            ("checkpoint.json", |v| v["state"]["population"][1]["x"][0] = json!(1e9), "population[1].x[0]"),
+            ("front.json", |v| v[0]["psi"] = json!([0, 1]), "[0].psi"),
+            ("front.json", |v| v[0]["canonical"][0]["ce"] = json!(1u64 << 40), "[0].canonical[0]"),
+            ("front.json", |v| v[0]["remaining_layers"] = json!(1), "[0].remaining_layers"),
+            ("baselines.json", |v| v[0]["plan"]["num_layers"] = json!(1u64 << 31), "[0].plan.num_layers"),
+            ("baselines.json", |v| v[0]["plan"]["canonical"][0]["cb"] = json!(5), "[0].plan.canonical[0]"),
+            ("baselines.json", |v| v[0]["result"]["psi"] = json!([0, 1, 2, 3, 4, 5]), "[0].result.psi"),
+        ];
+        for (file, change, want) in cases {
+            let (_tmp, dir) = run_folder();
+            edit(&dir.join(file), change);
+            let e = open_error(&dir);
+            assert!(e.contains(file) && e.contains(want), "{file}, {want}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_corrupt_log_line_is_refused_and_a_torn_last_line_dropped() {
+        let (_tmp, dir) = run_folder();
+        let log = dir.join("evaluations.jsonl");
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // a torn last line: dropped, the rest kept
+        std::fs::write(&log, format!("{}\n{}", lines[0], &lines[1][..lines[1].len() / 2])).unwrap();
+        assert_eq!(RunStore::open(&dir).unwrap().3.len(), 1);
+        // a broken line followed by more: the log is corrupt, nothing is cut
+        std::fs::write(&log, format!("{}\n{{\"index\": 1,\n{}\n", lines[0], lines[1])).unwrap();
+        let e = RunStore::open(&dir).err().unwrap().to_string();
+        assert!(e.contains("evaluations.jsonl") && e.contains("line 2"), "{e}");
+        assert!(std::fs::read_to_string(&log).unwrap().ends_with(&format!("{}\n", lines[1])));
+        // a line whose plan does not fit the model
+        let mut bad: Value = serde_json::from_str(lines[1]).unwrap();
+        bad["result"]["psi"] = json!([0]);
+        std::fs::write(&log, format!("{}\n{}\n", lines[0], bad)).unwrap();
+        let e = RunStore::open(&dir).err().unwrap().to_string();
+        assert!(e.contains("line 2: result.psi"), "{e}");
+    }
 }

@@ -86,6 +86,36 @@ pub struct AlgorithmState {
     pub population: Vec<Individual>,
 }
 
+impl AlgorithmState {
+    /// Check a state read from a file: a population of at most
+    /// [`MAX_POPULATION`](crate::limits::MAX_POPULATION) individuals, each with one gene per
+    /// bound, inside it, and `objectives` objectives.
+    pub fn check(&self, bounds: &Bounds, objectives: usize) -> crate::limits::Check {
+        use crate::limits::{MAX_POPULATION, count, field, number};
+        count("population", self.population.len(), 1, MAX_POPULATION)?;
+        for (i, ind) in self.population.iter().enumerate() {
+            field(format_args!("population[{i}]"), (|| {
+                if ind.x.len() != bounds.lower.len() {
+                    return Err(format!("x: {} genes where the search has {}", ind.x.len(), bounds.lower.len()));
+                }
+                for (j, ((&v, &lo), &hi)) in ind.x.iter().zip(&bounds.lower).zip(&bounds.upper).enumerate() {
+                    if !(lo..=hi).contains(&v) {
+                        return Err(format!("x[{j}]: {v} is outside {lo}..={hi}"));
+                    }
+                }
+                if ind.eval.objectives.len() != objectives {
+                    return Err(format!("eval.objectives: {} values where the search has {objectives}", ind.eval.objectives.len()));
+                }
+                for v in &ind.eval.objectives {
+                    number("eval.objectives", *v)?;
+                }
+                number("eval.violation", ind.eval.violation)
+            })())?;
+        }
+        Ok(())
+    }
+}
+
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepOutcome {

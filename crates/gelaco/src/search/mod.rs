@@ -97,8 +97,8 @@ impl Default for SearchSettings {
 
 impl SearchSettings {
     pub fn validate(&self, layers: usize) -> Result<()> {
-        if self.population < 2 {
-            return Err(Error::setting("population", "must be at least 2"));
+        if self.population < 2 || self.population > crate::limits::MAX_POPULATION {
+            return Err(Error::setting("population", format!("must be between 2 and {}", crate::limits::MAX_POPULATION)));
         }
         if self.evaluations == 0 {
             return Err(Error::setting("evaluations", "must be at least 1"));
@@ -109,7 +109,24 @@ impl SearchSettings {
         }
         if let Mode::Single { target_removed } = self.mode {
             if target_removed == 0 || target_removed >= layers {
-                return Err(Error::Invalid(format!("--target-removed must be between 1 and {}", layers - 1)));
+                return Err(Error::setting("target_removed", format!("must be between 1 and {}", layers.saturating_sub(1))));
+            }
+        }
+        let probability = |name: &'static str, p: f64| {
+            if (0.0..=1.0).contains(&p) { Ok(()) } else { Err(Error::setting(name, format!("{p} must be between 0 and 1"))) }
+        };
+        probability("crossover_probability", self.crossover_probability)?;
+        if let Some(p) = self.mutation_probability {
+            probability("mutation_probability", p)?;
+        }
+        for (name, eta) in [("crossover_eta", self.crossover_eta), ("mutation_eta", self.mutation_eta)] {
+            if !(eta.is_finite() && eta >= 0.0) {
+                return Err(Error::setting(name, format!("{eta} must be a finite number of at least 0")));
+            }
+        }
+        if let Some(s) = self.max_seconds {
+            if s.is_nan() || s < 0.0 {
+                return Err(Error::setting("max_seconds", format!("{s} must be at least 0")));
             }
         }
         Ok(())
