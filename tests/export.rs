@@ -306,3 +306,51 @@ fn recipes_written_by_the_earlier_release_still_load() {
     }
     assert!(n >= 3, "no recipes in {}", dir.display());
 }
+
+/// A write that fails in the middle (the file-size limit of the process, `ulimit -f`, makes
+/// the kernel refuse it, as a full disk does): the export fails naming its output, the file
+/// it was to replace is intact, and no partial file is left beside it.
+#[test]
+fn an_export_whose_write_fails_keeps_the_old_file_and_leaves_no_partial_file() {
+    let (dir, g, _) = models(6);
+    let out = dir.path().join("exports");
+    std::fs::create_dir(&out).unwrap();
+    for (format, name) in [("gguf", "small.gguf"), ("hf", "small-hf")] {
+        let dest = out.join(name);
+        let ok = gelaco(&["export", "--model", g.to_str().unwrap(), "--merges", "2:4", "--format", format, "--out", dest.to_str().unwrap(), "--device", "cpu"]);
+        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+        let before = snapshot(&dest);
+        // the same export again, replacing it, under a 64 KiB file-size limit (SIGXFSZ
+        // ignored, so the write returns EFBIG)
+        let script = format!(
+            "ulimit -f 64; trap '' XFSZ; exec '{}' export --model '{}' --merges 1:4 --format {format} --out '{}' --force --device cpu",
+            env!("CARGO_BIN_EXE_gelaco"),
+            g.display(),
+            dest.display()
+        );
+        let failed = Command::new("bash").args(["-c", &script]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        assert!(!failed.status.success() && !stderr.contains("panicked"), "{format}: {stderr}");
+        assert!(stderr.contains("error:") && stderr.contains(name), "{format}: {stderr}");
+        assert_eq!(snapshot(&dest), before, "{format}: the previous export changed");
+        let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(left.iter().all(|n| !n.starts_with('.')), "{format}: left behind: {left:?}");
+    }
+}
+
+/// Every file under `path` (or the file itself) with its bytes.
+fn snapshot(path: &Path) -> Vec<(String, Vec<u8>)> {
+    if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![(String::new(), std::fs::read(path).unwrap())]
+    }
+}
