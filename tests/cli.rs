@@ -267,3 +267,28 @@ fn a_model_giving_nan_is_an_error_of_its_file() {
     let out = gelaco(&["perplexity", "--model", bad.to_str().unwrap(), "--text", text.to_str().unwrap(), "--window", "64", "--device", "cpu"]);
     assert_input_error(&out, &["nan-norm.gguf", "non-finite"]);
 }
+
+/// The README's table of exit codes lists 0, 1 and 2, and each is what the command line
+/// returns for a case of its row.
+#[test]
+fn the_readme_exit_code_table_holds() {
+    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
+    let table: Vec<i32> = readme
+        .split("| exit code | meaning |")
+        .nth(1)
+        .expect("README.md has an exit code table")
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.trim_matches('|').split('|').next().unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(table, vec![0, 1, 2]);
+    let tiny = Tiny::default();
+    let (_dir, g, _) = tiny.write_both();
+    assert_eq!(inspect(&g).status.code(), Some(0));
+    // no display for the window: the machine, not the input
+    let out = Command::new(env!("CARGO_BIN_EXE_gelaco")).env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(inspect(Path::new("/nonexistent/model.gguf")).status.code(), Some(2));
+    assert_eq!(gelaco(&["search", "--population"]).status.code(), Some(2));
+}

@@ -373,6 +373,12 @@ impl Default for ChoiceOptions {
 /// Rows of logits sent through the LM head at once.
 const HEAD_ROWS: usize = 512;
 
+/// The length a batch of inputs at most `len` long is padded to: the next power of two from
+/// 16, at most `max`.
+pub fn bucket(len: usize, max: usize) -> usize {
+    len.max(16).next_power_of_two().min(max.max(len))
+}
+
 /// Log-likelihood of each continuation after its context (`pairs` of token ids).
 pub fn loglikelihoods(
     model: &Llama,
@@ -404,11 +410,23 @@ pub fn loglikelihoods(
     let device = &model.device;
     let hidden = model.config.hidden_size;
     let mut done = 0;
-    for batch in inputs.chunks(opts.batch_size.max(1)) {
-        let rows: Vec<Vec<u32>> = batch.iter().map(|b| b.1.clone()).collect();
-        let (padded, lens) = Llama::pad_batch(&rows, 0);
-        let seq = padded[0].len();
-        let normed = model.forward(&padded, None)?.reshape([batch.len() * seq, hidden]);
+    let batch_rows = opts.batch_size.max(1);
+    for batch in inputs.chunks(batch_rows) {
+        // every batch has `batch_rows` rows (padding rows added) of a bucket length: a
+        // device that compiles a kernel per shape meets a handful of shapes, not one per
+        // batch; right padding does not change the causal outputs at real positions
+        let mut rows: Vec<Vec<u32>> = batch.iter().map(|b| b.1.clone()).collect();
+        let seq = bucket(rows[0].len(), max_len);
+        rows.resize(batch_rows, vec![0]);
+        let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+        let padded: Vec<Vec<u32>> = rows
+            .into_iter()
+            .map(|mut r| {
+                r.resize(seq, 0);
+                r
+            })
+            .collect();
+        let normed = model.forward(&padded, None)?.reshape([batch_rows * seq, hidden]);
         // positions (flattened) whose outputs predict continuation tokens, with their targets
         let mut positions = Vec::new();
         let mut targets = Vec::new();
@@ -425,12 +443,18 @@ pub fn loglikelihoods(
         for start in (0..positions.len()).step_by(HEAD_ROWS) {
             let end = (start + HEAD_ROWS).min(positions.len());
             let n = end - start;
-            let idx = Tensor::<1, Int>::from_data(TensorData::new(positions[start..end].to_vec(), [n]), device);
-            let rows = normed.clone().select(0, idx).reshape([1, n, hidden]);
+            // a bucket of rows too; the padding rows repeat position 0 and are not read
+            let rows_n = bucket(n, HEAD_ROWS);
+            let mut pos = positions[start..end].to_vec();
+            let mut tgt = targets[start..end].to_vec();
+            pos.resize(rows_n, 0);
+            tgt.resize(rows_n, 0);
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(pos, [rows_n]), device);
+            let rows = normed.clone().select(0, idx).reshape([1, rows_n, hidden]);
             let lp = log_softmax(model.logits(rows), 2);
-            let tg = Tensor::<3, Int>::from_data(TensorData::new(targets[start..end].to_vec(), [1, n, 1]), device);
-            let picked = download(lp.gather(2, tg).reshape([n]))?;
-            for (k, v) in picked.data.iter().enumerate() {
+            let tg = Tensor::<3, Int>::from_data(TensorData::new(tgt, [1, rows_n, 1]), device);
+            let picked = download(lp.gather(2, tg).reshape([rows_n]))?;
+            for (k, v) in picked.data.iter().take(n).enumerate() {
                 sums[owner[start + k]] += *v as f64;
             }
         }
@@ -491,6 +515,16 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_are_padded_to_a_few_lengths() {
+        assert_eq!([1, 16, 17, 33, 100, 513, 2048].map(|n| bucket(n, 2048)), [16, 16, 32, 64, 128, 1024, 2048]);
+        // never below the input, never above the limit unless the input is
+        assert_eq!(bucket(300, 256), 300);
+        assert_eq!(bucket(200, 256), 256);
+        let shapes: std::collections::BTreeSet<usize> = (1..=2048).map(|n| bucket(n, 2048)).collect();
+        assert_eq!(shapes.len(), 8);
+    }
 
     #[test]
     fn hellaswag_cleaning_matches_the_harness() {

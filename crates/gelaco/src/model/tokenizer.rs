@@ -71,7 +71,14 @@ fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper> {
 impl Tokenizer {
     /// Load a Hugging Face `tokenizer.json`.
     pub fn from_file(path: &Path, bos_id: Option<u32>, eos_ids: Vec<u32>) -> Result<Self> {
-        let inner = HfTokenizer::from_file(path).map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bad = |why: String| Error::format(path, format!("not a valid tokenizer.json: {why}"));
+        // the tokenizers crate panics on some malformed files (a decoder cut short):
+        // check the JSON first, and turn what still panics into an error of the file
+        serde_json::from_str::<serde_json::Value>(&text).map_err(|e| bad(e.to_string()))?;
+        let inner = std::panic::catch_unwind(|| HfTokenizer::from_bytes(text.as_bytes()))
+            .map_err(|p| bad(crate::Error::from_panic("tokenizer", p.as_ref()).to_string()))?
+            .map_err(|e| bad(e.to_string()))?;
         // BOS is added by the caller when wanted; the file's post-processor is not used.
         let add_bos = tokenizer_config_add_bos(path).unwrap_or(false);
         Ok(Tokenizer {
