@@ -292,3 +292,21 @@ fn the_readme_exit_code_table_holds() {
     assert_eq!(inspect(Path::new("/nonexistent/model.gguf")).status.code(), Some(2));
     assert_eq!(gelaco(&["search", "--population"]).status.code(), Some(2));
 }
+
+#[test]
+fn a_model_larger_than_memory_is_refused_with_the_numbers_before_loading() {
+    let tiny = Tiny::default();
+    let (_dir, g, _) = tiny.write_both();
+    let out = Command::new(env!("CARGO_BIN_EXE_gelaco"))
+        .args(["generate", "--model", g.to_str().unwrap(), "--prompt", "the", "--max-new-tokens", "2", "--device", "cpu"])
+        .env("GELACO_MEMORY_LIMIT", "16K")
+        .output()
+        .unwrap();
+    assert_input_error(&out, &[g.file_name().unwrap().to_str().unwrap(), "parameters as f32", "GiB of memory available"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_gelaco"))
+        .args(["generate", "--model", g.to_str().unwrap(), "--prompt", "the", "--max-new-tokens", "2", "--device", "cpu"])
+        .env("GELACO_MEMORY_LIMIT", "1G")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
