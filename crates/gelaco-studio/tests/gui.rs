@@ -20,7 +20,7 @@ fn settings(dir: &Path, calib: &Path) -> Settings {
         calib_kind: CalibKind::File,
         calib_file: calib.display().to_string(),
         samples: 4,
-        max_tokens: 16,
+        max_tokens: 40,
         population: 8,
         evaluations: 48,
         baselines: false,

@@ -376,7 +376,14 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         }
         store.write_baselines(&baselines)?;
     }
-    let baseline_plans: Vec<_> = baselines.iter().map(|s| s.plan.clone()).collect();
+    let mut seed_plans: Vec<_> = baselines.iter().map(|s| s.plan.clone()).collect();
+    if settings.init == Init::Seeded && checkpoint.is_none() {
+        out.send(Event::Stage { message: "ShortGPT plans to start from (Block Influence)".into() });
+        let influence = baselines::block_influence(engine.model(), &engine.calibration.samples, engine.options.batch_size)?;
+        for r in settings.seed_sizes(layers) {
+            seed_plans.push(baselines::shortgpt_plan(&influence, r)?);
+        }
+    }
     let known: Vec<_> = baselines.iter().map(|b| (b.plan.model_key(), Arc::new(b.result.clone()))).collect();
     let mut picker = validation.map(|v| Picker::new(v, &engine));
     if let Some(p) = picker.as_mut() {
@@ -512,7 +519,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         let outcome = if initialized {
             algo.step(&mut problem, Some(budget - algo.state.evaluations), &should_stop)?
         } else {
-            let seeds = initial_population(&settings, &encoding, &baseline_plans);
+            let seeds = initial_population(&settings, &encoding, &seed_plans);
             algo.initialize(&mut problem, seeds, Some(budget), &should_stop)?
         };
         if outcome == StepOutcome::Interrupted {

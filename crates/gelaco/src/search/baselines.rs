@@ -182,10 +182,7 @@ pub fn removal_plan(num_layers: usize, layers_to_remove: &[usize]) -> Result<Pla
 
 /// ShortGPT: remove the `remove` layers of lowest Block Influence.
 pub fn shortgpt(engine: &FitnessEngine, influence: &[f64], remove: usize) -> Result<BaselineSolution> {
-    let mut order: Vec<usize> = (0..influence.len()).collect();
-    order.sort_by(|&a, &b| influence[a].total_cmp(&influence[b]).then(a.cmp(&b)));
-    let chosen: Vec<usize> = order.into_iter().take(remove).collect();
-    let plan = removal_plan(influence.len(), &chosen)?;
+    let plan = shortgpt_plan(influence, remove)?;
     let result = engine.evaluate(&plan)?;
     Ok(BaselineSolution {
         method: format!("ShortGPT (r={remove})"),
@@ -196,6 +193,14 @@ pub fn shortgpt(engine: &FitnessEngine, influence: &[f64], remove: usize) -> Res
         validation_perplexity: None,
         recommended: false,
     })
+}
+
+/// ShortGPT's plan: remove the `remove` layers of lowest Block Influence.
+pub fn shortgpt_plan(influence: &[f64], remove: usize) -> Result<Plan> {
+    let mut order: Vec<usize> = (0..influence.len()).collect();
+    order.sort_by(|&a, &b| influence[a].total_cmp(&influence[b]).then(a.cmp(&b)));
+    let chosen: Vec<usize> = order.into_iter().take(remove).collect();
+    removal_plan(influence.len(), &chosen)
 }
 
 impl BaselineSolution {

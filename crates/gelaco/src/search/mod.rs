@@ -29,13 +29,20 @@ pub enum Init {
     Banded,
     /// The baselines' solutions, then banded plans.
     Warm,
+    /// ShortGPT's plan (one forward pass) at sizes spread over the band, then banded plans.
+    Seeded,
 }
 
 crate::choice!(Init {
     Paper => "paper": "uniform over the genotype space, as the paper",
     Banded => "banded": "plans whose compression falls in a band",
     Warm => "warm": "the baselines' solutions, then banded plans",
+    Seeded => "seeded": "ShortGPT's plan (one forward pass) at sizes spread over the band, then banded plans",
 });
+
+/// The initial population of a new search: a short search starts from known good plans
+/// of several sizes, which healing then improves, and explores around them.
+pub const DEFAULT_INIT: Init = Init::Seeded;
 
 /// Solutions per generation of a new search: small enough that a ten-minute search on a
 /// 2-core CPU runs several generations (the paper's 200 is `population: 200`).
@@ -82,7 +89,7 @@ impl Default for SearchSettings {
             generations: None,
             max_seconds: None,
             seed: 0,
-            init: Init::Banded,
+            init: DEFAULT_INIT,
             band: (0.05, 0.5),
             crossover_probability: 0.9,
             crossover_eta: 20.0,
@@ -130,6 +137,31 @@ impl SearchSettings {
             }
         }
         Ok(())
+    }
+
+    /// Layers removed by initial plans: the one size asked for, else the band's sizes.
+    pub fn removed_range(&self, layers: usize) -> (usize, usize) {
+        let top = layers.saturating_sub(1).max(1);
+        match self.mode {
+            Mode::Single { target_removed } => (target_removed.clamp(1, top), target_removed.clamp(1, top)),
+            Mode::Pareto => {
+                let (lo, hi) = self.band;
+                let lo_r = ((lo * layers as f64).round() as usize).clamp(1, top);
+                (lo_r, ((hi * layers as f64).round() as usize).clamp(lo_r, top))
+            }
+        }
+    }
+
+    /// The sizes (layers removed) of a `seeded` search's ShortGPT plans: spread evenly over
+    /// [`SearchSettings::removed_range`], at most half the population.
+    pub fn seed_sizes(&self, layers: usize) -> Vec<usize> {
+        let (lo, hi) = self.removed_range(layers);
+        let count = (hi - lo + 1).min((self.population / 2).max(1));
+        let mut sizes: Vec<usize> = (0..count)
+            .map(|i| if count == 1 { lo } else { lo + ((hi - lo) as f64 * i as f64 / (count - 1) as f64).round() as usize })
+            .collect();
+        sizes.dedup();
+        sizes
     }
 
     pub fn encoding(&self, layers: usize) -> Encoding {
@@ -185,18 +217,10 @@ pub fn initial_population(settings: &SearchSettings, encoding: &Encoding, seeds:
     if settings.init == Init::Paper {
         return out;
     }
-    if settings.init == Init::Warm {
-        out.extend(seeds.iter().map(|p| encoding.encode(p)));
+    if matches!(settings.init, Init::Warm | Init::Seeded) {
+        out.extend(seeds.iter().take(settings.population).map(|p| encoding.encode(p)));
     }
-    // one size asked for: every initial plan has it; else sizes spread over the band
-    let (lo_r, hi_r) = match settings.mode {
-        Mode::Single { target_removed } => (target_removed.clamp(1, layers - 1), target_removed.clamp(1, layers - 1)),
-        Mode::Pareto => {
-            let (lo, hi) = settings.band;
-            let lo_r = ((lo * layers as f64).round() as usize).max(1);
-            (lo_r, ((hi * layers as f64).round() as usize).clamp(lo_r, layers - 1))
-        }
-    };
+    let (lo_r, hi_r) = settings.removed_range(layers);
     while out.len() < settings.population {
         let removed = rng.random_range(lo_r..=hi_r);
         let op = if encoding.op_genes { MergeOp::ALL[rng.random_range(0..MergeOp::ALL.len())] } else { encoding.default_op };
@@ -218,4 +242,31 @@ pub fn initial_population(settings: &SearchSettings, encoding: &Encoding, seeds:
 /// Hypervolume of (fitness, compression) points above the reference (0, 0).
 pub fn hypervolume(points: &[[f64; 2]]) -> f64 {
     pareto::hypervolume_2d(points, [0.0, 0.0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collapse::Plan;
+
+    #[test]
+    fn seeded_searches_start_from_their_seeds_at_sizes_across_the_band() {
+        let s = SearchSettings::default();
+        assert_eq!(s.init, Init::Seeded);
+        // 30 layers, band 5-50%: 2..=15 layers removed, at most half the population
+        let sizes = s.seed_sizes(30);
+        assert_eq!((sizes.len(), sizes[0], *sizes.last().unwrap()), (8, 2, 15));
+        assert!(sizes.windows(2).all(|w| w[0] < w[1]));
+        let single = SearchSettings { mode: Mode::Single { target_removed: 6 }, ..SearchSettings::default() };
+        assert_eq!(single.seed_sizes(30), vec![6]);
+        let encoding = s.encoding(30);
+        let seeds: Vec<Plan> = [(3, 9), (20, 23)].iter().map(|&(b, e)| Plan::from_ranges(&[(b, e)], 30, MergeOp::KeepFirst).unwrap()).collect();
+        let pop = initial_population(&s, &encoding, &seeds);
+        assert_eq!(pop.len(), s.population);
+        assert_eq!(encoding.decode(&pop[0]), seeds[0]);
+        assert_eq!(encoding.decode(&pop[1]), seeds[1]);
+        // banded: no seeds
+        let banded = SearchSettings { init: Init::Banded, ..SearchSettings::default() };
+        assert_ne!(encoding.decode(&initial_population(&banded, &encoding, &seeds)[0]), seeds[0]);
+    }
 }
