@@ -77,11 +77,12 @@ pub struct SearchArgs {
     max_seconds: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// First population: uniform (paper), plans in a compression band (banded), or the
-    /// baselines' solutions plus banded plans (warm).
+    /// First population: ShortGPT's plans at sizes across the band plus banded plans
+    /// (seeded), plans in a compression band (banded), uniform (paper), or the baselines'
+    /// solutions plus banded plans (warm).
     #[arg(long, value_parser = choice::<Init>(), default_value_t = SearchSettings::default().init)]
     init: Init,
-    /// Compression band of banded/warm plans, "LO,HI".
+    /// Compression band of seeded, banded and warm plans, "LO,HI".
     #[arg(long, default_value_t = default_band())]
     band: String,
     #[arg(long, default_value_t = SearchSettings::default().crossover_probability)]
