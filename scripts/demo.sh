@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the demo model, from the repository alone: set-up, build, a GeLaCo search
-# (Pareto front of KL-based fitness against compression, candidates healed, each front
+# (Pareto front of KL-based fitness against compression, each front
 # solution judged on held-out validation text), then the recommended model removing about
 # a fifth of the layers: its recipe, generation beside the original's, test perplexity and
 # ARC-Easy beside the original's, and a GGUF export checked by reloading it.

@@ -30,8 +30,9 @@ use similarity::{ChunkSimilarity, chunk_similarity};
 /// (run folders written before objectives existed read as `similarity`).
 pub const DEFAULT_OBJECTIVE: Objective = Objective::Kl;
 
-/// Healing of a new search's candidates, chosen by held-out perplexity (README).
-pub const DEFAULT_HEAL: Heal = Heal::Linear;
+/// Healing of a new search's candidates: none, since healing fitted and scored on the same
+/// calibration tokens made held-out perplexity worse at every size measured (README).
+pub const DEFAULT_HEAL: Heal = Heal::None;
 
 /// The value given to a model whose activations are not finite: below any cosine.
 pub const WORST_FITNESS: f64 = -1.0;
