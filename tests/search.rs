@@ -13,7 +13,7 @@ use gelaco::fitness::EngineOptions;
 use gelaco::fitness::calibration::{CalibOptions, CalibSource};
 use gelaco::run::job::{self, Event, JobSpec};
 use gelaco::run::{FrontEntry, store};
-use gelaco::search::problem::Mode;
+use gelaco::search::problem::{EvaluatedPlan, Mode};
 use gelaco::search::{Init, SearchSettings};
 
 struct Fixture {
@@ -296,24 +296,45 @@ fn validation_marks_one_recommended_solution_per_size_and_refuses_calibration_te
         *validation = Some((ValidationSource::Rest, ValidationOptions { window: 16, windows: 2 }));
         *baselines = true;
     }
-    let front = final_front(&run_to_end(s));
+    let events = run_to_end(s);
+    let front = final_front(&events);
+    let candidates = store::read_candidates(&out).unwrap();
+    assert!(events.iter().any(|e| matches!(e, Event::Done { candidates: c, .. } if *c == candidates)));
     let baselines = store::read_baselines(&out).unwrap();
-    assert!(front.iter().all(|e| e.validation_perplexity.is_some_and(|p| p.is_finite() && p > 1.0)));
+    assert!(front.iter().chain(&candidates).all(|e| e.validation_perplexity.is_some_and(|p| p.is_finite() && p > 1.0)));
     assert!(baselines.iter().all(|b| b.validation_perplexity.is_some()));
-    let mut sizes: Vec<usize> = front.iter().map(|e| e.result.remaining_layers).chain(baselines.iter().map(|b| b.result.remaining_layers)).collect();
+    // candidates: off the front, at most CANDIDATES_PER_SIZE of a size with the front's,
+    // each no fitter than the front's plan of its size
+    let log: Vec<EvaluatedPlan> =
+        std::fs::read_to_string(out.join("evaluations.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!candidates.is_empty(), "36 evaluations leave sizes with more than one plan");
+    for c in &candidates {
+        assert!(!front.iter().any(|f| f.merges == c.merges), "{} is on the front", c.merges);
+        assert!(log.iter().any(|e| e.merges == c.merges), "{} was never evaluated", c.merges);
+        let size = c.result.remaining_layers;
+        let of_size = front.iter().chain(&candidates).filter(|e| e.result.remaining_layers == size).count();
+        assert!(of_size <= gelaco::run::pick::CANDIDATES_PER_SIZE, "{of_size} plans of {size} layers");
+        let better = log.iter().filter(|e| e.result.remaining_layers == size && e.result.fitness > c.result.fitness);
+        let better: std::collections::HashSet<&str> = better.map(|e| e.merges.as_str()).collect();
+        assert!(better.len() < gelaco::run::pick::CANDIDATES_PER_SIZE, "{} is not among the fittest of {size} layers", c.merges);
+    }
+    let mut sizes: Vec<usize> = front.iter().chain(&candidates).map(|e| e.result.remaining_layers).chain(baselines.iter().map(|b| b.result.remaining_layers)).collect();
     sizes.sort_unstable();
     sizes.dedup();
     for size in sizes {
+        let of_size = |e: &&FrontEntry| e.result.remaining_layers == size;
         let recommended: Vec<f64> = front
             .iter()
-            .filter(|e| e.result.remaining_layers == size && e.recommended)
+            .chain(&candidates)
+            .filter(|e| of_size(e) && e.recommended)
             .filter_map(|e| e.validation_perplexity)
             .chain(baselines.iter().filter(|b| b.result.remaining_layers == size && b.recommended).filter_map(|b| b.validation_perplexity))
             .collect();
         assert_eq!(recommended.len(), 1, "{size} layers");
         let best = front
             .iter()
-            .filter(|e| e.result.remaining_layers == size)
+            .chain(&candidates)
+            .filter(of_size)
             .filter_map(|e| e.validation_perplexity)
             .chain(baselines.iter().filter(|b| b.result.remaining_layers == size).filter_map(|b| b.validation_perplexity))
             .fold(f64::INFINITY, f64::min);

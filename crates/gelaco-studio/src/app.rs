@@ -161,6 +161,10 @@ impl Solution {
         }
     }
 
+    pub fn from_candidate(e: &FrontEntry) -> Self {
+        Solution { label: format!("candidate ({} layers, off the front)", e.result.remaining_layers), ..Self::from_front(0, e) }
+    }
+
     pub fn from_point(p: &Point) -> Self {
         Solution {
             label: format!("{} layers, gen {}", p.result.remaining_layers, p.generation),
@@ -273,6 +277,8 @@ pub struct App {
     pub points: Vec<Point>,
     seen: HashSet<String>,
     pub front: Vec<FrontEntry>,
+    /// The other plans validation picked from: the fittest few of each size, off the front.
+    pub candidates: Vec<FrontEntry>,
     pub baselines: Vec<BaselineSolution>,
     pub hypervolume: Vec<[f64; 2]>,
     pub selected: Option<Solution>,
@@ -342,6 +348,7 @@ impl App {
             points: Vec::new(),
             seen: HashSet::new(),
             front: Vec::new(),
+            candidates: Vec::new(),
             baselines: Vec::new(),
             hypervolume: Vec::new(),
             selected: None,
@@ -484,8 +491,9 @@ impl App {
                     self.select_best();
                 }
             }
-            Event::Done { reason, front, run_dir } => {
+            Event::Done { reason, front, candidates, run_dir } => {
                 self.front = front;
+                self.candidates = candidates;
                 self.stage = None;
                 self.info(format!("search ended ({reason:?}); {} solutions on the front; run folder {}", self.front.len(), run_dir.display()));
                 self.banner = Some((false, format!("Search finished: {} solutions on the front", self.front.len())));
@@ -755,6 +763,7 @@ impl App {
         self.points.clear();
         self.seen.clear();
         self.front.clear();
+        self.candidates.clear();
         self.baselines.clear();
         self.hypervolume.clear();
         self.selected = None;
@@ -858,6 +867,7 @@ impl App {
             }
         }
         self.front = store::read_front(dir).unwrap_or_default();
+        self.candidates = store::read_candidates(dir).unwrap_or_default();
         self.baselines = store::read_baselines(dir).unwrap_or_default();
         if let Ok(text) = std::fs::read_to_string(dir.join("checkpoint.json")) {
             if let Ok(cp) = serde_json::from_str::<store::Checkpoint>(&text) {

@@ -466,9 +466,20 @@ fn front_view(app: &mut App, ui: &mut Ui) {
                     plot.points(Points::new(method.title(), PlotPoints::from(points)).shape(shape).radius(radius).color(color).filled(true));
                 }
             }
+            if by_validation {
+                let c: Vec<[f64; 2]> = app
+                    .candidates
+                    .iter()
+                    .filter_map(|e| y_of(true, &e.result, e.validation_perplexity).map(|y| [e.result.compression, y]))
+                    .collect();
+                if !c.is_empty() {
+                    plot.points(Points::new("other candidates", PlotPoints::from(c)).radius(4.0).color(FRONT).filled(false));
+                }
+            }
             let recommended: Vec<[f64; 2]> = app
                 .front
                 .iter()
+                .chain(&app.candidates)
                 .filter(|e| e.recommended)
                 .filter_map(|e| y_of(by_validation, &e.result, e.validation_perplexity).map(|y| [e.result.compression, y]))
                 .chain(
@@ -541,6 +552,7 @@ fn ui_text_color() -> Color32 {
 #[derive(Clone, Copy)]
 enum Pick {
     Front(usize),
+    Candidate(usize),
     Baseline(usize),
     Point(usize),
 }
@@ -549,26 +561,34 @@ impl Pick {
     fn solution(self, app: &App) -> Solution {
         match self {
             Pick::Front(i) => Solution::from_front(i, &app.front[i]),
+            Pick::Candidate(i) => Solution::from_candidate(&app.candidates[i]),
             Pick::Baseline(i) => Solution::from_baseline(&app.baselines[i]),
             Pick::Point(i) => Solution::from_point(&app.points[i]),
         }
     }
 }
 
-/// Positions of everything a click can select: front first, then baselines, then points.
+/// Positions of everything a click can select: front first, then the other candidates (on
+/// the validation axis), then baselines, then points.
 fn pickable(app: &App, by_validation: bool) -> impl Iterator<Item = (f64, f64, Pick)> + '_ {
     let front = app
         .front
         .iter()
         .enumerate()
         .filter_map(move |(i, e)| y_of(by_validation, &e.result, e.validation_perplexity).map(|y| (e.result.compression, y, Pick::Front(i))));
+    let candidates = app
+        .candidates
+        .iter()
+        .enumerate()
+        .filter(move |_| by_validation)
+        .filter_map(|(i, e)| y_of(true, &e.result, e.validation_perplexity).map(|y| (e.result.compression, y, Pick::Candidate(i))));
     let baselines = app
         .baselines
         .iter()
         .enumerate()
         .filter_map(move |(i, b)| y_of(by_validation, &b.result, b.validation_perplexity).map(|y| (b.result.compression, y, Pick::Baseline(i))));
     let points = app.points.iter().enumerate().filter(move |_| !by_validation).map(|(i, p)| (p.compression, p.fitness, Pick::Point(i)));
-    front.chain(baselines).chain(points)
+    front.chain(candidates).chain(baselines).chain(points)
 }
 
 /// A solution's height on the plot: its fitness, or log10 of its validation perplexity.

@@ -373,12 +373,12 @@ fn drive(handle: JobHandle, json: bool) -> Result<()> {
                     if p.paused { "  (paused)" } else { "" }
                 ));
             }
-            Event::Done { reason, front, run_dir: d } => {
+            Event::Done { reason, front, candidates, run_dir: d } => {
                 bar.finish_and_clear();
                 if !json {
                     eprintln!("search ended ({reason:?}); run folder {}", d.display());
                 }
-                final_front = Some(front);
+                final_front = Some((front, candidates));
             }
             Event::Failed { error, .. } => {
                 bar.finish_and_clear();
@@ -391,8 +391,8 @@ fn drive(handle: JobHandle, json: bool) -> Result<()> {
     if let Some(e) = failure {
         return Err(e.into());
     }
-    if let (false, Some(front)) = (json, final_front) {
-        print_front(&front, &baselines);
+    if let (false, Some((front, candidates))) = (json, final_front) {
+        print_front(&front, &candidates, &baselines);
         if let Some(d) = run_dir {
             eprintln!("(reprint with `gelaco front {}`)", d.display());
         }
@@ -400,39 +400,50 @@ fn drive(handle: JobHandle, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_front(front: &[FrontEntry], baselines: &[BaselineSolution]) {
-    println!("{:>9} {:>11} {:>7} {:>9}  {:<24} merges", "fitness", "compression", "layers", "params", "removed (original)");
+/// One table row: fitness, size, validation perplexity (`*`: recommended), removed layers
+/// in original indices, merges.
+fn solution_row(r: &gelaco::fitness::FitnessResult, validation: Option<f64>, recommended: bool, merges: &str, note: &str) {
+    let valid = validation.map_or("-".to_string(), |v| format!("{v:.2}{}", if recommended { "*" } else { " " }));
+    println!(
+        "{:>9.4} {:>10.1}% {:>7} {:>8.1}% {:>11}  {:<24} {}{note}",
+        r.fitness,
+        100.0 * r.compression,
+        r.remaining_layers,
+        100.0 * r.params_removed,
+        valid,
+        plan_of(r).removed_text(),
+        if merges.is_empty() { "(none)" } else { merges }
+    );
+}
+
+fn print_front(front: &[FrontEntry], candidates: &[FrontEntry], baselines: &[BaselineSolution]) {
+    let header = || {
+        println!("{:>9} {:>11} {:>7} {:>9} {:>11}  {:<24} merges", "fitness", "compression", "layers", "params", "valid ppl", "removed (original)")
+    };
+    header();
     for f in front {
-        let r = &f.result;
-        println!(
-            "{:>9.4} {:>10.1}% {:>7} {:>8.1}%  {:<24} {}",
-            r.fitness,
-            100.0 * r.compression,
-            r.remaining_layers,
-            100.0 * r.params_removed,
-            plan_of(r).removed_text(),
-            if f.merges.is_empty() { "(none)" } else { &f.merges }
-        );
+        solution_row(&f.result, f.validation_perplexity, f.recommended, &f.merges, "");
+    }
+    if !candidates.is_empty() {
+        println!("\nother candidates (fittest of their size, off the front)");
+        for f in candidates {
+            solution_row(&f.result, f.validation_perplexity, f.recommended, &f.merges, "");
+        }
     }
     if !baselines.is_empty() {
         println!("\nbaselines");
         for b in baselines {
-            println!(
-                "{:>9.4} {:>10.1}% {:>7} {:>8.1}%  {:<24} {}  [{}]",
-                b.result.fitness,
-                100.0 * b.result.compression,
-                b.result.remaining_layers,
-                100.0 * b.result.params_removed,
-                b.plan.removed_text(),
-                b.merges,
-                b.method
-            );
+            solution_row(&b.result, b.validation_perplexity, b.recommended, &b.merges, &format!("  [{}]", b.method));
         }
+    }
+    if front.iter().chain(candidates).any(|f| f.recommended) || baselines.iter().any(|b| b.recommended) {
+        println!("\n* recommended: the lowest validation perplexity of its size");
     }
 }
 
 pub fn front(a: FrontArgs) -> Result<()> {
     let front = store::read_front(&a.dir)?;
+    let candidates = store::read_candidates(&a.dir)?;
     let baselines = store::read_baselines(&a.dir)?;
     if let Some(out) = &a.recipes {
         let info = store::read_info(&a.dir)?;
@@ -448,6 +459,13 @@ pub fn front(a: FrontArgs) -> Result<()> {
                 save(&r, format!("recommended-{}layers.json", e.result.remaining_layers))?;
                 written += 1;
             }
+            written += 1;
+        }
+        for (i, e) in candidates.iter().enumerate().filter(|(_, e)| e.recommended) {
+            let origin = format!("{} candidate #{i}", a.dir.display());
+            let mut r = Recipe::from_run(&a.dir, &info, &e.result, origin)?;
+            r.validation_perplexity = e.validation_perplexity;
+            save(&r, format!("recommended-{}layers.json", e.result.remaining_layers))?;
             written += 1;
         }
         for b in &baselines {
@@ -466,11 +484,11 @@ pub fn front(a: FrontArgs) -> Result<()> {
         eprintln!("{written} recipes written to {}", out.display());
     }
     if a.json {
-        super::print_json(&serde_json::json!({"front": front, "baselines": baselines, "run": store::read_info(&a.dir)?}))?;
+        super::print_json(&serde_json::json!({"front": front, "candidates": candidates, "baselines": baselines, "run": store::read_info(&a.dir)?}))?;
     } else {
         let info = store::read_info(&a.dir)?;
         println!("{} ({:?}, {} evaluations budget, seed {})", a.dir.display(), info.status, info.settings.evaluations, info.settings.seed);
-        print_front(&front, &baselines);
+        print_front(&front, &candidates, &baselines);
     }
     Ok(())
 }

@@ -17,14 +17,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::FrontEntry;
-use super::pick::Picker;
+use super::pick::{CANDIDATES_PER_SIZE, Picker};
 use super::store::{Checkpoint, ModelIdentity, RunInfo, RunStore, Status, ValidationInfo};
 use crate::backend::{self, DeviceChoice};
 use crate::collapse::MergeSettings;
 use crate::error::{Error, Result};
 use crate::fitness::calibration::{self, CalibOptions, CalibSource};
 use crate::eval::validation::{Validation, ValidationOptions, ValidationSource};
-use crate::fitness::{EngineOptions, FitnessEngine};
+use crate::export::recipe::plan_of;
+use crate::fitness::{EngineOptions, FitnessEngine, FitnessResult};
 use crate::model::{self, LoadedModel};
 use crate::search::algorithm::{Algorithm, StepOutcome};
 use crate::search::baselines::{self, BaselineSolution, LacoSettings};
@@ -80,7 +81,9 @@ pub enum Event {
     Evaluated { evaluation: EvaluatedPlan },
     Progress(Progress),
     Generation { generation: usize, evaluations: usize, front: Vec<FrontEntry>, population: Vec<[f64; 2]>, hypervolume: f64 },
-    Done { reason: StopReason, front: Vec<FrontEntry>, run_dir: PathBuf },
+    /// The search ended: its front, and the other plans validation picked from (the
+    /// fittest few of each size, see [`CANDIDATES_PER_SIZE`]).
+    Done { reason: StopReason, front: Vec<FrontEntry>, candidates: Vec<FrontEntry>, run_dir: PathBuf },
     /// The error keeps its kind, so a shell can tell input errors (exit code 2) from others.
     Failed {
         #[serde(serialize_with = "as_text")]
@@ -247,8 +250,19 @@ pub fn compute_baselines(
 
 /// The front of everything evaluated so far (see [`PlanProblem::archive_front`]).
 fn front_entries(problem: &PlanProblem) -> Vec<FrontEntry> {
-    problem
-        .archive_front()
+    entries(problem, problem.archive_front())
+}
+
+/// The fittest few plans of each size that are not on `front` (see
+/// [`PlanProblem::size_leaders`]).
+fn candidate_entries(problem: &PlanProblem, front: &[FrontEntry]) -> Vec<FrontEntry> {
+    let on_front: std::collections::HashSet<String> = front.iter().map(|f| plan_of(&f.result).model_key()).collect();
+    let leaders = problem.size_leaders(CANDIDATES_PER_SIZE).into_iter().filter(|(_, r)| !on_front.contains(&plan_of(r).model_key()));
+    entries(problem, leaders.collect())
+}
+
+fn entries(problem: &PlanProblem, plans: Vec<(Vec<f64>, Arc<FitnessResult>)>) -> Vec<FrontEntry> {
+    plans
         .into_iter()
         .map(|(genes, r)| FrontEntry {
             merges: problem.encoding.decode(&genes).merges_text(),
@@ -260,15 +274,23 @@ fn front_entries(problem: &PlanProblem) -> Vec<FrontEntry> {
         .collect()
 }
 
-/// Validation perplexities and the recommended flags of a front and the baselines.
-fn pick(picker: Option<&mut Picker>, front: &mut [FrontEntry], baselines: &mut [BaselineSolution], store: &RunStore, out: &Outbox) -> Result<()> {
+/// Validation perplexities and the recommended flags of a front, candidates and the
+/// baselines.
+fn pick(
+    picker: Option<&mut Picker>,
+    front: &mut [FrontEntry],
+    candidates: &mut [FrontEntry],
+    baselines: &mut [BaselineSolution],
+    store: &RunStore,
+    out: &Outbox,
+) -> Result<()> {
     let Some(p) = picker else { return Ok(()) };
-    let missing = p.missing(front, baselines);
+    let missing = p.missing(front, baselines) + p.missing(candidates, &[]);
     if missing > 0 {
-        out.send(Event::Stage { message: format!("validation perplexity of {missing} new front solutions") });
+        out.send(Event::Stage { message: format!("validation perplexity of {missing} new solutions") });
     }
     let before: Vec<bool> = baselines.iter().map(|b| b.recommended).collect();
-    p.annotate(front, baselines)?;
+    p.annotate(front, candidates, baselines)?;
     if baselines.iter().map(|b| b.recommended).ne(before) {
         store.write_baselines(baselines)?;
     }
@@ -370,7 +392,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
             None => {
                 // stopped before the search began: nothing evaluated, resumable from the start
                 store.set_status(&mut info, Status::Stopped, None)?;
-                out.send(Event::Done { reason: StopReason::Stopped, front: Vec::new(), run_dir: store.dir.clone() });
+                out.send(Event::Done { reason: StopReason::Stopped, front: Vec::new(), candidates: Vec::new(), run_dir: store.dir.clone() });
                 return Ok(());
             }
         }
@@ -389,7 +411,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
     if let Some(p) = picker.as_mut() {
         if p.missing(&[], &baselines) > 0 {
             out.send(Event::Stage { message: format!("validation perplexity of {} baseline solutions", baselines.len()) });
-            p.annotate(&mut [], &mut baselines)?;
+            p.annotate(&mut [], &mut [], &mut baselines)?;
             store.write_baselines(&baselines)?;
         }
     }
@@ -501,6 +523,10 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         None => Algorithm::new(settings.algorithm(layers)),
     };
     let mut initialized = checkpoint.is_some();
+    if initialized {
+        // the candidates of an earlier session are picked again when this one ends
+        store.borrow().write_candidates(&[])?;
+    }
     loop {
         if initialized {
             let evals = algo.state.evaluations;
@@ -527,7 +553,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         }
         initialized = true;
         let mut front = front_entries(&problem);
-        pick(picker.as_mut(), &mut front, &mut baselines, &store.borrow(), out)?;
+        pick(picker.as_mut(), &mut front, &mut [], &mut baselines, &store.borrow(), out)?;
         let hv = front_hypervolume(&front);
         hv_history.push(hv);
         let best = front.iter().map(|f| f.result.fitness).fold(f64::NEG_INFINITY, f64::max);
@@ -559,13 +585,15 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
     let reason = reason.get().unwrap_or(StopReason::Stopped);
     // a search stopped inside a generation keeps the front of what it evaluated
     let mut front = front_entries(&problem);
+    let mut candidates = if picker.is_some() { candidate_entries(&problem, &front) } else { Vec::new() };
     drop(problem);
     let store = store.into_inner();
-    pick(picker.as_mut(), &mut front, &mut baselines, &store, out)?;
+    pick(picker.as_mut(), &mut front, &mut candidates, &mut baselines, &store, out)?;
     store.write_front(&front)?;
+    store.write_candidates(&candidates)?;
     let status = if reason == StopReason::Stopped { Status::Stopped } else { Status::Finished };
     store.set_status(&mut info, status, None)?;
-    out.send(Event::Done { reason, front, run_dir: store.dir.clone() });
+    out.send(Event::Done { reason, front, candidates, run_dir: store.dir.clone() });
     Ok(())
 }
 

@@ -43,46 +43,56 @@ impl<'a> Picker<'a> {
     }
 
     /// How many of these solutions have no validation perplexity yet.
-    pub fn missing(&self, front: &[FrontEntry], baselines: &[BaselineSolution]) -> usize {
+    pub fn missing(&self, entries: &[FrontEntry], baselines: &[BaselineSolution]) -> usize {
         let known = |r: &FitnessResult| self.cache.contains_key(&plan_of(r).model_key());
-        front.iter().filter(|f| !known(&f.result)).count() + baselines.iter().filter(|b| !known(&b.result)).count()
+        entries.iter().filter(|f| !known(&f.result)).count() + baselines.iter().filter(|b| !known(&b.result)).count()
     }
 
     /// Fill in every validation perplexity and mark the recommended solution of each size.
-    pub fn annotate(&mut self, front: &mut [FrontEntry], baselines: &mut [BaselineSolution]) -> Result<()> {
-        for f in front.iter_mut() {
+    pub fn annotate(&mut self, front: &mut [FrontEntry], candidates: &mut [FrontEntry], baselines: &mut [BaselineSolution]) -> Result<()> {
+        for f in front.iter_mut().chain(candidates.iter_mut()) {
             f.validation_perplexity = self.perplexity(&f.result)?;
         }
         for b in baselines.iter_mut() {
             b.validation_perplexity = self.perplexity(&b.result)?;
         }
-        mark_recommended(front, baselines);
+        mark_recommended(front, candidates, baselines);
         Ok(())
     }
 }
 
+/// How many plans of each size validation picks from: the fittest few the search found
+/// (see [`crate::search::problem::PlanProblem::size_leaders`]).
+pub const CANDIDATES_PER_SIZE: usize = 3;
+
 /// At each size (layers left), mark the solution of lowest validation perplexity among the
-/// front and the baselines; ties go to the front, then to the fitter.
-pub fn mark_recommended(front: &mut [FrontEntry], baselines: &mut [BaselineSolution]) {
-    // (layers left) -> (perplexity, is baseline, -fitness, index)
-    let mut best: HashMap<usize, (f64, bool, f64, usize)> = HashMap::new();
-    let mut consider = |layers: usize, ppl: Option<f64>, baseline: bool, fitness: f64, i: usize| {
+/// front, the other candidates and the baselines; ties go to the front, then to the other
+/// candidates, then to the fitter.
+pub fn mark_recommended(front: &mut [FrontEntry], candidates: &mut [FrontEntry], baselines: &mut [BaselineSolution]) {
+    // (layers left) -> (perplexity, group, -fitness, index); groups: front, candidates, baselines
+    let mut best: HashMap<usize, (f64, u8, f64, usize)> = HashMap::new();
+    let mut consider = |layers: usize, ppl: Option<f64>, group: u8, fitness: f64, i: usize| {
         let Some(p) = ppl else { return };
-        let key = (p, baseline, -fitness, i);
-        let better = |a: &(f64, bool, f64, usize)| (key.0, key.1, key.2).partial_cmp(&(a.0, a.1, a.2)) == Some(std::cmp::Ordering::Less);
+        let key = (p, group, -fitness, i);
+        let better = |a: &(f64, u8, f64, usize)| (key.0, key.1, key.2).partial_cmp(&(a.0, a.1, a.2)) == Some(std::cmp::Ordering::Less);
         best.entry(layers).and_modify(|b| if better(b) { *b = key }).or_insert(key);
     };
-    for (i, f) in front.iter().enumerate() {
-        consider(f.result.remaining_layers, f.validation_perplexity, false, f.result.fitness, i);
+    for (group, entries) in [(0u8, &*front), (1, &*candidates)] {
+        for (i, f) in entries.iter().enumerate() {
+            consider(f.result.remaining_layers, f.validation_perplexity, group, f.result.fitness, i);
+        }
     }
     for (i, b) in baselines.iter().enumerate() {
-        consider(b.result.remaining_layers, b.validation_perplexity, true, b.result.fitness, i);
+        consider(b.result.remaining_layers, b.validation_perplexity, 2, b.result.fitness, i);
     }
-    for (i, f) in front.iter_mut().enumerate() {
-        f.recommended = best.get(&f.result.remaining_layers).is_some_and(|b| !b.1 && b.3 == i);
+    let is_best = |layers: usize, group: u8, i: usize| best.get(&layers).is_some_and(|b| b.1 == group && b.3 == i);
+    for (group, entries) in [(0u8, front), (1, candidates)] {
+        for (i, f) in entries.iter_mut().enumerate() {
+            f.recommended = is_best(f.result.remaining_layers, group, i);
+        }
     }
     for (i, b) in baselines.iter_mut().enumerate() {
-        b.recommended = best.get(&b.result.remaining_layers).is_some_and(|x| x.1 && x.3 == i);
+        b.recommended = is_best(b.result.remaining_layers, 2, i);
     }
 }
 
@@ -121,13 +131,23 @@ mod tests {
             validation_perplexity: Some(30.0),
             recommended: false,
         }];
-        mark_recommended(&mut front, &mut baselines);
+        mark_recommended(&mut front, &mut [], &mut baselines);
         // 8 layers left: the SLEB plan beats the front's; 9 left: the front's only plan
         assert!(!front[0].recommended);
         assert!(baselines[0].recommended);
         assert!(front[1].recommended);
         baselines[0].validation_perplexity = None;
-        mark_recommended(&mut front, &mut baselines);
+        mark_recommended(&mut front, &mut [], &mut baselines);
         assert!(front[0].recommended && !baselines[0].recommended);
+        // a candidate of 8 layers off the front beats the front's
+        let d = Plan::from_ranges(&[(2, 4)], 10, MergeOp::KeepFirst).unwrap();
+        let mut candidates =
+            vec![FrontEntry { merges: d.merges_text(), genes: vec![], result: result(&d, 0.8), validation_perplexity: Some(35.0), recommended: false }];
+        mark_recommended(&mut front, &mut candidates, &mut baselines);
+        assert!(candidates[0].recommended && !front[0].recommended && front[1].recommended);
+        // equal perplexity: the front's wins
+        candidates[0].validation_perplexity = Some(40.0);
+        mark_recommended(&mut front, &mut candidates, &mut baselines);
+        assert!(!candidates[0].recommended && front[0].recommended);
     }
 }

@@ -314,6 +314,11 @@ impl RunStore {
         write_json(&self.dir.join("front.json"), &front)
     }
 
+    /// The plans besides the front that validation picked from (`candidates.json`).
+    pub fn write_candidates(&self, candidates: &[FrontEntry]) -> Result<()> {
+        write_json(&self.dir.join("candidates.json"), &candidates)
+    }
+
     pub fn write_validation(&self, v: &Validation) -> Result<()> {
         write_json(&self.dir.join("validation.json"), v)
     }
@@ -333,6 +338,17 @@ impl RunStore {
 pub fn read_front(dir: &Path) -> Result<Vec<FrontEntry>> {
     let layers = read_info(dir)?.model.layers;
     read_checked(&dir.join("front.json"), |f: &Vec<FrontEntry>| check_front(f, layers))
+}
+
+/// The plans besides the front that validation picked from, the fittest few of each size
+/// (empty for runs without validation, unfinished runs and runs of older versions).
+pub fn read_candidates(dir: &Path) -> Result<Vec<FrontEntry>> {
+    let p = dir.join("candidates.json");
+    if !p.exists() {
+        return Ok(Vec::new());
+    }
+    let layers = read_info(dir)?.model.layers;
+    read_checked(&p, |f: &Vec<FrontEntry>| check_front(f, layers))
 }
 
 /// The saved baselines of a run folder (empty when none were computed).

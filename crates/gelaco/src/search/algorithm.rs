@@ -32,6 +32,42 @@ pub trait Problem {
     fn screen(&mut self, offspring: &[Vec<f64>], _generation: usize, _should_stop: &dyn Fn() -> bool) -> Result<Option<Vec<bool>>> {
         Ok(Some(vec![true; offspring.len()]))
     }
+    /// What solution `x` stands for, when different vectors can stand for the same one
+    /// (`None`: every vector is its own). Offspring that repeat a solution evaluated in an
+    /// earlier generation, or another offspring of theirs, are varied (see
+    /// [`Problem::vary`]) so that a generation does not spend itself on repeats.
+    fn key(&self, _x: &[f64]) -> Option<String> {
+        None
+    }
+    /// Whether the solution `key` names was evaluated in a generation before `generation`.
+    fn seen_before(&self, _key: &str, _generation: usize) -> bool {
+        false
+    }
+    /// A small change of `x` that stands for another solution (`None`: the problem has
+    /// none); drawn from `rng` only, so a run stays reproducible.
+    fn vary(&self, _x: &[f64], _rng: &mut StdRng) -> Option<Vec<f64>> {
+        None
+    }
+}
+
+/// How many times an offspring that repeats a known solution is varied before it is let
+/// through as it is.
+pub const NOVELTY_TRIES: usize = 32;
+
+/// `x`, varied until it stands for a solution neither evaluated before `generation` nor in
+/// `batch` (at most [`NOVELTY_TRIES`] times); its key joins `batch`.
+fn novel(problem: &dyn Problem, mut x: Vec<f64>, generation: usize, batch: &mut std::collections::HashSet<String>, rng: &mut StdRng) -> Vec<f64> {
+    let Some(mut key) = problem.key(&x) else { return x };
+    for _ in 0..NOVELTY_TRIES {
+        if !batch.contains(&key) && !problem.seen_before(&key, generation) {
+            break;
+        }
+        let Some(y) = problem.vary(&x, rng) else { break };
+        let Some(k) = problem.key(&y) else { break };
+        (x, key) = (y, k);
+    }
+    batch.insert(key);
+    x
 }
 
 /// A member of the population.
@@ -242,8 +278,9 @@ impl Algorithm {
         if better(self.settings.survival, b, a) { b } else { a }
     }
 
-    /// One generation: tournament selection, SBX, mutation, evaluation of at most
-    /// `max_new` offspring, elitist survival.
+    /// One generation: tournament selection, SBX, mutation (and variation of offspring
+    /// that repeat a known solution), evaluation of at most `max_new` offspring, elitist
+    /// survival.
     pub fn step(&mut self, problem: &mut dyn Problem, max_new: Option<usize>, should_stop: &dyn Fn() -> bool) -> Result<StepOutcome> {
         let generation = self.state.generation + 1;
         let mut rng = self.rng(generation);
@@ -251,13 +288,14 @@ impl Algorithm {
         let wanted = max_new.map_or(n, |m| m.min(n));
         let bounds = problem.bounds().clone();
         let mut offspring: Vec<Vec<f64>> = Vec::with_capacity(wanted + 1);
+        let mut batch = std::collections::HashSet::new();
         while offspring.len() < wanted {
             let (p1, p2) = (self.tournament(&mut rng).x.clone(), self.tournament(&mut rng).x.clone());
             let (mut c1, mut c2) = self.settings.sbx.cross(&p1, &p2, &bounds, &mut rng);
             self.settings.mutation.mutate(&mut c1, &bounds, &mut rng);
             self.settings.mutation.mutate(&mut c2, &bounds, &mut rng);
-            offspring.push(c1);
-            offspring.push(c2);
+            offspring.push(novel(&*problem, c1, generation, &mut batch, &mut rng));
+            offspring.push(novel(&*problem, c2, generation, &mut batch, &mut rng));
         }
         offspring.truncate(wanted);
         let Some(chosen) = problem.screen(&offspring, generation, should_stop)? else {
@@ -374,5 +412,56 @@ mod tests {
         };
         assert_eq!(run(5), run(5));
         assert_ne!(run(5), run(6));
+    }
+
+    /// Many vectors per solution: only the first gene matters (0..=99), the others are
+    /// noise that mutation likes to change.
+    struct Coarse {
+        bounds: Bounds,
+        first: std::collections::HashMap<String, usize>,
+        evaluated: Vec<(usize, String)>,
+    }
+
+    impl Problem for Coarse {
+        fn bounds(&self) -> &Bounds {
+            &self.bounds
+        }
+        fn evaluate(&mut self, x: &[f64], generation: usize) -> Result<Evaluation> {
+            let k = self.key(x).unwrap();
+            self.first.entry(k.clone()).or_insert(generation);
+            self.evaluated.push((generation, k));
+            Ok(Evaluation { objectives: vec![-(x[0] - 50.0).abs()], violation: 0.0 })
+        }
+        fn key(&self, x: &[f64]) -> Option<String> {
+            Some(format!("{}", x[0]))
+        }
+        fn seen_before(&self, key: &str, generation: usize) -> bool {
+            self.first.get(key).is_some_and(|&g| g < generation)
+        }
+        fn vary(&self, x: &[f64], rng: &mut StdRng) -> Option<Vec<f64>> {
+            let mut y = x.to_vec();
+            y[0] = rng.random_range(0..100) as f64;
+            Some(y)
+        }
+    }
+
+    #[test]
+    fn offspring_that_repeat_a_known_solution_are_varied() {
+        let mut bounds = Bounds { lower: vec![0.0; 20], upper: vec![9.0; 20], integer: true };
+        bounds.upper[0] = 99.0;
+        let mut p = Coarse { bounds, first: Default::default(), evaluated: Vec::new() };
+        let s = AlgorithmSettings { population: 8, sbx: Sbx::default(), mutation: PolynomialMutation::default(), survival: Survival::Single, seed: 3 };
+        let mut a = Algorithm::new(s);
+        a.initialize(&mut p, vec![vec![10.0; 20]; 8], None, &|| false).unwrap();
+        for _ in 0..5 {
+            a.step(&mut p, None, &|| false).unwrap();
+        }
+        // every offspring is a solution no earlier generation and no sibling had
+        for (g, k) in p.evaluated.iter().filter(|(g, _)| *g > 0) {
+            assert_eq!(p.first[k], *g, "{k} of generation {g} was seen before");
+            assert_eq!(p.evaluated.iter().filter(|(h, l)| h == g && l == k).count(), 1, "{k} twice in generation {g}");
+        }
+        // without variation the population of copies would stay at 10
+        assert!(a.state.population[0].x[0] > 10.0);
     }
 }

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use rand::Rng;
+use rand::rngs::StdRng;
+
 use super::algorithm::{Evaluation, Individual, Problem, Survival, survive};
 use super::fidelity::Fidelity;
 use super::operators::Bounds;
@@ -94,6 +97,50 @@ pub struct EvaluatedPlan {
     pub result: Arc<FitnessResult>,
 }
 
+/// See [`Problem::vary`] for [`PlanProblem`].
+pub fn vary_plan(encoding: &Encoding, x: &[f64], rng: &mut StdRng) -> Option<Vec<f64>> {
+    let layers = encoding.layers;
+    if layers < 3 {
+        return None;
+    }
+    let plan = encoding.decode(x);
+    // merged[j]: original layer j joined the group of layer j - 1
+    let mut merged: Vec<bool> = (0..layers).map(|j| j > 0 && plan.psi[j] == plan.psi[j - 1]).collect();
+    let on: Vec<usize> = (1..layers).filter(|&j| merged[j]).collect();
+    let off: Vec<usize> = (1..layers).filter(|&j| !merged[j]).collect();
+    if off.is_empty() {
+        return None;
+    }
+    if !on.is_empty() {
+        merged[on[rng.random_range(0..on.len())]] = false;
+    }
+    merged[off[rng.random_range(0..off.len())]] = true;
+    // the operator of each original layer's group, where the plan merged it
+    let genotype = plan.to_genotype();
+    let op_of = |j: usize| genotype.iter().rev().find(|t| t.active && t.b <= j && j <= t.e).and_then(|t| t.op).unwrap_or(encoding.default_op);
+    let mut triples = Vec::new();
+    let mut j = 1;
+    while j < layers {
+        if merged[j] {
+            let start = j - 1;
+            while j + 1 < layers && merged[j + 1] {
+                j += 1;
+            }
+            triples.push(Triple { b: start, e: j, active: true, op: encoding.op_genes.then(|| op_of(start)) });
+        }
+        j += 1;
+    }
+    let varied = Plan::decode(&triples, layers, encoding.default_op);
+    let mut genes = encoding.encode(&varied);
+    // inactive triples keep the positions they had: material for crossover
+    let g = encoding.genes_per_triple();
+    for t in varied.canonical.len()..layers {
+        genes[t * g] = x[t * g];
+        genes[t * g + 1] = x[t * g + 1];
+    }
+    Some(genes)
+}
+
 /// The problem handed to the algorithm.
 pub struct PlanProblem<'e> {
     engine: &'e FitnessEngine,
@@ -105,6 +152,8 @@ pub struct PlanProblem<'e> {
     /// the genes that first built it and its key.
     archive: Vec<(Vec<f64>, String)>,
     archived: HashSet<String>,
+    /// The generation in which each model was first evaluated (baselines: 0).
+    first_seen: HashMap<String, usize>,
     pub cache_hits: usize,
     pub evaluated: usize,
     /// Multi-fidelity selection of offspring (`None`: every offspring is fully evaluated).
@@ -129,6 +178,7 @@ impl<'e> PlanProblem<'e> {
             cache: HashMap::new(),
             archive: Vec::new(),
             archived: HashSet::new(),
+            first_seen: HashMap::new(),
             cache_hits: 0,
             evaluated: 0,
             fidelity: None,
@@ -140,6 +190,7 @@ impl<'e> PlanProblem<'e> {
     /// An evaluation from this run's log (a resumed run): cached and part of the archive.
     pub fn preload_logged(&mut self, e: &EvaluatedPlan) {
         self.remember(&e.genes, &e.key);
+        self.seen(&e.key, e.generation);
         self.cache.insert(e.key.clone(), e.result.clone());
     }
 
@@ -175,8 +226,32 @@ impl<'e> PlanProblem<'e> {
         }
     }
 
+    /// The `k` fittest plans of each size this search evaluated (layers left), as (genes,
+    /// result), by size and then fitness, best first: what validation picks from, since the
+    /// fittest on the calibration is not always the best on other text. In single mode only
+    /// plans of the size the front is taken from.
+    pub fn size_leaders(&self, k: usize) -> Vec<(Vec<f64>, Arc<FitnessResult>)> {
+        let all = self.archive.iter().filter_map(|(g, key)| self.cache.get(key).map(|r| (g, r)));
+        let violation = |r: &FitnessResult| self.objectives(r).violation;
+        let least = all.clone().map(|(_, r)| violation(r)).fold(f64::INFINITY, f64::min);
+        let mut by_size: std::collections::BTreeMap<usize, Vec<(&Vec<f64>, &Arc<FitnessResult>)>> = Default::default();
+        for (g, r) in all {
+            if matches!(self.mode, Mode::Single { .. }) && violation(r) > least {
+                continue;
+            }
+            by_size.entry(r.remaining_layers).or_default().push((g, r));
+        }
+        let mut out = Vec::new();
+        for (_, mut plans) in by_size.into_iter().rev() {
+            plans.sort_by(|a, b| b.1.fitness.total_cmp(&a.1.fitness));
+            out.extend(plans.into_iter().take(k).map(|(g, r)| (g.clone(), r.clone())));
+        }
+        out
+    }
+
     /// Results known before the run (a resumed run's log, baselines).
     pub fn preload(&mut self, key: String, result: Arc<FitnessResult>) {
+        self.seen(&key, 0);
         self.cache.insert(key, result);
     }
 
@@ -212,6 +287,11 @@ impl<'e> PlanProblem<'e> {
         Ok((r, false))
     }
 
+    fn seen(&mut self, key: &str, generation: usize) {
+        let g = self.first_seen.entry(key.to_string()).or_insert(generation);
+        *g = (*g).min(generation);
+    }
+
     fn remember(&mut self, genes: &[f64], key: &str) {
         if self.archived.insert(key.to_string()) {
             self.archive.push((genes.to_vec(), key.to_string()));
@@ -228,6 +308,7 @@ impl Problem for PlanProblem<'_> {
         let plan = self.encoding.decode(x);
         let (result, cached) = self.evaluate_plan(&plan)?;
         self.remember(x, &plan.model_key());
+        self.seen(&plan.model_key(), generation);
         let e = EvaluatedPlan {
             index: self.evaluated,
             generation,
@@ -240,6 +321,21 @@ impl Problem for PlanProblem<'_> {
         self.evaluated += 1;
         (self.on_evaluated)(&e)?;
         Ok(self.objectives(&result))
+    }
+
+    fn key(&self, x: &[f64]) -> Option<String> {
+        Some(self.encoding.decode(x).model_key())
+    }
+
+    fn seen_before(&self, key: &str, generation: usize) -> bool {
+        self.first_seen.get(key).is_some_and(|&g| g < generation)
+    }
+
+    /// Move one removed layer: one layer the plan merges into its predecessor's group is
+    /// kept, and one kept layer is merged instead (the size stays), as EvoPress's mutation
+    /// does; an unmerged plan gets one merge. Groups that stay keep their operator.
+    fn vary(&self, x: &[f64], rng: &mut StdRng) -> Option<Vec<f64>> {
+        vary_plan(&self.encoding, x, rng)
     }
 
     fn screen(&mut self, offspring: &[Vec<f64>], _generation: usize, should_stop: &dyn Fn() -> bool) -> Result<Option<Vec<bool>>> {
@@ -285,3 +381,55 @@ impl Problem for PlanProblem<'_> {
         Ok(Some(chosen))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn varying_a_plan_moves_one_removed_layer_and_keeps_its_size() {
+        let encoding = Encoding { layers: 12, op_genes: false, default_op: MergeOp::KeepFirst };
+        let plan = Plan::from_ranges(&[(2, 5), (8, 9)], 12, MergeOp::KeepFirst).unwrap();
+        let x = encoding.encode(&plan);
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut seen = HashSet::new();
+        for _ in 0..200 {
+            let y = vary_plan(&encoding, &x, &mut rng).unwrap();
+            assert!(encoding.bounds().lower.iter().zip(&encoding.bounds().upper).zip(&y).all(|((lo, hi), v)| lo <= v && v <= hi));
+            let varied = encoding.decode(&y);
+            assert_eq!(varied.removed(), plan.removed());
+            let (a, b): (HashSet<usize>, HashSet<usize>) = (plan.removed_layers().into_iter().collect(), varied.removed_layers().into_iter().collect());
+            // one removed layer moved (or, rarely, put back where it was)
+            assert!(a.symmetric_difference(&b).count() <= 2, "{} -> {}", plan.removed_text(), varied.removed_text());
+            seen.insert(varied.model_key());
+        }
+        assert!(seen.len() > 10, "{} different plans", seen.len());
+        // an unmerged plan gets one merge; the same stream gives the same plan
+        let identity = encoding.encode(&Plan::identity(12));
+        let one = vary_plan(&encoding, &identity, &mut StdRng::seed_from_u64(2)).unwrap();
+        assert_eq!(encoding.decode(&one).removed(), 1);
+        assert_eq!(one, vary_plan(&encoding, &identity, &mut StdRng::seed_from_u64(2)).unwrap());
+    }
+
+    #[test]
+    fn varying_keeps_the_operators_of_groups_that_stay() {
+        let encoding = Encoding { layers: 10, op_genes: true, default_op: MergeOp::KeepFirst };
+        let mut plan = Plan::identity(10);
+        plan.push(1, 3, MergeOp::Mean);
+        plan.push(4, 5, MergeOp::KeepFirst); // original layers 6 and 7
+        let x = encoding.encode(&plan);
+        let mut kept = 0;
+        for seed in 0..40 {
+            let varied = encoding.decode(&vary_plan(&encoding, &x, &mut StdRng::seed_from_u64(seed)).unwrap());
+            assert_eq!(varied.removed(), 3);
+            if let Some(t) = varied.to_genotype().iter().find(|t| t.active && (t.b, t.e) == (1, 3)) {
+                assert_eq!(t.op, Some(MergeOp::Mean));
+                kept += 1;
+            }
+        }
+        assert!(kept > 0);
+    }
+}
+
