@@ -476,6 +476,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         }),
     );
     problem.fidelity = fidelity;
+    problem.vary_repeats = settings.init != Init::Paper;
     for e in &logged {
         problem.preload_logged(e);
     }

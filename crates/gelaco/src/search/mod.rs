@@ -34,14 +34,14 @@ pub enum Init {
 }
 
 crate::choice!(Init {
-    Paper => "paper": "uniform over the genotype space, as the paper",
+    Paper => "paper": "uniform over the genotype space, and the paper's operators only (offspring that repeat a model are not varied)",
     Banded => "banded": "plans whose compression falls in a band",
     Warm => "warm": "the baselines' solutions, then banded plans",
     Seeded => "seeded": "ShortGPT's plan (one forward pass) at sizes spread over the band, then banded plans",
 });
 
 /// The initial population of a new search: a short search starts from known good plans
-/// of several sizes, which healing then improves, and explores around them.
+/// of several sizes and explores around them.
 pub const DEFAULT_INIT: Init = Init::Seeded;
 
 /// Solutions per generation of a new search: small enough that a ten-minute search on a

@@ -160,6 +160,9 @@ pub struct PlanProblem<'e> {
     pub fidelity: Option<Fidelity>,
     /// Cheap evaluations made by the selection.
     pub screened: usize,
+    /// Offspring that repeat an evaluated model are varied ([`Problem::vary`]); off for the
+    /// paper's search, whose operators are SBX and polynomial mutation only.
+    pub vary_repeats: bool,
     on_evaluated: Box<dyn FnMut(&EvaluatedPlan) -> Result<()> + 'e>,
 }
 
@@ -183,6 +186,7 @@ impl<'e> PlanProblem<'e> {
             evaluated: 0,
             fidelity: None,
             screened: 0,
+            vary_repeats: true,
             on_evaluated,
         }
     }
@@ -324,7 +328,7 @@ impl Problem for PlanProblem<'_> {
     }
 
     fn key(&self, x: &[f64]) -> Option<String> {
-        Some(self.encoding.decode(x).model_key())
+        self.vary_repeats.then(|| self.encoding.decode(x).model_key())
     }
 
     fn seen_before(&self, key: &str, generation: usize) -> bool {
