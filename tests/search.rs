@@ -44,6 +44,7 @@ fn spec(f: &Fixture, out: &Path, settings: SearchSettings) -> JobSpec {
         out: out.to_path_buf(),
         baselines: false,
         validation: None,
+        import: Vec::new(),
     }
 }
 
@@ -458,3 +459,52 @@ fn hostile_run_folders_exit_2_naming_file_and_field() {
         }
     }
 }
+
+#[test]
+fn imported_recipes_are_baselines_and_starting_points() {
+    use gelaco::collapse::{MergeOp, MergeSettings, Plan};
+    use gelaco::export::recipe::Recipe;
+    use gelaco::search::baselines::BaselineMethod;
+    let f = fixture();
+    let m = gelaco::model::load(&f.model, gelaco::backend::select(DeviceChoice::Cpu).unwrap()).unwrap();
+    let identity = store::ModelIdentity::of(&m.files).unwrap();
+    let plan = Plan::from_ranges(&[(2, 3), (5, 6)], 8, MergeOp::KeepFirst).unwrap();
+    let mut recipe = Recipe::new(identity, &plan, MergeOp::KeepFirst, MergeSettings::default());
+    recipe.origin = "SLEB (r=2)".into();
+    recipe.method = Some(BaselineMethod::Sleb);
+    let path = f.root.join("sleb-6layers.json");
+    recipe.save(&path, false).unwrap();
+    let out = f.root.join("imported");
+    let mut s = spec(&f, &out, SearchSettings { init: Init::Warm, ..settings(24) });
+    if let JobSpec::New { import, .. } = &mut s {
+        *import = vec![path.clone()];
+    }
+    final_front(&run_to_end(s));
+    let baselines = store::read_baselines(&out).unwrap();
+    let imported = baselines.iter().find(|b| b.plan == plan).expect("the imported plan is a baseline");
+    assert_eq!(imported.kind, Some(BaselineMethod::Sleb));
+    assert!(imported.method.contains("SLEB (r=2)") && imported.method.contains("sleb-6layers"), "{}", imported.method);
+    assert!(imported.result.fitness.is_finite() && imported.result.remaining_layers == 6);
+    // the warm start begins with it
+    let log = std::fs::read_to_string(out.join("evaluations.jsonl")).unwrap();
+    let first: EvaluatedPlan = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert!(log.lines().take(12).any(|l| serde_json::from_str::<EvaluatedPlan>(l).unwrap().merges == plan.merges_text()), "first: {}", first.merges);
+    // a recipe of another model file is refused before a run folder is made, naming the file
+    let mut other: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    other["model"]["sha256"] = serde_json::json!("ab".repeat(32));
+    let bad = f.root.join("other-model.json");
+    std::fs::write(&bad, other.to_string()).unwrap();
+    let out = f.root.join("refused");
+    let mut s = spec(&f, &out, settings(12));
+    if let JobSpec::New { import, .. } = &mut s {
+        *import = vec![bad];
+    }
+    let events = run_to_end(s);
+    assert!(
+        matches!(events.last(), Some(Event::Failed { error, .. }) if error.is_input_error() && error.to_string().contains("other-model.json")),
+        "{:?}",
+        events.last()
+    );
+    assert!(!out.join("run.json").exists());
+}
+

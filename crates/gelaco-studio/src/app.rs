@@ -61,6 +61,8 @@ pub struct Settings {
     /// Pick recommended solutions on the calibration file's unused lines.
     pub validation: bool,
     pub baselines: bool,
+    /// Recipes taken in as baselines (and starting points of a warm or seeded search).
+    pub imports: Vec<PathBuf>,
     pub runs_dir: String,
     pub dark: bool,
     pub eval_text: String,
@@ -96,6 +98,7 @@ impl Default for Settings {
             fidelity: gelaco::search::DEFAULT_FIDELITY.into(),
             validation: true,
             baselines: true,
+            imports: Vec::new(),
             runs_dir: home.join(".local/share/gelaco/runs").display().to_string(),
             dark: true,
             eval_text: data.as_ref().map(|d| d.join("wiki.test.head.raw").display().to_string()).unwrap_or_default(),
@@ -242,6 +245,7 @@ pub enum Action {
     OpenModel(PathBuf),
     BrowseModel,
     BrowseCalib,
+    BrowseImport,
     BrowseRun,
     StartRun,
     Pause,
@@ -309,6 +313,7 @@ pub struct App {
 enum DialogFor {
     Model,
     Calib,
+    Import,
     Run,
     Export,
 }
@@ -451,6 +456,11 @@ impl App {
                 (_, None) => self.info("no file chosen (if no dialog appeared, type the path into the box instead)"),
                 (DialogFor::Model, Some(p)) => self.actions.push(Action::OpenModel(p)),
                 (DialogFor::Calib, Some(p)) => self.settings.calib_file = p.display().to_string(),
+                (DialogFor::Import, Some(p)) => {
+                    if !self.settings.imports.contains(&p) {
+                        self.settings.imports.push(p);
+                    }
+                }
                 (DialogFor::Run, Some(p)) => self.resume_path = p.display().to_string(),
                 (DialogFor::Export, Some(p)) => {
                     self.export_path = p.display().to_string();
@@ -617,7 +627,15 @@ impl App {
         let ctx = self.ctx.clone();
         let _ = std::thread::Builder::new().name("gelaco-dialog".into()).spawn(move || {
             let d = rfd::FileDialog::new();
+            if what == DialogFor::Import {
+                for p in d.add_filter("recipe", &["json"]).pick_files().unwrap_or_default() {
+                    let _ = tx.send((what, Some(p)));
+                }
+                ctx.request_repaint();
+                return;
+            }
             let path = match what {
+                DialogFor::Import => None,
                 DialogFor::Model => d.add_filter("GGUF model", &["gguf"]).pick_file(),
                 DialogFor::Calib => d.add_filter("text", &["txt", "jsonl", "parquet"]).pick_file(),
                 DialogFor::Run => d.pick_folder(),
@@ -641,6 +659,7 @@ impl App {
             }
             Action::BrowseModel => self.dialog(DialogFor::Model, None),
             Action::BrowseCalib => self.dialog(DialogFor::Calib, None),
+            Action::BrowseImport => self.dialog(DialogFor::Import, None),
             Action::BrowseRun => self.dialog(DialogFor::Run, None),
             Action::StartRun => self.start_run(),
             Action::Pause => {
@@ -827,6 +846,7 @@ impl App {
             out,
             baselines: s.baselines,
             validation: validation.map(|v| (v, ValidationOptions::default())),
+            import: s.imports.clone(),
         };
         let heal = s.heal;
         self.reset_run_view();

@@ -304,6 +304,27 @@ fn run_settings(app: &mut App, ui: &mut Ui) {
             ui.label("Baselines");
             tip(ui.checkbox(&mut s.baselines, "LaCo and ShortGPT"), "Compute the two baselines first and show them on the plot");
             ui.end_row();
+            ui.label("Import");
+            ui.vertical(|ui| {
+                let mut drop = None;
+                for (i, p) in s.imports.iter().enumerate() {
+                    ui.horizontal(|ui| {
+                        if ui.small_button("✕").on_hover_text("Do not import this recipe").clicked() {
+                            drop = Some(i);
+                        }
+                        ui.label(p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())).on_hover_text(p.display().to_string());
+                    });
+                }
+                if let Some(i) = drop {
+                    s.imports.remove(i);
+                }
+                if ui.button("Add recipes…").on_hover_text(
+                    "Recipes of this model (gelaco baseline sleb|evopress --recipes DIR writes them) to score and show as baselines; a warm or seeded search starts from them",
+                ).clicked() {
+                    app.actions.push(Action::BrowseImport);
+                }
+            });
+            ui.end_row();
             let l = ui.label("Runs folder");
             tip(ui.add(egui::TextEdit::singleline(&mut s.runs_dir).desired_width(190.0)), "New run folders are made here").labelled_by(l.id);
             ui.end_row();

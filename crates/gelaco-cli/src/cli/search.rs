@@ -103,6 +103,11 @@ pub struct SearchArgs {
     /// Also compute the LaCo and ShortGPT baselines (always done with --init warm).
     #[arg(long)]
     baselines: bool,
+    /// A recipe of this model to take in as a baseline (repeatable): scored, validated and
+    /// plotted with the others, and a starting point of --init warm or seeded. `gelaco
+    /// baseline sleb|evopress|shortgpt --recipes DIR` writes them.
+    #[arg(long = "import", value_name = "RECIPE")]
+    import: Vec<PathBuf>,
     /// Held-out text that picks the recommended model of each size, never optimised:
     /// `rest` (the calibration file's lines the calibration did not take; the default), a
     /// text file, or `none`.
@@ -304,6 +309,7 @@ pub fn search(a: SearchArgs, device: DeviceChoice) -> Result<()> {
         baselines: a.baselines,
         validation: validation_source(&a.validation, &a.calib.calib)
             .map(|s| (s, ValidationOptions { window: a.validation_window, windows: a.validation_windows })),
+        import: a.import.clone(),
     };
     drive(job::spawn(spec, None), a.json)
 }
@@ -552,6 +558,7 @@ fn save_baseline_recipes(dir: &Path, m: &gelaco::model::LoadedModel, sols: &[Bas
         let mut r = Recipe::new(identity.clone(), &s.plan, gelaco::collapse::MergeOp::KeepFirst, MergeSettings::default());
         r.fitness = Some(gelaco::export::recipe::RecipeScores::from(&s.result));
         r.origin = s.method.clone();
+        r.method = s.kind();
         let name = format!("{}-{}layers.json", s.kind().map_or("baseline", |k| k.name()), s.result.remaining_layers);
         r.save(&dir.join(name), true)?;
     }

@@ -91,6 +91,9 @@ pub struct Recipe {
     /// Perplexity on the search run's held-out validation text, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_perplexity: Option<f64>,
+    /// The baseline method that found the plan, for recipes a baseline wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<crate::search::baselines::BaselineMethod>,
 }
 
 impl Recipe {
@@ -115,6 +118,7 @@ impl Recipe {
             origin: String::new(),
             heal: None,
             validation_perplexity: None,
+            method: None,
         }
     }
 

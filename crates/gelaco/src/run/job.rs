@@ -112,6 +112,10 @@ pub enum JobSpec {
         /// Held-out text that picks the recommended solution of each size (`None`: no
         /// validation, nothing is recommended).
         validation: Option<(ValidationSource, ValidationOptions)>,
+        /// Recipes of this model (for instance the ones `gelaco baseline sleb --recipes`
+        /// writes) to score and take in as baselines: plotted and validated like the
+        /// computed ones, and starting points of a warm or seeded search.
+        import: Vec<PathBuf>,
     },
     Resume {
         dir: PathBuf,
@@ -248,6 +252,25 @@ pub fn compute_baselines(
     Ok(Some(out))
 }
 
+/// Recipes to take in as baselines, checked against the model before the run begins:
+/// (label, the method that wrote the recipe, plan).
+fn import_recipes(paths: &[PathBuf], m: &LoadedModel) -> Result<Vec<(String, Option<baselines::BaselineMethod>, crate::collapse::Plan)>> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sha = m.files.sha256()?;
+    let mut out = Vec::new();
+    for path in paths {
+        let recipe = crate::export::recipe::Recipe::load(path)?;
+        recipe.check_model(&m.files, &sha, false).map_err(|e| Error::setting("import", format!("{}: {e}", path.display())))?;
+        let plan = recipe.plan()?;
+        let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
+        let label = if recipe.origin.is_empty() { name } else { format!("{} ({name})", recipe.origin) };
+        out.push((label, recipe.method, plan));
+    }
+    Ok(out)
+}
+
 /// The front of everything evaluated so far (see [`PlanProblem::archive_front`]).
 fn front_entries(problem: &PlanProblem) -> Vec<FrontEntry> {
     entries(problem, problem.archive_front())
@@ -309,10 +332,11 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
     let device = backend::select(device_choice)?;
     let description = device.description.clone();
 
-    let (m, store, mut info, calibration, logged, checkpoint, want_baselines, validation) = match spec {
-        JobSpec::New { model: path, calib, calib_options, engine, settings, out: dir, baselines, validation, .. } => {
+    let (m, store, mut info, calibration, logged, checkpoint, want_baselines, validation, imports) = match spec {
+        JobSpec::New { model: path, calib, calib_options, engine, settings, out: dir, baselines, validation, import, .. } => {
             let m = model::load(&path, device)?;
             settings.validate(m.model.num_layers())?;
+            let imports = import_recipes(&import, &m)?;
             let calibration = calibration::load(&calib, &calib_options, &m.model, &m.tokenizer)?;
             let validation = match &validation {
                 Some((source, options)) => match Validation::load(source, &calib, &calib_options, options, &m.tokenizer) {
@@ -344,7 +368,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
             if let Some(v) = &validation {
                 store.write_validation(v)?;
             }
-            (m, store, info, calibration, Vec::new(), None, baselines, validation)
+            (m, store, info, calibration, Vec::new(), None, baselines, validation, imports)
         }
         JobSpec::Resume { dir, model: override_path, evaluations, .. } => {
             let (store, mut info, calibration, logged, checkpoint) = RunStore::open(&dir)?;
@@ -373,7 +397,8 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
                 crate::limits::token_samples("windows", &v.windows, &v.hash, vocab)
                     .map_err(|msg| Error::format(store.dir.join("validation.json"), msg))?;
             }
-            (m, store, info, calibration, logged, checkpoint, want, validation)
+            // imported recipes are in baselines.json since the run began
+            (m, store, info, calibration, logged, checkpoint, want, validation, Vec::new())
         }
     };
     let settings = info.settings.clone();
@@ -395,6 +420,15 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
                 out.send(Event::Done { reason: StopReason::Stopped, front: Vec::new(), candidates: Vec::new(), run_dir: store.dir.clone() });
                 return Ok(());
             }
+        }
+        store.write_baselines(&baselines)?;
+    }
+    if !imports.is_empty() {
+        out.send(Event::Stage { message: format!("scoring {} imported recipes", imports.len()) });
+        for (label, method, plan) in imports {
+            let result = engine.evaluate(&plan)?;
+            let merges = plan.merges_text();
+            baselines.push(BaselineSolution { method: label, kind: method, merges, plan, result, validation_perplexity: None, recommended: false });
         }
         store.write_baselines(&baselines)?;
     }
