@@ -159,6 +159,10 @@ for i, p in enumerate(picks, 1):
     heal = json.load(open(p["recipe"])).get("heal") if "recipe" in p else None
     if heal and heal.get("method", "none") != "none":
         healed = " (healed)"
+    origin = json.load(open(p["recipe"])).get("origin", "") if "recipe" in p else ""
+    if p["method"].startswith("GeLaCo") and " baseline " in origin:
+        # validation picked one of the run's own baselines at this size
+        healed += " = " + origin.split(" baseline ", 1)[1]
     rows.append("| %d | %s%s | %s | %d | %s | %s s |" % (p["removed"], p["method"], healed, m["merges"], m["layers"],
                                                         " | ".join(cells(m)), times.get(method_time[p["method"]], "?")))
 head = ("Demo model; calibration: %d samples of 128 tokens of WikiText-2 validation; test ppl: first 8 windows "

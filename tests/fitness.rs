@@ -105,6 +105,33 @@ fn chunked_reference_gives_the_same_numbers() {
 }
 
 #[test]
+fn a_first_chunk_of_the_screening_size_scores_exactly_those_tokens() {
+    let tiny = Tiny { layers: 5, ..Tiny::default() };
+    let cal = calibration(9);
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(&tiny, &cpu);
+    let kl = EngineOptions { batch_size: 4, objective: Objective::Kl, heal: Heal::None, ..EngineOptions::default() };
+    let whole = FitnessEngine::new(&m.model, cal.clone(), kl).unwrap();
+    let small_first = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { first_chunk_tokens: Some(30), ..kl }).unwrap();
+    // the longest samples first: enough of them for 30 tokens
+    let mut sorted = cal.samples.clone();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let n = (1..=sorted.len()).find(|&n| sorted[..n].iter().map(Vec::len).sum::<usize>() >= 30).unwrap();
+    assert!(n < 4, "the test needs a first chunk smaller than a batch");
+    assert_eq!(small_first.cache_state().0, 1 + (9 - n).div_ceil(4));
+    assert_eq!(small_first.chunk_count(Some(30)), 1);
+    let head = FitnessEngine::new(&m.model, Calibration::from_samples(sorted[..n].to_vec(), CalibSource::SelfGenerated, CalibOptions::default()), kl).unwrap();
+    for (label, ranges) in plans(5) {
+        let plan = Plan::from_ranges(&ranges, 5, MergeOp::KeepFirst).unwrap();
+        // the full score does not depend on the chunking; the estimate is that of the head
+        let (a, b) = (whole.evaluate(&plan).unwrap(), small_first.evaluate(&plan).unwrap());
+        assert!((a.fitness - b.fitness).abs() < 1e-6, "{label}: {} vs {}", a.fitness, b.fitness);
+        let (p, q) = (small_first.evaluate_partial(&plan, Some(30)).unwrap(), head.evaluate(&plan).unwrap());
+        assert!((p.fitness - q.fitness).abs() < 1e-6, "{label}: {} vs {}", p.fitness, q.fitness);
+    }
+}
+
+#[test]
 fn budget_too_small_is_refused() {
     let tiny = Tiny::default();
     let cpu = backend::select(DeviceChoice::Cpu).unwrap();

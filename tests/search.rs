@@ -356,8 +356,8 @@ fn validation_marks_one_recommended_solution_per_size_and_refuses_calibration_te
 /// Remove, at any depth, the JSON keys that run folders written before objectives,
 /// healing, validation and multi-fidelity selection did not have.
 fn strip_new_keys(v: &mut serde_json::Value) {
-    const NEW: [&str; 11] =
-        ["objective", "kl", "nll", "heal", "kl_top_k", "fidelity", "validation", "kind", "validation_perplexity", "recommended", "screened"];
+    const NEW: [&str; 12] =
+        ["objective", "kl", "nll", "heal", "kl_top_k", "fidelity", "validation", "kind", "validation_perplexity", "recommended", "screened", "first_chunk_tokens"];
     match v {
         serde_json::Value::Object(m) => {
             for k in NEW {

@@ -91,6 +91,7 @@ impl CalibArgs {
             objective: self.objective,
             kl_top_k: self.kl_top_k,
             heal: self.heal,
+            first_chunk_tokens: None,
         }
     }
 }

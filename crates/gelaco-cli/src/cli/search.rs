@@ -618,7 +618,15 @@ pub fn baseline(cmd: BaselineCommand, device: DeviceChoice) -> Result<()> {
         BaselineCommand::Evopress { removal: r, offspring, generations, fidelity } => {
             let settings = EvoPressSettings { offspring, generations, fidelity: parse_fidelity(&fidelity)?, seed: r.seed };
             let (m, score) = r.open(device)?;
-            let kl = score.under(Objective::Kl)?;
+            // the selection's first step in a chunk of its own, so that it costs its tokens
+            let first = settings.fidelity.first().map(|&(tokens, _)| tokens);
+            let options = gelaco::fitness::EngineOptions {
+                objective: Objective::Kl,
+                heal: gelaco::fitness::Heal::None,
+                first_chunk_tokens: first,
+                ..score.options
+            };
+            let kl = FitnessEngine::new(&m.model, score.calibration.clone(), options)?;
             let mut sols = Vec::new();
             for &size in &r.remove {
                 sols.push(with_bar(&format!("EvoPress r={size}"), r.json, |progress| depth::evopress(&kl, &score, size, &settings, progress))?);

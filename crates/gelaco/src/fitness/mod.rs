@@ -80,6 +80,9 @@ impl EngineOptions {
         use crate::limits::{MAX_VOCAB, count};
         count("batch_size", self.batch_size, 1, 1 << 16)?;
         count("cache_mb", self.cache_mb, 1, usize::MAX >> 21)?;
+        if let Some(t) = self.first_chunk_tokens {
+            count("first_chunk_tokens", t, 1, usize::MAX >> 8)?;
+        }
         match self.kl_top_k {
             Some(k) => count("kl_top_k", k, 1, MAX_VOCAB),
             None => Ok(()),
@@ -124,6 +127,12 @@ pub struct EngineOptions {
     /// existed: none).
     #[serde(default)]
     pub heal: Heal,
+    /// The first chunk holds just enough samples for this many tokens, the others
+    /// `batch_size` samples each, so that a cheap estimate on that many tokens
+    /// ([`FitnessEngine::evaluate_partial`]) costs that many tokens and not a whole batch
+    /// (`None`: every chunk `batch_size` samples, as run folders written before it had).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_chunk_tokens: Option<usize>,
 }
 
 impl Default for EngineOptions {
@@ -135,6 +144,7 @@ impl Default for EngineOptions {
             objective: DEFAULT_OBJECTIVE,
             kl_top_k: None,
             heal: DEFAULT_HEAL,
+            first_chunk_tokens: None,
         }
     }
 }
@@ -274,8 +284,22 @@ impl FitnessEngine {
         let mut order: Vec<usize> = (0..calibration.samples.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(calibration.samples[i].len()));
         let chunk_size = options.batch_size.min((budget / (per_token * longest)).max(1) as usize);
-        let chunks: Vec<Chunk> = order
-            .chunks(chunk_size)
+        let first = options.first_chunk_tokens.map_or(chunk_size, |want| {
+            let mut seen = 0;
+            let n = order
+                .iter()
+                .take_while(|&&i| {
+                    let before = seen;
+                    seen += calibration.samples[i].len();
+                    before < want
+                })
+                .count();
+            n.clamp(1, chunk_size)
+        });
+        let (head, rest) = order.split_at(first.min(order.len()));
+        let chunks: Vec<Chunk> = std::iter::once(head)
+            .filter(|h| !h.is_empty())
+            .chain(rest.chunks(chunk_size))
             .map(|idx| {
                 let samples: Vec<Vec<u32>> = idx.iter().map(|&i| calibration.samples[i].clone()).collect();
                 Chunk::new(&samples, model)

@@ -350,6 +350,11 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
                 },
                 None => None,
             };
+            let mut engine = engine;
+            if let (Some(text), None) = (&settings.fidelity, engine.first_chunk_tokens) {
+                // the screening's tokens in a chunk of their own: screening costs what it says
+                engine.first_chunk_tokens = Fidelity::parse(text, calibration.tokens())?.screening_steps().next().map(|s| s.tokens);
+            }
             let info = RunInfo {
                 tool_version: env!("CARGO_PKG_VERSION").into(),
                 settings,

@@ -343,22 +343,22 @@ pub fn read_front(dir: &Path) -> Result<Vec<FrontEntry>> {
 /// The plans besides the front that validation picked from, the fittest few of each size
 /// (empty for runs without validation, unfinished runs and runs of older versions).
 pub fn read_candidates(dir: &Path) -> Result<Vec<FrontEntry>> {
-    let p = dir.join("candidates.json");
-    if !p.exists() {
-        return Ok(Vec::new());
-    }
-    let layers = read_info(dir)?.model.layers;
-    read_checked(&p, |f: &Vec<FrontEntry>| check_front(f, layers))
+    read_list(dir, "candidates.json", check_front)
 }
 
 /// The saved baselines of a run folder (empty when none were computed).
 pub fn read_baselines(dir: &Path) -> Result<Vec<BaselineSolution>> {
-    let p = dir.join("baselines.json");
+    read_list(dir, "baselines.json", check_baselines)
+}
+
+/// A list a run folder may lack (then empty), checked against the run's layer count.
+fn read_list<T: serde::de::DeserializeOwned>(dir: &Path, name: &str, check: fn(&[T], usize) -> Check) -> Result<Vec<T>> {
+    let p = dir.join(name);
     if !p.exists() {
         return Ok(Vec::new());
     }
     let layers = read_info(dir)?.model.layers;
-    read_checked(&p, |b: &Vec<BaselineSolution>| check_baselines(b, layers))
+    read_checked(&p, |list: &Vec<T>| check(list, layers))
 }
 
 /// The calibration samples of a run folder.
