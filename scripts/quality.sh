@@ -15,7 +15,8 @@
 # SEARCH_SECONDS (the default search's wall-time limit, default 1800), PAPER_SECONDS (the
 # paper-faithful search's, default 1800), EVOPRESS_GENERATIONS (default 20), SEED (1),
 # DEVICE (cpu), OUT (runs/quality-DATE; a rerun with the same OUT goes on where it stopped),
-# BIN (a gelaco binary to use instead of building one), LACO_THRESHOLDS (the sweep). The table is written to OUT/quality.md and
+# BIN (a gelaco binary to use instead of building one), LACO_THRESHOLDS (the sweep), METHODS (which
+# rows to compute, default "gelaco paper shortgpt sleb evopress laco"; gelaco is always run). The table is written to OUT/quality.md and
 # printed; every intermediate result (run folders, recipes, JSON) stays in OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,10 +44,12 @@ done
 mkdir -p "$out"/recipes
 remove=$(echo $sizes | tr ' ' ',')
 common=(--model "$model" --calib "$calib" --samples "$samples" --device "$device")
+methods=" gelaco ${METHODS:-paper shortgpt sleb evopress laco} "
 timed() { # timed NAME OUTPUT COMMAND...: run once, stdout to OUTPUT (a rerun with the same OUT skips what
-  # is done), record the wall time
+  # is done), record the wall time; methods left out of METHODS are skipped
   local name=$1 output=$2 start=$SECONDS
   shift 2
+  [[ "$methods" == *" ${name%%-*} "* ]] || return 0
   [ -e "$out/.done/$name" ] && return
   echo "== $name: $*" >&2
   "$@" > "$output"
@@ -61,7 +64,7 @@ timed gelaco "$out/gelaco.jsonl" $bin search "${common[@]}" --max-seconds "$sear
 # the paper's method as published
 timed paper "$out/paper.jsonl" $bin search "${common[@]}" --objective similarity --heal none --merge-op rdsc --init paper \
   --fidelity full:1 --max-seconds "$paper_seconds" --seed "$seed" --out "$out/paper" --json
-[ -d "$out/paper/recipes" ] || $bin front "$out/paper" --recipes "$out/paper/recipes" > /dev/null
+[ ! -d "$out/paper" ] || [ -d "$out/paper/recipes" ] || $bin front "$out/paper" --recipes "$out/paper/recipes" > /dev/null
 # the baselines as published: no healing
 timed shortgpt "$out/shortgpt.json" $bin baseline shortgpt "${common[@]}" --heal none --remove "$remove" --recipes "$out/recipes" --json
 timed sleb "$out/sleb.json" $bin baseline sleb "${common[@]}" --objective nll --heal none --remove "$remove" --recipes "$out/recipes" --json
@@ -76,22 +79,26 @@ for t in ${LACO_THRESHOLDS:-0.95 0.9 0.85 0.8 0.7 0.6}; do
 done
 
 # which model stands for each method at each size: a recipe, or merges (LaCo)
-python3 - "$out" "$sizes" <<'EOF'
+python3 - "$out" "$sizes" "$methods" <<'EOF'
 import glob, json, os, sys
-out, sizes = sys.argv[1], [int(s) for s in sys.argv[2].split()]
+out, sizes, methods = sys.argv[1], [int(s) for s in sys.argv[2].split()], sys.argv[3].split()
 layers = json.load(open(os.path.join(out, "gelaco", "run.json")))["model"]["layers"]
 laco = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "laco/t*.json")))]
 picks = []
 for r in sizes:
     keep = layers - r
-    for method, pattern in [("GeLaCo (recommended)", "gelaco/recipes/recommended-%dlayers.json"),
-                            ("GeLaCo (paper)", "paper/recipes/recommended-%dlayers.json"),
-                            ("ShortGPT", "recipes/shortgpt-%dlayers.json"),
-                            ("SLEB", "recipes/sleb-%dlayers.json"),
-                            ("EvoPress", "recipes/evopress-%dlayers.json")]:
+    for key, method, pattern in [("gelaco", "GeLaCo (recommended)", "gelaco/recipes/recommended-%dlayers.json"),
+                                 ("paper", "GeLaCo (paper)", "paper/recipes/recommended-%dlayers.json"),
+                                 ("shortgpt", "ShortGPT", "recipes/shortgpt-%dlayers.json"),
+                                 ("sleb", "SLEB", "recipes/sleb-%dlayers.json"),
+                                 ("evopress", "EvoPress", "recipes/evopress-%dlayers.json")]:
+        if key not in methods:
+            continue
         p = os.path.join(out, pattern % keep)
         picks.append({"removed": r, "method": method, "recipe": p} if os.path.exists(p) else
                      {"removed": r, "method": method})
+    if "laco" not in methods:
+        continue
     near = sorted(laco, key=lambda s: (abs(s["remaining_layers"] - keep), -s["fitness"]))
     picks.append({"removed": r, "method": "LaCo (keep-first)", "merges": near[0]["merges"]}
                  if near and near[0]["merges"] else {"removed": r, "method": "LaCo (keep-first)"})

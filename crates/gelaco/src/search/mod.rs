@@ -29,7 +29,8 @@ pub enum Init {
     Banded,
     /// The baselines' solutions, then banded plans.
     Warm,
-    /// ShortGPT's plan (one forward pass) at sizes spread over the band, then banded plans.
+    /// ShortGPT's plan (one forward pass) at sizes spread over the band, then their
+    /// neighbours (one removed layer moved) and banded plans.
     Seeded,
 }
 
@@ -37,7 +38,7 @@ crate::choice!(Init {
     Paper => "paper": "uniform over the genotype space, and the paper's operators only (offspring that repeat a model are not varied)",
     Banded => "banded": "plans whose compression falls in a band",
     Warm => "warm": "the baselines' solutions, then banded plans",
-    Seeded => "seeded": "ShortGPT's plan (one forward pass) at sizes spread over the band, then banded plans",
+    Seeded => "seeded": "ShortGPT's plan (one forward pass) at sizes spread over the band, then their neighbours (one removed layer moved) and banded plans",
 });
 
 /// The initial population of a new search: a short search starts from known good plans
@@ -220,6 +221,22 @@ pub fn initial_population(settings: &SearchSettings, encoding: &Encoding, seeds:
     if matches!(settings.init, Init::Warm | Init::Seeded) {
         out.extend(seeds.iter().take(settings.population).map(|p| encoding.encode(p)));
     }
+    if settings.init == Init::Seeded && !out.is_empty() {
+        // neighbours of the seeds (one removed layer moved), the search's best start: three
+        // quarters of the rest for one size, half for a front
+        let rest = settings.population - out.len();
+        let wanted = out.len() + if matches!(settings.mode, Mode::Single { .. }) { rest * 3 / 4 } else { rest / 2 };
+        let mut keys: std::collections::HashSet<String> = out.iter().map(|x| encoding.decode(x).model_key()).collect();
+        let seeded = out.len();
+        let mut tries = 0;
+        while out.len() < wanted && tries < 32 * settings.population {
+            tries += 1;
+            let Some(x) = problem::vary_plan(encoding, &out[tries % seeded], &mut rng) else { break };
+            if keys.insert(encoding.decode(&x).model_key()) {
+                out.push(x);
+            }
+        }
+    }
     let (lo_r, hi_r) = settings.removed_range(layers);
     while out.len() < settings.population {
         let removed = rng.random_range(lo_r..=hi_r);
@@ -265,6 +282,13 @@ mod tests {
         assert_eq!(pop.len(), s.population);
         assert_eq!(encoding.decode(&pop[0]), seeds[0]);
         assert_eq!(encoding.decode(&pop[1]), seeds[1]);
+        // then neighbours of the seeds: the same sizes, one removed layer moved, all distinct
+        let neighbours: Vec<Plan> = pop[2..2 + (s.population - 2) / 2].iter().map(|x| encoding.decode(x)).collect();
+        for n in &neighbours {
+            assert!(seeds.iter().any(|seed| seed.removed() == n.removed() && seed != n), "{}", n.merges_text());
+        }
+        let keys: std::collections::HashSet<String> = pop.iter().map(|x| encoding.decode(x).model_key()).collect();
+        assert_eq!(keys.len(), pop.len());
         // banded: no seeds
         let banded = SearchSettings { init: Init::Banded, ..SearchSettings::default() };
         assert_ne!(encoding.decode(&initial_population(&banded, &encoding, &seeds)[0]), seeds[0]);
