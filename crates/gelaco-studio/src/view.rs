@@ -685,6 +685,27 @@ fn inspector(app: &mut App, ui: &mut Ui) {
     let Some(s) = app.selected.clone() else {
         ui.label(RichText::new("Click a point on the plot to inspect a compressed model.").weak());
         ui.add_space(8.0);
+        let mut recommended: Vec<Solution> = app
+            .front
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.recommended)
+            .map(|(i, e)| Solution::from_front(i, e))
+            .chain(app.candidates.iter().filter(|e| e.recommended).map(Solution::from_candidate))
+            .chain(app.baselines.iter().filter(|b| b.recommended).map(Solution::from_baseline))
+            .collect();
+        recommended.sort_by_key(|s| std::cmp::Reverse(s.result.remaining_layers));
+        if !recommended.is_empty() {
+            ui.label("Recommended (lowest validation perplexity of its size):")
+                .on_hover_text("Picked among the front, the fittest few plans of each size and the baselines, on held-out text the search never saw");
+            for s in recommended {
+                let text = format!("{} layers, validation perplexity {:.2} ({})", s.result.remaining_layers, s.validation_perplexity.unwrap_or(f64::NAN), s.label);
+                if ui.selectable_label(false, text).clicked() {
+                    app.selected = Some(s);
+                }
+            }
+            ui.add_space(8.0);
+        }
         if !app.front.is_empty() {
             ui.label("Front solutions:");
             for (i, e) in app.front.clone().iter().enumerate() {
