@@ -254,15 +254,12 @@ pub fn compute_baselines(
 
 /// Recipes to take in as baselines, checked against the model before the run begins:
 /// (label, the method that wrote the recipe, plan).
-fn import_recipes(paths: &[PathBuf], m: &LoadedModel) -> Result<Vec<(String, Option<baselines::BaselineMethod>, crate::collapse::Plan)>> {
-    if paths.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sha = m.files.sha256()?;
+fn import_recipes(paths: &[PathBuf], m: &LoadedModel, identity: &ModelIdentity) -> Result<Vec<(String, Option<baselines::BaselineMethod>, crate::collapse::Plan)>> {
+    let sha = &identity.sha256;
     let mut out = Vec::new();
     for path in paths {
         let recipe = crate::export::recipe::Recipe::load(path)?;
-        recipe.check_model(&m.files, &sha, false).map_err(|e| Error::setting("import", format!("{}: {e}", path.display())))?;
+        recipe.check_model(&m.files, sha, false).map_err(|e| Error::setting("import", format!("{}: {e}", path.display())))?;
         let plan = recipe.plan()?;
         let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
         let label = if recipe.origin.is_empty() { name } else { format!("{} ({name})", recipe.origin) };
@@ -336,7 +333,8 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         JobSpec::New { model: path, calib, calib_options, engine, settings, out: dir, baselines, validation, import, .. } => {
             let m = model::load(&path, device)?;
             settings.validate(m.model.num_layers())?;
-            let imports = import_recipes(&import, &m)?;
+            let identity = model_identity(&m)?;
+            let imports = import_recipes(&import, &m, &identity)?;
             let calibration = calibration::load(&calib, &calib_options, &m.model, &m.tokenizer)?;
             let validation = match &validation {
                 Some((source, options)) => match Validation::load(source, &calib, &calib_options, options, &m.tokenizer) {
@@ -359,7 +357,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
                 tool_version: env!("CARGO_PKG_VERSION").into(),
                 settings,
                 engine,
-                model: model_identity(&m)?,
+                model: identity,
                 calibration_hash: calibration.hash.clone(),
                 calibration_source: calib.describe(),
                 status: Status::Running,
