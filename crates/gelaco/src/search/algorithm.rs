@@ -241,7 +241,9 @@ impl Algorithm {
         StdRng::seed_from_u64(self.settings.seed ^ (generation as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
-    /// Evaluate the initial population (`initial` first, then uniform samples). Generation 0.
+    /// Evaluate the initial population (`initial` first, then uniform samples up to the
+    /// population; an `initial` larger than the population is evaluated whole and survival
+    /// keeps the population's size). Generation 0.
     pub fn initialize(
         &mut self,
         problem: &mut dyn Problem,
@@ -251,7 +253,7 @@ impl Algorithm {
     ) -> Result<StepOutcome> {
         let mut rng = self.rng(0);
         let n = self.settings.population;
-        let mut xs: Vec<Vec<f64>> = initial.into_iter().take(n).collect();
+        let mut xs = initial;
         while xs.len() < n {
             xs.push(problem.bounds().sample(&mut rng));
         }
@@ -396,6 +398,19 @@ mod tests {
         let second: Vec<Vec<f64>> = kept.iter().filter(|i| i.rank == 1).map(|i| i.eval.objectives.clone()).collect();
         assert_eq!(second.len(), 2);
         assert!(second.contains(&vec![0.0, 0.5]) && second.contains(&vec![0.5, 0.0]));
+    }
+
+    #[test]
+    fn a_start_larger_than_the_population_is_evaluated_whole_and_cut_by_survival() {
+        let mut p = Zdt { bounds: Bounds { lower: vec![0.0; 10], upper: vec![1.0; 10], integer: false }, concave: false };
+        let s = AlgorithmSettings { population: 6, sbx: Sbx::default(), mutation: PolynomialMutation::default(), survival: Survival::Pareto, seed: 1 };
+        let mut a = Algorithm::new(s);
+        // the best point (f1 = 0, g = 1) is the last of nine
+        let mut start: Vec<Vec<f64>> = (1..9).map(|k| vec![k as f64 / 10.0; 10]).collect();
+        start.push(vec![0.0; 10]);
+        a.initialize(&mut p, start, None, &|| false).unwrap();
+        assert_eq!((a.state.evaluations, a.state.population.len()), (9, 6));
+        assert!(a.state.population.iter().any(|i| i.x == vec![0.0; 10]));
     }
 
     #[test]

@@ -38,7 +38,7 @@ crate::choice!(Init {
     Paper => "paper": "uniform over the genotype space, and the paper's operators only (offspring that repeat a model are not varied)",
     Banded => "banded": "plans whose compression falls in a band",
     Warm => "warm": "the baselines' solutions, then banded plans",
-    Seeded => "seeded": "ShortGPT's plan (one forward pass) at sizes spread over the band, then their neighbours (one removed layer moved) and banded plans",
+    Seeded => "seeded": "ShortGPT's plan (one forward pass) at every size of the band, then their neighbours (one removed layer moved) and banded plans",
 });
 
 /// The initial population of a new search: a short search starts from known good plans
@@ -153,16 +153,12 @@ impl SearchSettings {
         }
     }
 
-    /// The sizes (layers removed) of a `seeded` search's ShortGPT plans: spread evenly over
-    /// [`SearchSettings::removed_range`], at most half the population.
+    /// The sizes (layers removed) of a `seeded` search's ShortGPT plans: every size of
+    /// [`SearchSettings::removed_range`], so that a front starts from ShortGPT's plan at
+    /// each size it may recommend.
     pub fn seed_sizes(&self, layers: usize) -> Vec<usize> {
         let (lo, hi) = self.removed_range(layers);
-        let count = (hi - lo + 1).min((self.population / 2).max(1));
-        let mut sizes: Vec<usize> = (0..count)
-            .map(|i| if count == 1 { lo } else { lo + ((hi - lo) as f64 * i as f64 / (count - 1) as f64).round() as usize })
-            .collect();
-        sizes.dedup();
-        sizes
+        (lo..=hi).collect()
     }
 
     pub fn encoding(&self, layers: usize) -> Encoding {
@@ -209,7 +205,9 @@ pub fn random_plan_removing(layers: usize, removed: usize, op: MergeOp, rng: &mu
     plan
 }
 
-/// Initial genes for `init` (uniform initialisation is the algorithm's own sampling).
+/// Initial genes for `init` (uniform initialisation is the algorithm's own sampling). A
+/// seeded start holds every seed, and more plans than the population when the seeds are more
+/// than half of it.
 pub fn initial_population(settings: &SearchSettings, encoding: &Encoding, seeds: &[Plan]) -> Vec<Vec<f64>> {
     let layers = encoding.layers;
     let mut rng = StdRng::seed_from_u64(settings.seed ^ 0x5EED);
@@ -218,18 +216,31 @@ pub fn initial_population(settings: &SearchSettings, encoding: &Encoding, seeds:
     if settings.init == Init::Paper {
         return out;
     }
+    // the first population: the population's size, or more when a seeded start has more
+    // seeds than half of it (survival cuts the evaluated start to the population)
+    let mut size = settings.population;
     if matches!(settings.init, Init::Warm | Init::Seeded) {
-        out.extend(seeds.iter().take(settings.population).map(|p| encoding.encode(p)));
+        let mut keys = std::collections::HashSet::new();
+        let cap = if settings.init == Init::Seeded { seeds.len() } else { settings.population };
+        for plan in seeds {
+            if out.len() >= cap {
+                break;
+            }
+            if keys.insert(plan.model_key()) {
+                out.push(encoding.encode(plan));
+            }
+        }
     }
     if settings.init == Init::Seeded && !out.is_empty() {
         // neighbours of the seeds (one removed layer moved), the search's best start: three
         // quarters of the rest for one size, half for a front
-        let rest = settings.population - out.len();
-        let wanted = out.len() + if matches!(settings.mode, Mode::Single { .. }) { rest * 3 / 4 } else { rest / 2 };
-        let mut keys: std::collections::HashSet<String> = out.iter().map(|x| encoding.decode(x).model_key()).collect();
         let seeded = out.len();
+        let rest = settings.population - seeded.min(settings.population / 2);
+        size = seeded + rest;
+        let wanted = seeded + if matches!(settings.mode, Mode::Single { .. }) { rest * 3 / 4 } else { rest / 2 };
+        let mut keys: std::collections::HashSet<String> = out.iter().map(|x| encoding.decode(x).model_key()).collect();
         let mut tries = 0;
-        while out.len() < wanted && tries < 32 * settings.population {
+        while out.len() < wanted && tries < 32 * size {
             tries += 1;
             let Some(x) = problem::vary_plan(encoding, &out[tries % seeded], &mut rng) else { break };
             if keys.insert(encoding.decode(&x).model_key()) {
@@ -238,7 +249,7 @@ pub fn initial_population(settings: &SearchSettings, encoding: &Encoding, seeds:
         }
     }
     let (lo_r, hi_r) = settings.removed_range(layers);
-    while out.len() < settings.population {
+    while out.len() < size {
         let removed = rng.random_range(lo_r..=hi_r);
         let op = if encoding.op_genes { MergeOp::ALL[rng.random_range(0..MergeOp::ALL.len())] } else { encoding.default_op };
         let plan = random_plan_removing(layers, removed, op, &mut rng);
@@ -270,10 +281,8 @@ mod tests {
     fn seeded_searches_start_from_their_seeds_at_sizes_across_the_band() {
         let s = SearchSettings::default();
         assert_eq!(s.init, Init::Seeded);
-        // 30 layers, band 5-50%: 2..=15 layers removed, at most half the population
-        let sizes = s.seed_sizes(30);
-        assert_eq!((sizes.len(), sizes[0], *sizes.last().unwrap()), (8, 2, 15));
-        assert!(sizes.windows(2).all(|w| w[0] < w[1]));
+        // 30 layers, band 5-50%: every size from 2 to 15 layers removed
+        assert_eq!(s.seed_sizes(30), (2..=15).collect::<Vec<_>>());
         let single = SearchSettings { mode: Mode::Single { target_removed: 6 }, ..SearchSettings::default() };
         assert_eq!(single.seed_sizes(30), vec![6]);
         let encoding = s.encoding(30);
@@ -287,6 +296,19 @@ mod tests {
         for n in &neighbours {
             assert!(seeds.iter().any(|seed| seed.removed() == n.removed() && seed != n), "{}", n.merges_text());
         }
+        let keys: std::collections::HashSet<String> = pop.iter().map(|x| encoding.decode(x).model_key()).collect();
+        assert_eq!(keys.len(), pop.len());
+        // a seed at each of the band's 14 sizes: all of them start, with the neighbours and
+        // banded plans that half a population of seeds would have (survival keeps 16)
+        let every: Vec<Plan> = s.seed_sizes(30).iter().map(|&r| Plan::from_ranges(&[(10, 10 + r)], 30, MergeOp::KeepFirst).unwrap()).collect();
+        let pop = initial_population(&s, &encoding, &every);
+        let half = s.population / 2;
+        assert_eq!(pop.len(), every.len() + s.population - half);
+        for (x, seed) in pop.iter().zip(&every) {
+            assert_eq!(&encoding.decode(x), seed);
+        }
+        let neighbours = &pop[every.len()..every.len() + (s.population - half) / 2];
+        assert!(neighbours.iter().map(|x| encoding.decode(x)).all(|n| every.iter().any(|seed| seed.removed() == n.removed())));
         let keys: std::collections::HashSet<String> = pop.iter().map(|x| encoding.decode(x).model_key()).collect();
         assert_eq!(keys.len(), pop.len());
         // banded: no seeds
