@@ -138,6 +138,21 @@ fn config_missing_required_field() {
 }
 
 #[test]
+fn gguf_block_count_beyond_its_tensors() {
+    // 1,000 blocks is within the general bound, but four blocks' tensors cannot back it
+    let tiny = Tiny::default();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("blocks.gguf");
+    let md: Vec<_> = tiny
+        .gguf_metadata()
+        .into_iter()
+        .map(|(k, v)| if k == "llama.block_count" { (k, gguf::Value::U32(1000)) } else { (k, v) })
+        .collect();
+    std::fs::write(&p, gguf::encode(&md, &tiny.gguf_tensors(), 32)).unwrap();
+    assert_input_error(&inspect(&p), &["blocks.gguf", "block_count (1000)", "tensors"]);
+}
+
+#[test]
 fn wrong_flag_is_a_usage_error() {
     let out = gelaco(&["inspect", "--modle", "x"]);
     assert_eq!(out.status.code(), Some(2));

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::Tiny;
+use common::{Tiny, TinyArch};
 use gelaco::backend::{self, DeviceChoice};
 use gelaco::collapse::{MergeOp, MergeSettings, Plan, build};
 use gelaco::eval::choice::loglikelihoods;
@@ -352,5 +352,28 @@ fn snapshot(path: &Path) -> Vec<(String, Vec<u8>)> {
         files
     } else {
         vec![(String::new(), std::fs::read(path).unwrap())]
+    }
+}
+
+/// What exports write of a layer is the model's own parameters, named and shaped by the one
+/// table of layer tensors: every parameter the model file has, and nothing else.
+#[test]
+fn a_layers_parameters_come_from_the_layer_table() {
+    for arch in [TinyArch::Llama, TinyArch::Qwen2, TinyArch::Qwen3] {
+        let tiny = Tiny { arch, ..Tiny::default() };
+        let (_dir, _g, hf) = tiny.write_both();
+        let m = cpu_load(&hf);
+        let got = gelaco::export::merged_layer_tensors(&m.model.layers[1]).unwrap();
+        let want: Vec<(String, Vec<usize>, Vec<f32>)> = tiny
+            .weights()
+            .into_iter()
+            .filter_map(|(name, (shape, data, _))| name.strip_prefix("model.layers.1.").map(|s| (s.to_string(), shape, data)))
+            .collect();
+        assert_eq!(got.len(), want.len(), "{arch:?}: {:?}", got.iter().map(|(n, _)| *n).collect::<Vec<_>>());
+        for (name, t) in &got {
+            let (_, shape, data) = want.iter().find(|(n, _, _)| n == name).unwrap_or_else(|| panic!("{arch:?}: {name} is not a tensor of the model"));
+            assert_eq!(&t.shape, shape, "{arch:?} {name}");
+            assert_eq!(&t.data, data, "{arch:?} {name}");
+        }
     }
 }

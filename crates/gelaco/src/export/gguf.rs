@@ -15,7 +15,7 @@ use super::{ExportReport, ExportSource, MergedTensors, staged};
 use crate::collapse::{LayerSource, representative_layers};
 use crate::error::{Error, Result};
 use crate::model::gguf::{self as format, DEFAULT_ALIGNMENT, GgmlType, GgufFile, Value};
-use crate::model::weights::{LAYER_TENSORS, permute_rows};
+use crate::model::weights::{layer_tensor_gguf, permute_rows};
 
 /// Options of a GGUF export.
 #[derive(Debug, Clone, Default)]
@@ -100,7 +100,7 @@ pub fn export(src: &ExportSource, out: &Path, opts: &GgufOptions) -> Result<Expo
         for t in g.tensors.iter().filter(|t| layer_of(&t.name).is_some_and(|(n, _)| n == rep)) {
             let (_, suffix) = layer_of(&t.name).expect("a layer tensor");
             let name = format!("blk.{i}.{suffix}");
-            let hf = LAYER_TENSORS.iter().find(|(_, gg)| *gg == suffix).map(|(h, _)| *h);
+            let hf = layer_tensor_gguf(suffix).map(|t| t.hf);
             match (s, hf) {
                 (LayerSource::Merged, Some(hf_suffix)) => {
                     let n = t.elements();

@@ -111,27 +111,15 @@ fn source_dtype(src: &ExportSource) -> Option<HfDtype> {
 fn plan_tensors(src: &ExportSource) -> Result<Vec<Planned>> {
     let files = &src.source.files;
     let cfg = src.config();
-    let (h, q, kv, ff) = (cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size);
-    let shape_of = |suffix: &str| -> Vec<usize> {
-        match suffix {
-            "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![h],
-            "self_attn.q_proj.weight" => vec![q, h],
-            "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h],
-            "self_attn.o_proj.weight" => vec![h, q],
-            "self_attn.q_proj.bias" => vec![q],
-            "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kv],
-            "self_attn.q_norm.weight" | "self_attn.k_norm.weight" => vec![cfg.head_dim],
-            "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![ff, h],
-            _ => vec![h, ff],
-        }
-    };
+    let h = cfg.hidden_size;
     let mut out = vec![Planned {
         name: "model.embed_tokens.weight".into(),
         shape: vec![cfg.vocab_size, h],
         fetch: Fetch::Source("model.embed_tokens.weight".into()),
     }];
     for (i, s) in src.sources().iter().enumerate() {
-        for &(suffix, _) in LAYER_TENSORS {
+        for t in LAYER_TENSORS {
+            let suffix = t.hf;
             let name = format!("model.layers.{i}.{suffix}");
             let fetch = match s {
                 LayerSource::Original(j) => {
@@ -148,7 +136,7 @@ fn plan_tensors(src: &ExportSource) -> Result<Vec<Planned>> {
                     Fetch::Merged { layer: i, suffix }
                 }
             };
-            out.push(Planned { name, shape: shape_of(suffix), fetch });
+            out.push(Planned { name, shape: t.param.shape(cfg), fetch });
         }
     }
     out.push(Planned { name: "model.norm.weight".into(), shape: vec![h], fetch: Fetch::Source("model.norm.weight".into()) });

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::collapse::{LayerSource, MergeSettings, Plan, layer_sources};
 use crate::error::{Error, Result};
 use crate::model::llama::{Layer, Llama, download};
-use crate::model::weights::HostTensor;
+use crate::model::weights::{HostTensor, LAYER_TENSORS};
 use crate::model::{LoadedModel, ModelConfig};
 
 pub use recipe::{Recipe, refuse_existing};
@@ -158,28 +158,12 @@ pub fn verify(m: &LoadedModel, compressed: &Llama, out: &Path) -> Result<Verific
 /// The tensors of a merged layer, downloaded from the device, by Hugging Face suffix
 /// (`self_attn.q_proj.weight`), in Hugging Face layout.
 pub fn merged_layer_tensors(layer: &Layer) -> Result<Vec<(&'static str, HostTensor)>> {
-    let mut out = vec![
-        ("input_layernorm.weight", download(layer.input_norm.clone())?),
-        ("self_attn.q_proj.weight", layer.q.weight_host()?),
-        ("self_attn.k_proj.weight", layer.k.weight_host()?),
-        ("self_attn.v_proj.weight", layer.v.weight_host()?),
-        ("self_attn.o_proj.weight", layer.o.weight_host()?),
-    ];
-    for (name, lin) in [("self_attn.q_proj.bias", &layer.q), ("self_attn.k_proj.bias", &layer.k), ("self_attn.v_proj.bias", &layer.v)] {
-        if let Some(b) = &lin.bias {
-            out.push((name, download(b.clone())?));
+    let mut out = Vec::new();
+    for t in LAYER_TENSORS {
+        if let Some(x) = layer.param(t.param)? {
+            out.push((t.hf, x));
         }
     }
-    if let Some(n) = &layer.q_norm {
-        out.push(("self_attn.q_norm.weight", download(n.clone())?));
-    }
-    if let Some(n) = &layer.k_norm {
-        out.push(("self_attn.k_norm.weight", download(n.clone())?));
-    }
-    out.push(("post_attention_layernorm.weight", download(layer.post_attn_norm.clone())?));
-    out.push(("mlp.gate_proj.weight", layer.gate.weight_host()?));
-    out.push(("mlp.up_proj.weight", layer.up.weight_host()?));
-    out.push(("mlp.down_proj.weight", layer.down.weight_host()?));
     Ok(out)
 }
 

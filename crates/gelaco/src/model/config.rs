@@ -316,6 +316,9 @@ impl<'a> GgufMeta<'a> {
     }
 }
 
+/// Tensors every transformer block of a supported model has.
+const TENSORS_PER_BLOCK: usize = 9;
+
 /// Build and validate the configuration of a GGUF model from its metadata.
 pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     let meta = GgufMeta::new(file)?;
@@ -357,12 +360,25 @@ pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     };
     let bos = file.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64).map(|v| v as u32);
     let eos = file.get("tokenizer.ggml.eos_token_id").and_then(Value::as_u64).map(|v| v as u32);
+    // each block holds at least its two norms, four attention and three MLP matrices: a
+    // block count the tensors cannot back is corrupt, whatever the general bound allows
+    let num_layers = meta.req_u64("block_count")?;
+    if num_layers.saturating_mul(TENSORS_PER_BLOCK) > file.tensors.len() {
+        return Err(Error::config(
+            path,
+            format!(
+                "{}.block_count ({num_layers}) needs at least {TENSORS_PER_BLOCK} tensors per block, but the file has {} tensors",
+                meta.arch,
+                file.tensors.len()
+            ),
+        ));
+    }
     let cfg = ModelConfig {
         arch,
         vocab_size,
         hidden_size,
         intermediate_size: meta.req_u64("feed_forward_length")?,
-        num_layers: meta.req_u64("block_count")?,
+        num_layers,
         num_heads,
         num_kv_heads,
         head_dim,

@@ -7,10 +7,11 @@
 
 use std::sync::Arc;
 
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::config::{ModelConfig, RopeScaling};
+use super::layer::rms_norm;
+pub use super::layer::{Layer, LayerTaps, Linear};
 use super::weights::{HostTensor, ModelFiles};
 use crate::error::{Error, Result};
 
@@ -32,31 +33,6 @@ fn upload_transposed(t: &HostTensor, device: &Device) -> Tensor<2> {
     Tensor::<2>::from_data(TensorData::new(out, [c, r]), device)
 }
 
-/// A linear projection: weight stored transposed `[in, out]`, optional bias `[out]`.
-#[derive(Clone, Debug)]
-pub struct Linear {
-    pub weight_t: Tensor<2>,
-    pub bias: Option<Tensor<1>>,
-}
-
-impl Linear {
-    /// `x`: `[batch, seq, in]` -> `[batch, seq, out]`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, s, i] = x.dims();
-        let out = self.weight_t.dims()[1];
-        let y = x.reshape([b * s, i]).matmul(self.weight_t.clone());
-        let y = match &self.bias {
-            Some(bias) => y + bias.clone().unsqueeze_dim::<2>(0),
-            None => y,
-        };
-        y.reshape([b, s, out])
-    }
-
-    /// The weight back in PyTorch layout `[out, in]`, on the host.
-    pub fn weight_host(&self) -> Result<HostTensor> {
-        download(self.weight_t.clone().transpose())
-    }
-}
 
 /// Read a device tensor back to the host.
 pub fn download<const D: usize>(t: Tensor<D>) -> Result<HostTensor> {
@@ -68,44 +44,6 @@ pub fn download<const D: usize>(t: Tensor<D>) -> Result<HostTensor> {
     Ok(HostTensor::new(shape, data))
 }
 
-/// One decoder layer's parameters.
-#[derive(Clone, Debug)]
-pub struct Layer {
-    pub input_norm: Tensor<1>,
-    pub post_attn_norm: Tensor<1>,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
-    pub o: Linear,
-    pub q_norm: Option<Tensor<1>>,
-    pub k_norm: Option<Tensor<1>>,
-    pub gate: Linear,
-    pub up: Linear,
-    pub down: Linear,
-}
-
-/// The module outputs of one layer, each `[batch, seq, features]`.
-#[derive(Clone, Debug)]
-pub struct LayerTaps {
-    /// Query projection, before RoPE.
-    pub q: Tensor<3>,
-    /// Key projection, before RoPE.
-    pub k: Tensor<3>,
-    pub v: Tensor<3>,
-    pub o: Tensor<3>,
-    pub gate: Tensor<3>,
-    pub up: Tensor<3>,
-    pub down: Tensor<3>,
-}
-
-impl LayerTaps {
-    pub const NAMES: [&'static str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-
-    /// The taps in [`LayerTaps::NAMES`] order.
-    pub fn all(&self) -> [&Tensor<3>; 7] {
-        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
-    }
-}
 
 /// Key/value cache of one generation: per layer `[batch, kv_heads, past, head_dim]`.
 #[derive(Clone, Debug, Default)]
@@ -252,26 +190,6 @@ pub struct Llama {
     pub device: Device,
 }
 
-fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
-    let var = x.clone().square().mean_dim(2);
-    let x = x * var.add_scalar(eps).sqrt().recip();
-    x * weight.clone().unsqueeze_dims::<3>(&[0, 1])
-}
-
-fn rms_norm4(x: Tensor<4>, weight: &Tensor<1>, eps: f64) -> Tensor<4> {
-    let var = x.clone().square().mean_dim(3);
-    let x = x * var.add_scalar(eps).sqrt().recip();
-    x * weight.clone().unsqueeze_dims::<4>(&[0, 1, 2])
-}
-
-/// `x`: `[b, heads, s, d]`; rotate pairs (i, i + d/2) as transformers' `rotate_half`.
-fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    let d = x.dims()[3];
-    let x1 = x.clone().slice_dim(3, 0..d / 2);
-    let x2 = x.clone().slice_dim(3, d / 2..d);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
-}
 
 /// Additive attention mask `[1, 1, s, past + s]`: 0 where query i may see key j.
 fn causal_mask(s: usize, past: usize, window: Option<usize>, device: &Device) -> Tensor<4> {
@@ -328,11 +246,7 @@ impl Llama {
                 down: linear(&p("mlp.down_proj"), false)?,
             }));
         }
-        // llama.cpp stores Llama 3 frequency factors as a tensor instead of config fields
-        let freq_factors = match files.gguf().and_then(|g| g.tensor("rope_freqs.weight")) {
-            Some(info) => files.gguf().map(|g| g.dequantize(info)).transpose()?,
-            None => None,
-        };
+        let freq_factors = files.rope_freq_factors()?;
         let inv_freq = rope_inv_freq(&cfg, freq_factors.as_deref());
         Ok(Llama {
             norm: vec1("model.norm.weight")?,
@@ -427,60 +341,19 @@ impl Llama {
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
         want_taps: bool,
     ) -> (Tensor<3>, Option<LayerTaps>) {
-        let c = &self.config;
-        let [b, s, _] = x.dims();
-        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let eps = c.rms_norm_eps;
-
-        let xn = rms_norm(x.clone(), &layer.input_norm, eps);
-        let q_out = layer.q.forward(xn.clone());
-        let k_out = layer.k.forward(xn.clone());
-        let v_out = layer.v.forward(xn);
-
-        let mut q = q_out.clone().reshape([b, s, nh, hd]).swap_dims(1, 2);
-        let mut k = k_out.clone().reshape([b, s, nkv, hd]).swap_dims(1, 2);
-        let mut v = v_out.clone().reshape([b, s, nkv, hd]).swap_dims(1, 2);
-        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            q = rms_norm4(q, qn, eps);
-            k = rms_norm4(k, kn, eps);
-        }
-        q = apply_rope(q, cos, sin);
-        k = apply_rope(k, cos, sin);
-        if let Some(entry) = cache {
-            if let Some((pk, pv)) = entry.take() {
-                k = Tensor::cat(vec![pk, k], 2);
-                v = Tensor::cat(vec![pv, v], 2);
-            }
-            *entry = Some((k.clone(), v.clone()));
-        }
-        let t = k.dims()[2];
-        let rep = nh / nkv;
-        if rep > 1 {
-            k = k.unsqueeze_dim::<5>(2).repeat_dim(2, rep).reshape([b, nh, t, hd]);
-            v = v.unsqueeze_dim::<5>(2).repeat_dim(2, rep).reshape([b, nh, t, hd]);
-        }
-        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
-        if let Some(m) = mask {
-            scores = scores + m.clone();
-        }
-        let attn = softmax(scores, 3).matmul(v);
-        let attn = attn.swap_dims(1, 2).reshape([b, s, nh * hd]);
-        let o_out = layer.o.forward(attn);
-        let x = x + o_out.clone();
-
-        let xn = rms_norm(x.clone(), &layer.post_attn_norm, eps);
-        let gate = layer.gate.forward(xn.clone());
-        let up = layer.up.forward(xn);
-        let down = layer.down.forward(silu(gate.clone()) * up.clone());
-        let out = x + down.clone();
+        let eps = self.config.rms_norm_eps;
+        let attention = layer.attention(&self.config, rms_norm(x.clone(), &layer.input_norm, eps), cos, sin, mask, cache);
+        let x = x + attention.o.clone();
+        let mlp = layer.mlp(rms_norm(x.clone(), &layer.post_attn_norm, eps));
+        let out = x + mlp.down.clone();
         let taps = want_taps.then(|| LayerTaps {
-            q: q_out,
-            k: k_out,
-            v: v_out,
-            o: o_out,
-            gate,
-            up,
-            down,
+            q: attention.q,
+            k: attention.k,
+            v: attention.v,
+            o: attention.o,
+            gate: mlp.gate,
+            up: mlp.up,
+            down: mlp.down,
         });
         (out, taps)
     }

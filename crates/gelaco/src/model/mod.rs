@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod gguf;
+pub mod layer;
 pub mod llama;
 pub mod tokenizer;
 pub mod weights;

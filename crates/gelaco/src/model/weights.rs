@@ -30,23 +30,94 @@ impl HostTensor {
     }
 }
 
-/// Per-layer tensor suffixes: (Hugging Face, GGUF).
-pub const LAYER_TENSORS: &[(&str, &str)] = &[
-    ("input_layernorm.weight", "attn_norm.weight"),
-    ("self_attn.q_proj.weight", "attn_q.weight"),
-    ("self_attn.k_proj.weight", "attn_k.weight"),
-    ("self_attn.v_proj.weight", "attn_v.weight"),
-    ("self_attn.o_proj.weight", "attn_output.weight"),
-    ("self_attn.q_proj.bias", "attn_q.bias"),
-    ("self_attn.k_proj.bias", "attn_k.bias"),
-    ("self_attn.v_proj.bias", "attn_v.bias"),
-    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
-    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
-    ("post_attention_layernorm.weight", "ffn_norm.weight"),
-    ("mlp.gate_proj.weight", "ffn_gate.weight"),
-    ("mlp.up_proj.weight", "ffn_up.weight"),
-    ("mlp.down_proj.weight", "ffn_down.weight"),
+/// One parameter of a transformer layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerParam {
+    InputNorm,
+    Q,
+    K,
+    V,
+    O,
+    QBias,
+    KBias,
+    VBias,
+    QNorm,
+    KNorm,
+    PostAttnNorm,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LayerParam {
+    /// Whether a model of this configuration has the parameter.
+    pub fn present(self, c: &ModelConfig) -> bool {
+        match self {
+            LayerParam::QBias | LayerParam::KBias | LayerParam::VBias => c.attention_bias,
+            LayerParam::QNorm | LayerParam::KNorm => c.qk_norm,
+            _ => true,
+        }
+    }
+
+    /// The parameter's shape under this configuration, in Hugging Face layout
+    /// (`[out, in]` for matrices).
+    pub fn shape(self, c: &ModelConfig) -> Vec<usize> {
+        let (h, q, kv, ff) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size);
+        match self {
+            LayerParam::InputNorm | LayerParam::PostAttnNorm => vec![h],
+            LayerParam::Q => vec![q, h],
+            LayerParam::K | LayerParam::V => vec![kv, h],
+            LayerParam::O => vec![h, q],
+            LayerParam::QBias => vec![q],
+            LayerParam::KBias | LayerParam::VBias => vec![kv],
+            LayerParam::QNorm | LayerParam::KNorm => vec![c.head_dim],
+            LayerParam::Gate | LayerParam::Up => vec![ff, h],
+            LayerParam::Down => vec![h, ff],
+        }
+    }
+}
+
+/// A layer parameter's tensor names: the suffixes after `model.layers.N.` (Hugging Face)
+/// and `blk.N.` (GGUF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerTensor {
+    pub hf: &'static str,
+    pub gguf: &'static str,
+    pub param: LayerParam,
+}
+
+const fn layer_tensor(hf: &'static str, gguf: &'static str, param: LayerParam) -> LayerTensor {
+    LayerTensor { hf, gguf, param }
+}
+
+/// Every parameter of a layer, in the order exports write them: the one table of a layer's
+/// tensors, their names in both formats and their shapes.
+pub const LAYER_TENSORS: &[LayerTensor] = &[
+    layer_tensor("input_layernorm.weight", "attn_norm.weight", LayerParam::InputNorm),
+    layer_tensor("self_attn.q_proj.weight", "attn_q.weight", LayerParam::Q),
+    layer_tensor("self_attn.k_proj.weight", "attn_k.weight", LayerParam::K),
+    layer_tensor("self_attn.v_proj.weight", "attn_v.weight", LayerParam::V),
+    layer_tensor("self_attn.o_proj.weight", "attn_output.weight", LayerParam::O),
+    layer_tensor("self_attn.q_proj.bias", "attn_q.bias", LayerParam::QBias),
+    layer_tensor("self_attn.k_proj.bias", "attn_k.bias", LayerParam::KBias),
+    layer_tensor("self_attn.v_proj.bias", "attn_v.bias", LayerParam::VBias),
+    layer_tensor("self_attn.q_norm.weight", "attn_q_norm.weight", LayerParam::QNorm),
+    layer_tensor("self_attn.k_norm.weight", "attn_k_norm.weight", LayerParam::KNorm),
+    layer_tensor("post_attention_layernorm.weight", "ffn_norm.weight", LayerParam::PostAttnNorm),
+    layer_tensor("mlp.gate_proj.weight", "ffn_gate.weight", LayerParam::Gate),
+    layer_tensor("mlp.up_proj.weight", "ffn_up.weight", LayerParam::Up),
+    layer_tensor("mlp.down_proj.weight", "ffn_down.weight", LayerParam::Down),
 ];
+
+/// The layer tensor of a Hugging Face suffix (`self_attn.q_proj.weight`).
+pub fn layer_tensor_hf(suffix: &str) -> Option<&'static LayerTensor> {
+    LAYER_TENSORS.iter().find(|t| t.hf == suffix)
+}
+
+/// The layer tensor of a GGUF suffix (`attn_q.weight`).
+pub fn layer_tensor_gguf(suffix: &str) -> Option<&'static LayerTensor> {
+    LAYER_TENSORS.iter().find(|t| t.gguf == suffix)
+}
 
 /// Whole-model tensors: (Hugging Face, GGUF).
 pub const GLOBAL_TENSORS: &[(&str, &str)] = &[
@@ -63,8 +134,7 @@ pub fn hf_to_gguf(name: &str) -> Option<String> {
     let rest = name.strip_prefix("model.layers.")?;
     let (idx, suffix) = rest.split_once('.')?;
     let layer: usize = idx.parse().ok()?;
-    let &(_, g) = LAYER_TENSORS.iter().find(|(h, _)| *h == suffix)?;
-    Some(format!("blk.{layer}.{g}"))
+    Some(format!("blk.{layer}.{}", layer_tensor_hf(suffix)?.gguf))
 }
 
 /// Hugging Face name of a GGUF tensor name, when the table knows it.
@@ -75,8 +145,7 @@ pub fn gguf_to_hf(name: &str) -> Option<String> {
     let rest = name.strip_prefix("blk.")?;
     let (idx, suffix) = rest.split_once('.')?;
     let layer: usize = idx.parse().ok()?;
-    let &(h, _) = LAYER_TENSORS.iter().find(|(_, g)| *g == suffix)?;
-    Some(format!("model.layers.{layer}.{h}"))
+    Some(format!("model.layers.{layer}.{}", layer_tensor_gguf(suffix)?.hf))
 }
 
 /// Move whole rows between Hugging Face's q/k layout and llama.cpp's. Per head, llama.cpp
@@ -231,37 +300,29 @@ impl ModelFiles {
         }
     }
 
+    /// Llama 3's RoPE frequency factors where the file stores them as a tensor (llama.cpp's
+    /// `rope_freqs.weight`) instead of configuration fields.
+    pub fn rope_freq_factors(&self) -> Result<Option<Vec<f32>>> {
+        match self.gguf().and_then(|g| g.tensor("rope_freqs.weight").map(|info| (g, info))) {
+            Some((g, info)) => Ok(Some(g.dequantize(info)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every tensor the architecture needs is present, with its expected shape, and
     /// stored in a type this tool reads. Checked once at open, before any work.
     fn check_tensors(&self) -> Result<()> {
         let c = &self.config;
-        let (h, q, kv, ff) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size);
         let mut expect: Vec<(String, Vec<usize>)> = vec![
-            ("model.embed_tokens.weight".into(), vec![c.vocab_size, h]),
-            ("model.norm.weight".into(), vec![h]),
+            ("model.embed_tokens.weight".into(), vec![c.vocab_size, c.hidden_size]),
+            ("model.norm.weight".into(), vec![c.hidden_size]),
         ];
         if !c.tie_word_embeddings {
-            expect.push(("lm_head.weight".into(), vec![c.vocab_size, h]));
+            expect.push(("lm_head.weight".into(), vec![c.vocab_size, c.hidden_size]));
         }
         for l in 0..c.num_layers {
-            let p = |s: &str| format!("model.layers.{l}.{s}");
-            expect.push((p("input_layernorm.weight"), vec![h]));
-            expect.push((p("post_attention_layernorm.weight"), vec![h]));
-            expect.push((p("self_attn.q_proj.weight"), vec![q, h]));
-            expect.push((p("self_attn.k_proj.weight"), vec![kv, h]));
-            expect.push((p("self_attn.v_proj.weight"), vec![kv, h]));
-            expect.push((p("self_attn.o_proj.weight"), vec![h, q]));
-            expect.push((p("mlp.gate_proj.weight"), vec![ff, h]));
-            expect.push((p("mlp.up_proj.weight"), vec![ff, h]));
-            expect.push((p("mlp.down_proj.weight"), vec![h, ff]));
-            if c.attention_bias {
-                expect.push((p("self_attn.q_proj.bias"), vec![q]));
-                expect.push((p("self_attn.k_proj.bias"), vec![kv]));
-                expect.push((p("self_attn.v_proj.bias"), vec![kv]));
-            }
-            if c.qk_norm {
-                expect.push((p("self_attn.q_norm.weight"), vec![c.head_dim]));
-                expect.push((p("self_attn.k_norm.weight"), vec![c.head_dim]));
+            for t in LAYER_TENSORS.iter().filter(|t| t.param.present(c)) {
+                expect.push((format!("model.layers.{l}.{}", t.hf), t.param.shape(c)));
             }
         }
         for (name, shape) in expect {

@@ -1,0 +1,196 @@
+//! A decoder layer: its parameters, its attention block (RMSNorm'd input, grouped-query
+//! attention with RoPE and an optional KV cache) and its SwiGLU MLP, each with its own
+//! forward, and the module outputs ("taps") the fitness reads.
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::Tensor;
+
+use super::config::ModelConfig;
+use super::llama::download;
+use super::weights::{HostTensor, LayerParam};
+use crate::error::Result;
+
+/// A linear projection: weight stored transposed `[in, out]`, optional bias `[out]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight_t: Tensor<2>,
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    /// `x`: `[batch, seq, in]` -> `[batch, seq, out]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, s, i] = x.dims();
+        let out = self.weight_t.dims()[1];
+        let y = x.reshape([b * s, i]).matmul(self.weight_t.clone());
+        let y = match &self.bias {
+            Some(bias) => y + bias.clone().unsqueeze_dim::<2>(0),
+            None => y,
+        };
+        y.reshape([b, s, out])
+    }
+
+    /// The weight back in PyTorch layout `[out, in]`, on the host.
+    pub fn weight_host(&self) -> Result<HostTensor> {
+        download(self.weight_t.clone().transpose())
+    }
+}
+
+/// One decoder layer's parameters.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub input_norm: Tensor<1>,
+    pub post_attn_norm: Tensor<1>,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub q_norm: Option<Tensor<1>>,
+    pub k_norm: Option<Tensor<1>>,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// The outputs of a layer's attention block: the q/k/v projections (before RoPE) and the
+/// output projection, what the block adds to the residual stream.
+pub(crate) struct AttentionOut {
+    pub(crate) q: Tensor<3>,
+    pub(crate) k: Tensor<3>,
+    pub(crate) v: Tensor<3>,
+    pub(crate) o: Tensor<3>,
+}
+
+/// The outputs of a layer's MLP: gate and up projections, and the down projection that the
+/// block adds to the residual stream.
+pub(crate) struct MlpOut {
+    pub(crate) gate: Tensor<3>,
+    pub(crate) up: Tensor<3>,
+    pub(crate) down: Tensor<3>,
+}
+
+impl Layer {
+    /// Grouped-query self-attention with RoPE on the normed input `xn` `[batch, seq,
+    /// hidden]`; with a cache, the keys and values of earlier positions are prepended and
+    /// the cache extended.
+    pub(crate) fn attention(
+        &self,
+        c: &ModelConfig,
+        xn: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: Option<&Tensor<4>>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> AttentionOut {
+        let [b, s, _] = xn.dims();
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let q_out = self.q.forward(xn.clone());
+        let k_out = self.k.forward(xn.clone());
+        let v_out = self.v.forward(xn);
+
+        let mut q = q_out.clone().reshape([b, s, nh, hd]).swap_dims(1, 2);
+        let mut k = k_out.clone().reshape([b, s, nkv, hd]).swap_dims(1, 2);
+        let mut v = v_out.clone().reshape([b, s, nkv, hd]).swap_dims(1, 2);
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = rms_norm4(q, qn, c.rms_norm_eps);
+            k = rms_norm4(k, kn, c.rms_norm_eps);
+        }
+        q = apply_rope(q, cos, sin);
+        k = apply_rope(k, cos, sin);
+        if let Some(entry) = cache {
+            if let Some((pk, pv)) = entry.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *entry = Some((k.clone(), v.clone()));
+        }
+        let t = k.dims()[2];
+        let rep = nh / nkv;
+        if rep > 1 {
+            k = k.unsqueeze_dim::<5>(2).repeat_dim(2, rep).reshape([b, nh, t, hd]);
+            v = v.unsqueeze_dim::<5>(2).repeat_dim(2, rep).reshape([b, nh, t, hd]);
+        }
+        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
+        if let Some(m) = mask {
+            scores = scores + m.clone();
+        }
+        let attn = softmax(scores, 3).matmul(v);
+        let attn = attn.swap_dims(1, 2).reshape([b, s, nh * hd]);
+        AttentionOut { q: q_out, k: k_out, v: v_out, o: self.o.forward(attn) }
+    }
+
+    /// SwiGLU MLP on the normed input `xn` `[batch, seq, hidden]`.
+    pub(crate) fn mlp(&self, xn: Tensor<3>) -> MlpOut {
+        let gate = self.gate.forward(xn.clone());
+        let up = self.up.forward(xn);
+        let down = self.down.forward(silu(gate.clone()) * up.clone());
+        MlpOut { gate, up, down }
+    }
+
+    /// One parameter downloaded to the host, in Hugging Face layout; `None` where this
+    /// layer has no such parameter (biases, q/k norms).
+    pub fn param(&self, param: LayerParam) -> Result<Option<HostTensor>> {
+        let vector = |t: &Tensor<1>| download(t.clone());
+        let optional = |t: &Option<Tensor<1>>| t.as_ref().map(vector).transpose();
+        Ok(match param {
+            LayerParam::InputNorm => Some(vector(&self.input_norm)?),
+            LayerParam::PostAttnNorm => Some(vector(&self.post_attn_norm)?),
+            LayerParam::Q => Some(self.q.weight_host()?),
+            LayerParam::K => Some(self.k.weight_host()?),
+            LayerParam::V => Some(self.v.weight_host()?),
+            LayerParam::O => Some(self.o.weight_host()?),
+            LayerParam::QBias => optional(&self.q.bias)?,
+            LayerParam::KBias => optional(&self.k.bias)?,
+            LayerParam::VBias => optional(&self.v.bias)?,
+            LayerParam::QNorm => optional(&self.q_norm)?,
+            LayerParam::KNorm => optional(&self.k_norm)?,
+            LayerParam::Gate => Some(self.gate.weight_host()?),
+            LayerParam::Up => Some(self.up.weight_host()?),
+            LayerParam::Down => Some(self.down.weight_host()?),
+        })
+    }
+}
+
+/// The module outputs of one layer, each `[batch, seq, features]`.
+#[derive(Clone, Debug)]
+pub struct LayerTaps {
+    /// Query projection, before RoPE.
+    pub q: Tensor<3>,
+    /// Key projection, before RoPE.
+    pub k: Tensor<3>,
+    pub v: Tensor<3>,
+    pub o: Tensor<3>,
+    pub gate: Tensor<3>,
+    pub up: Tensor<3>,
+    pub down: Tensor<3>,
+}
+
+impl LayerTaps {
+    pub const NAMES: [&'static str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+    /// The taps in [`LayerTaps::NAMES`] order.
+    pub fn all(&self) -> [&Tensor<3>; 7] {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+    }
+}
+
+pub(crate) fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
+    let var = x.clone().square().mean_dim(2);
+    let x = x * var.add_scalar(eps).sqrt().recip();
+    x * weight.clone().unsqueeze_dims::<3>(&[0, 1])
+}
+
+fn rms_norm4(x: Tensor<4>, weight: &Tensor<1>, eps: f64) -> Tensor<4> {
+    let var = x.clone().square().mean_dim(3);
+    let x = x * var.add_scalar(eps).sqrt().recip();
+    x * weight.clone().unsqueeze_dims::<4>(&[0, 1, 2])
+}
+
+/// `x`: `[b, heads, s, d]`; rotate pairs (i, i + d/2) as transformers' `rotate_half`.
+fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let d = x.dims()[3];
+    let x1 = x.clone().slice_dim(3, 0..d / 2);
+    let x2 = x.clone().slice_dim(3, d / 2..d);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
