@@ -17,18 +17,17 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::FrontEntry;
-use super::pick::{CANDIDATES_PER_SIZE, Picker};
+use super::pick::{Picker, candidate_entries, front_entries};
 use super::store::{Checkpoint, ModelIdentity, RunInfo, RunStore, Status, ValidationInfo};
 use crate::backend::{self, DeviceChoice};
 use crate::collapse::MergeSettings;
 use crate::error::{Error, Result};
 use crate::fitness::calibration::{self, CalibOptions, CalibSource};
 use crate::eval::validation::{Validation, ValidationOptions, ValidationSource};
-use crate::export::recipe::plan_of;
-use crate::fitness::{EngineOptions, FitnessEngine, FitnessResult};
+use crate::fitness::{EngineOptions, FitnessEngine};
 use crate::model::{self, LoadedModel};
 use crate::search::algorithm::{Algorithm, StepOutcome};
-use crate::search::baselines::{self, BaselineSolution, LacoSettings};
+use crate::search::baselines::{self, BaselineSolution};
 use crate::search::problem::{EvaluatedPlan, PlanProblem};
 use crate::search::fidelity::Fidelity;
 use crate::search::{Init, SearchSettings, hypervolume, initial_population};
@@ -214,44 +213,6 @@ pub fn model_identity(m: &LoadedModel) -> Result<ModelIdentity> {
     ModelIdentity::of(&m.files)
 }
 
-/// LaCo and ShortGPT solutions at a spread of sizes, scored by `engine`.
-/// `None` when `stop` was set before they were all computed (checked between solutions).
-pub fn compute_baselines(
-    engine: &FitnessEngine,
-    merge_op: crate::collapse::MergeOp,
-    stop: &AtomicBool,
-) -> Result<Option<Vec<BaselineSolution>>> {
-    let layers = engine.model().num_layers();
-    let mut out = Vec::new();
-    let stopped = || stop.load(Ordering::SeqCst);
-    let influence = baselines::block_influence(engine.model(), &engine.calibration.samples, engine.options.batch_size)?;
-    let step = (layers / 10).max(1);
-    let mut r = step;
-    while r <= layers / 2 {
-        if stopped() {
-            return Ok(None);
-        }
-        out.push(baselines::shortgpt(engine, &influence, r)?);
-        r += step;
-    }
-    for threshold in [0.9, 0.8, 0.65] {
-        for op in [crate::collapse::MergeOp::Rdsc, merge_op] {
-            if stopped() {
-                return Ok(None);
-            }
-            let s = LacoSettings { threshold, op, ..LacoSettings::default() };
-            let sol = baselines::laco(engine, &s)?;
-            if sol.plan.removed() > 0 && !out.iter().any(|o: &BaselineSolution| o.plan == sol.plan) {
-                out.push(sol);
-            }
-            if op == crate::collapse::MergeOp::Rdsc && merge_op == op {
-                break;
-            }
-        }
-    }
-    Ok(Some(out))
-}
-
 /// Recipes to take in as baselines, checked against the model before the run begins:
 /// (label, the method that wrote the recipe, plan).
 fn import_recipes(paths: &[PathBuf], m: &LoadedModel, identity: &ModelIdentity) -> Result<Vec<(String, Option<baselines::BaselineMethod>, crate::collapse::Plan)>> {
@@ -266,32 +227,6 @@ fn import_recipes(paths: &[PathBuf], m: &LoadedModel, identity: &ModelIdentity) 
         out.push((label, recipe.method, plan));
     }
     Ok(out)
-}
-
-/// The front of everything evaluated so far (see [`PlanProblem::archive_front`]).
-fn front_entries(problem: &PlanProblem) -> Vec<FrontEntry> {
-    entries(problem, problem.archive_front())
-}
-
-/// The fittest few plans of each size that are not on `front` (see
-/// [`PlanProblem::size_leaders`]).
-fn candidate_entries(problem: &PlanProblem, front: &[FrontEntry]) -> Vec<FrontEntry> {
-    let on_front: std::collections::HashSet<String> = front.iter().map(|f| plan_of(&f.result).model_key()).collect();
-    let leaders = problem.size_leaders(CANDIDATES_PER_SIZE).into_iter().filter(|(_, r)| !on_front.contains(&plan_of(r).model_key()));
-    entries(problem, leaders.collect())
-}
-
-fn entries(problem: &PlanProblem, plans: Vec<(Vec<f64>, Arc<FitnessResult>)>) -> Vec<FrontEntry> {
-    plans
-        .into_iter()
-        .map(|(genes, r)| FrontEntry {
-            merges: problem.encoding.decode(&genes).merges_text(),
-            genes,
-            result: (*r).clone(),
-            validation_perplexity: None,
-            recommended: false,
-        })
-        .collect()
 }
 
 /// Validation perplexities and the recommended flags of a front, candidates and the
@@ -415,7 +350,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
     if baselines.is_empty() && (want_baselines || settings.init == Init::Warm) {
         out.send(Event::Stage { message: "computing the LaCo and ShortGPT baselines".into() });
         let op = settings.merge_op.unwrap_or(crate::collapse::merge::DEFAULT_MERGE_OP);
-        match compute_baselines(&engine, op, stop)? {
+        match baselines::compute_baselines(&engine, op, &|| stop.load(Ordering::SeqCst))? {
             Some(b) => baselines = b,
             None => {
                 // stopped before the search began: nothing evaluated, resumable from the start
@@ -577,14 +512,13 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
                 break;
             }
         }
-        if !initialized {
-            out.send(Event::Stage { message: format!("evaluating the first population ({})", settings.population) });
-        }
         let outcome = if initialized {
             algo.step(&mut problem, Some(budget - algo.state.evaluations), &should_stop)?
         } else {
-            let seeds = initial_population(&settings, &encoding, &seed_plans);
-            algo.initialize(&mut problem, seeds, Some(budget), &should_stop)?
+            let start = initial_population(&settings, &encoding, &seed_plans);
+            let size = start.len().max(settings.population).min(budget);
+            out.send(Event::Stage { message: format!("evaluating the first population ({size})") });
+            algo.initialize(&mut problem, start, Some(budget), &should_stop)?
         };
         if outcome == StepOutcome::Interrupted {
             break;

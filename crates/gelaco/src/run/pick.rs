@@ -4,6 +4,7 @@
 //! validation text; it only decides among what the search and the baselines found.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::FrontEntry;
 use crate::error::{Error, Result};
@@ -11,6 +12,7 @@ use crate::eval::validation::Validation;
 use crate::export::recipe::plan_of;
 use crate::fitness::{FitnessEngine, FitnessResult};
 use crate::search::baselines::BaselineSolution;
+use crate::search::problem::PlanProblem;
 
 /// Validation perplexities of the models of one run, built as the run's engine builds
 /// them (merge settings, healing).
@@ -94,6 +96,32 @@ pub fn mark_recommended(front: &mut [FrontEntry], candidates: &mut [FrontEntry],
     for (i, b) in baselines.iter_mut().enumerate() {
         b.recommended = is_best(b.result.remaining_layers, 2, i);
     }
+}
+
+/// The front of everything evaluated so far (see [`PlanProblem::archive_front`]).
+pub(super) fn front_entries(problem: &PlanProblem) -> Vec<FrontEntry> {
+    entries(problem, problem.archive_front())
+}
+
+/// The fittest few plans of each size that are not on `front` (see
+/// [`PlanProblem::size_leaders`]).
+pub(super) fn candidate_entries(problem: &PlanProblem, front: &[FrontEntry]) -> Vec<FrontEntry> {
+    let on_front: std::collections::HashSet<String> = front.iter().map(|f| plan_of(&f.result).model_key()).collect();
+    let leaders = problem.size_leaders(CANDIDATES_PER_SIZE).into_iter().filter(|(_, r)| !on_front.contains(&plan_of(r).model_key()));
+    entries(problem, leaders.collect())
+}
+
+fn entries(problem: &PlanProblem, plans: Vec<(Vec<f64>, Arc<FitnessResult>)>) -> Vec<FrontEntry> {
+    plans
+        .into_iter()
+        .map(|(genes, r)| FrontEntry {
+            merges: problem.encoding.decode(&genes).merges_text(),
+            genes,
+            result: (*r).clone(),
+            validation_perplexity: None,
+            recommended: false,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -249,43 +249,16 @@ impl RunStore {
     /// checkpoint. A torn last line (the process died while writing it) is dropped.
     #[allow(clippy::type_complexity)]
     pub fn open(dir: &Path) -> Result<(Self, RunInfo, Calibration, Vec<EvaluatedPlan>, Option<Checkpoint>)> {
-        let info: RunInfo = read_checked(&dir.join("run.json"), RunInfo::check)?;
-        let layers = info.model.layers;
-        let (bounds, objectives) = info.shape();
+        let info = read_info(dir)?;
         let calibration: Calibration = read_checked(&dir.join("calibration.json"), |c| check_calibration(c, &info))?;
+        let (evaluations, good_bytes) = read_log(dir, &info)?;
         let log_path = dir.join("evaluations.jsonl");
-        let mut evaluations = Vec::new();
         if log_path.exists() {
-            let f = File::open(&log_path).map_err(|e| Error::io(&log_path, e))?;
-            let mut good_bytes = 0u64;
-            let mut lines = BufReader::new(f).lines().peekable();
-            while let Some(line) = lines.next() {
-                let line = line.map_err(|e| Error::io(&log_path, e))?;
-                let number = evaluations.len() + 1;
-                match serde_json::from_str::<EvaluatedPlan>(&line) {
-                    Ok(e) => {
-                        if e.index != evaluations.len() {
-                            return Err(Error::format(&log_path, format!("line {number}: index {} where {} was expected", e.index, evaluations.len())));
-                        }
-                        e.check(layers, bounds.lower.len()).map_err(|m| Error::format(&log_path, format!("line {number}: {m}")))?;
-                        good_bytes += line.len() as u64 + 1;
-                        evaluations.push(e);
-                    }
-                    // a torn last line: the process died while writing it
-                    Err(_) if lines.peek().is_none() => break,
-                    Err(e) => return Err(Error::format(&log_path, format!("line {number}: not a valid evaluation: {e}"))),
-                }
-            }
             // cut a torn tail so that appends continue on a line boundary
             let f = OpenOptions::new().write(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
             f.set_len(good_bytes).map_err(|e| Error::io(&log_path, e))?;
         }
-        let cp_path = dir.join("checkpoint.json");
-        let checkpoint = if cp_path.exists() {
-            Some(read_checked(&cp_path, |c: &Checkpoint| field("state", c.state.check(&bounds, objectives)))?)
-        } else {
-            None
-        };
+        let checkpoint = read_checkpoint_of(dir, &info)?;
         let store = Self::open_log(dir, evaluations.len())?;
         Ok((store, info, calibration, evaluations, checkpoint))
     }
@@ -332,6 +305,58 @@ impl RunStore {
         info.message = message;
         write_json(&self.dir.join("run.json"), info)
     }
+}
+
+/// The evaluation log of a run folder, each line checked against the run, and the length
+/// of its whole lines (a torn last line, from a process that died while writing it, is
+/// left out).
+fn read_log(dir: &Path, info: &RunInfo) -> Result<(Vec<EvaluatedPlan>, u64)> {
+    let log_path = dir.join("evaluations.jsonl");
+    let mut evaluations = Vec::new();
+    let mut good_bytes = 0u64;
+    if !log_path.exists() {
+        return Ok((evaluations, good_bytes));
+    }
+    let (bounds, _) = info.shape();
+    let f = File::open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    let mut lines = BufReader::new(f).lines().peekable();
+    while let Some(line) = lines.next() {
+        let line = line.map_err(|e| Error::io(&log_path, e))?;
+        let number = evaluations.len() + 1;
+        match serde_json::from_str::<EvaluatedPlan>(&line) {
+            Ok(e) => {
+                if e.index != evaluations.len() {
+                    return Err(Error::format(&log_path, format!("line {number}: index {} where {} was expected", e.index, evaluations.len())));
+                }
+                e.check(info.model.layers, bounds.lower.len()).map_err(|m| Error::format(&log_path, format!("line {number}: {m}")))?;
+                good_bytes += line.len() as u64 + 1;
+                evaluations.push(e);
+            }
+            Err(_) if lines.peek().is_none() => break,
+            Err(e) => return Err(Error::format(&log_path, format!("line {number}: not a valid evaluation: {e}"))),
+        }
+    }
+    Ok((evaluations, good_bytes))
+}
+
+fn read_checkpoint_of(dir: &Path, info: &RunInfo) -> Result<Option<Checkpoint>> {
+    let path = dir.join("checkpoint.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let (bounds, objectives) = info.shape();
+    read_checked(&path, |c: &Checkpoint| field("state", c.state.check(&bounds, objectives))).map(Some)
+}
+
+/// The evaluations a run folder has logged, checked as a resume checks them (read only: a
+/// torn last line is left out, not cut).
+pub fn read_evaluations(dir: &Path) -> Result<Vec<EvaluatedPlan>> {
+    Ok(read_log(dir, &read_info(dir)?)?.0)
+}
+
+/// The last checkpoint of a run folder (`None` before its first generation ended).
+pub fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
+    read_checkpoint_of(dir, &read_info(dir)?)
 }
 
 /// The saved front of a run folder.
@@ -486,6 +511,29 @@ mod tests {
         assert_eq!((info.model.layers, logged.len(), checkpoint.unwrap().state.population.len()), (LAYERS, 2, 2));
         assert_eq!(read_front(&dir).unwrap().len(), 1);
         assert_eq!(read_baselines(&dir).unwrap().len(), 1);
+        // the read API sees what a resume sees
+        assert_eq!(read_evaluations(&dir).unwrap().len(), 2);
+        assert_eq!(read_checkpoint(&dir).unwrap().unwrap().hypervolume, vec![0.1]);
+    }
+
+    #[test]
+    fn reading_a_run_folder_changes_nothing_and_checks_what_it_reads() {
+        let (_tmp, dir) = run_folder();
+        let log = dir.join("evaluations.jsonl");
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // a torn last line is left out, but, unlike a resume, not cut from the file
+        let torn = format!("{}\n{}", lines[0], &lines[1][..lines[1].len() / 2]);
+        std::fs::write(&log, &torn).unwrap();
+        assert_eq!(read_evaluations(&dir).unwrap().len(), 1);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), torn);
+        // a hostile checkpoint is refused, naming the file
+        edit(&dir.join("checkpoint.json"), |v| v["state"]["population"] = json!([]));
+        let e = read_checkpoint(&dir).unwrap_err().to_string();
+        assert!(e.contains("checkpoint.json"), "{e}");
+        // no checkpoint yet: none
+        std::fs::remove_file(dir.join("checkpoint.json")).unwrap();
+        assert!(read_checkpoint(&dir).unwrap().is_none());
     }
 
     #[test]

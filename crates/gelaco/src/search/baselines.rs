@@ -215,6 +215,45 @@ impl BaselineSolution {
     }
 }
 
+/// LaCo and ShortGPT solutions at a spread of sizes, scored by `engine`.
+/// `None` when `stopped` said so before they were all computed (asked between solutions).
+/// What a search computes when asked for baselines, to plot beside its front and to start
+/// a `warm` search from.
+pub fn compute_baselines(
+    engine: &FitnessEngine,
+    merge_op: crate::collapse::MergeOp,
+    stopped: &dyn Fn() -> bool,
+) -> Result<Option<Vec<BaselineSolution>>> {
+    let layers = engine.model().num_layers();
+    let mut out = Vec::new();
+    let influence = block_influence(engine.model(), &engine.calibration.samples, engine.options.batch_size)?;
+    let step = (layers / 10).max(1);
+    let mut r = step;
+    while r <= layers / 2 {
+        if stopped() {
+            return Ok(None);
+        }
+        out.push(shortgpt(engine, &influence, r)?);
+        r += step;
+    }
+    for threshold in [0.9, 0.8, 0.65] {
+        for op in [crate::collapse::MergeOp::Rdsc, merge_op] {
+            if stopped() {
+                return Ok(None);
+            }
+            let s = LacoSettings { threshold, op, ..LacoSettings::default() };
+            let sol = laco(engine, &s)?;
+            if sol.plan.removed() > 0 && !out.iter().any(|o: &BaselineSolution| o.plan == sol.plan) {
+                out.push(sol);
+            }
+            if op == crate::collapse::MergeOp::Rdsc && merge_op == op {
+                break;
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
