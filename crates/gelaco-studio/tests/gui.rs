@@ -67,9 +67,9 @@ fn open_run_see_the_front_select_and_stop() {
     h.get_by_label("llama");
 
     h.get_by_label("▶ Run").click();
-    step_until(&mut h, "evaluated points", 120, |a| !a.points.is_empty());
-    step_until(&mut h, "a front", 120, |a| !a.front.is_empty() && a.progress.is_some());
-    assert!(h.state().running() || h.state().front.len() > 0);
+    step_until(&mut h, "evaluated points", 120, |a| !a.run.points.is_empty());
+    step_until(&mut h, "a front", 120, |a| !a.run.front.is_empty() && a.run.progress.is_some());
+    assert!(h.state().running() || h.state().run.front.len() > 0);
     h.get_by_label_contains("evaluations");
 
     // stop it, then pick a front solution from the inspector's list
@@ -91,7 +91,7 @@ fn open_run_see_the_front_select_and_stop() {
 
     // the selection goes to the comparison table
     h.get_by_label("Add to compare").click();
-    step_until(&mut h, "the comparison entry", 10, |a| a.compare.len() == 1);
+    step_until(&mut h, "the comparison entry", 10, |a| a.lab.compare.len() == 1);
     h.get_by_label("Compare (1)").click();
     h.step();
     h.get_by_label("Generate with all");
@@ -121,7 +121,7 @@ fn a_failing_worker_shows_an_error_and_the_window_stays_usable() {
     // and the window still runs a search once the input is fixed
     h.state_mut().settings.calib_file = calib.display().to_string();
     h.get_by_label("▶ Run").click();
-    step_until(&mut h, "points of the second search", 120, |a| !a.points.is_empty());
+    step_until(&mut h, "points of the second search", 120, |a| !a.run.points.is_empty());
     h.get_by_label("⏹ Stop").click();
     step_until(&mut h, "the second search to end", 120, |a| !a.running());
     assert_eq!(h.state().searches_started, 2);

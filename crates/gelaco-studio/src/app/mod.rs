@@ -25,176 +25,14 @@ use gelaco::search::baselines::BaselineSolution;
 use gelaco::search::problem::{EvaluatedPlan, Mode};
 use gelaco::search::{Init, SearchSettings};
 
-/// How the calibration samples are chosen in the window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CalibKind {
-    File,
-    SelfGenerated,
-}
+mod run;
+mod settings;
+mod shell;
+mod solution;
 
-/// Everything the user sets; kept between launches.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Settings {
-    pub model: String,
-    pub recent_models: Vec<PathBuf>,
-    pub recent_runs: Vec<PathBuf>,
-    pub device: DeviceChoice,
-    pub pareto: bool,
-    pub target_removed: usize,
-    pub population: usize,
-    pub evaluations: usize,
-    pub seed: u64,
-    pub init: Init,
-    /// `None`: the search picks an operator per merge.
-    pub merge_op: Option<MergeOp>,
-    pub calib_kind: CalibKind,
-    pub calib_file: String,
-    pub samples: usize,
-    pub max_tokens: usize,
-    /// What the search's fitness measures.
-    pub objective: Objective,
-    /// Heal every candidate the search scores.
-    pub heal: Heal,
-    /// Multi-fidelity selection, `TOKENS:KEEP,...,full:1`.
-    pub fidelity: String,
-    /// Pick recommended solutions on the calibration file's unused lines.
-    pub validation: bool,
-    pub baselines: bool,
-    /// Recipes taken in as baselines (and starting points of a warm or seeded search).
-    pub imports: Vec<PathBuf>,
-    pub runs_dir: String,
-    pub dark: bool,
-    pub eval_text: String,
-    pub eval_windows: usize,
-    pub bench_limit: usize,
-    pub prompt: String,
-    pub max_new_tokens: usize,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        let data = bundled_data_dir();
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-        let demo = home.join(".cache/gelaco/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-        Settings {
-            model: if demo.exists() { demo.display().to_string() } else { String::new() },
-            recent_models: Vec::new(),
-            recent_runs: Vec::new(),
-            device: DeviceChoice::Auto,
-            pareto: true,
-            target_removed: 8,
-            population: 40,
-            evaluations: 600,
-            seed: 0,
-            init: SearchSettings::default().init,
-            merge_op: Some(gelaco::collapse::merge::DEFAULT_MERGE_OP),
-            calib_kind: CalibKind::File,
-            calib_file: data.as_ref().map(|d| d.join("wiki.valid.raw").display().to_string()).unwrap_or_default(),
-            samples: 16,
-            max_tokens: 128,
-            objective: EngineOptions::default().objective,
-            heal: EngineOptions::default().heal,
-            fidelity: gelaco::search::DEFAULT_FIDELITY.into(),
-            validation: true,
-            baselines: true,
-            imports: Vec::new(),
-            runs_dir: home.join(".local/share/gelaco/runs").display().to_string(),
-            dark: true,
-            eval_text: data.as_ref().map(|d| d.join("wiki.test.head.raw").display().to_string()).unwrap_or_default(),
-            eval_windows: 4,
-            bench_limit: 100,
-            prompt: "The three most important things about compressing a language model are".into(),
-            max_new_tokens: 40,
-        }
-    }
-}
-
-/// The small data shipped in the repository (`assets/data`: WikiText-2 validation for
-/// calibration, the head of WikiText-2 test for perplexity, 100 ARC-Easy questions), found
-/// above the program.
-fn bundled_data_dir() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors()
-        .map(|d| d.join("assets/data"))
-        .find(|d| d.join("wiki.valid.raw").exists())
-        .map(|d| d.canonicalize().unwrap_or(d))
-}
-
-/// Full benchmark files: the folder named by `GELACO_DATA` (the layout of lm-evaluation
-/// data: `arc/`, `piqa/`, `hellaswag/`).
-fn benchmark_data_dir() -> Option<PathBuf> {
-    std::env::var_os("GELACO_DATA").map(PathBuf::from).filter(|d| d.is_dir())
-}
-
-/// One plotted evaluation.
-#[derive(Debug, Clone)]
-pub struct Point {
-    pub compression: f64,
-    pub fitness: f64,
-    pub generation: usize,
-    pub merges: String,
-    pub result: Arc<FitnessResult>,
-}
-
-/// A solution the user can inspect, compare and export.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Solution {
-    pub label: String,
-    pub merges: String,
-    pub result: FitnessResult,
-    /// Perplexity on the run's validation text, when the run has one.
-    pub validation_perplexity: Option<f64>,
-    /// The lowest validation perplexity of its size.
-    pub recommended: bool,
-}
-
-impl Solution {
-    pub fn plan(&self) -> Plan {
-        plan_of(&self.result)
-    }
-
-    pub fn from_front(i: usize, e: &FrontEntry) -> Self {
-        Solution {
-            label: format!("front #{i} ({} layers)", e.result.remaining_layers),
-            merges: e.merges.clone(),
-            result: e.result.clone(),
-            validation_perplexity: e.validation_perplexity,
-            recommended: e.recommended,
-        }
-    }
-
-    pub fn from_candidate(e: &FrontEntry) -> Self {
-        Solution { label: format!("candidate ({} layers, off the front)", e.result.remaining_layers), ..Self::from_front(0, e) }
-    }
-
-    pub fn from_point(p: &Point) -> Self {
-        Solution {
-            label: format!("{} layers, gen {}", p.result.remaining_layers, p.generation),
-            merges: p.merges.clone(),
-            result: (*p.result).clone(),
-            validation_perplexity: None,
-            recommended: false,
-        }
-    }
-
-    pub fn from_baseline(b: &BaselineSolution) -> Self {
-        Solution {
-            label: b.method.clone(),
-            merges: b.merges.clone(),
-            result: b.result.clone(),
-            validation_perplexity: b.validation_perplexity,
-            recommended: b.recommended,
-        }
-    }
-}
-
-/// Measurements of a model, by label.
-#[derive(Debug, Clone, Default)]
-pub struct Measured {
-    pub perplexity: Option<Result<f64, String>>,
-    pub benchmarks: Option<Result<Vec<TaskScore>, String>>,
-}
+pub use settings::*;
+pub use shell::*;
+pub use solution::*;
 
 /// A line of the log panel.
 #[derive(Debug, Clone)]
@@ -264,17 +102,14 @@ pub enum Action {
     ClearCompare,
 }
 
-pub struct App {
-    pub settings: Settings,
-    pub launch: Launch,
-    pub card: Option<Result<ModelCard, String>>,
-    pub job: Option<JobHandle>,
-    pub run_dir: Option<PathBuf>,
-    pub run_layers: usize,
-    /// How the shown run heals its models.
-    pub run_heal: Heal,
-    /// The plot's y axis: validation perplexity instead of fitness.
-    pub plot_validation: bool,
+/// The run the window shows (live or loaded from its folder): what it evaluated, its front,
+/// the other candidates and the baselines, and the search's progress.
+#[derive(Default)]
+pub struct RunView {
+    pub dir: Option<PathBuf>,
+    pub layers: usize,
+    /// How the run heals its models.
+    pub heal: Heal,
     pub paused: bool,
     pub stage: Option<String>,
     pub progress: Option<Progress>,
@@ -285,13 +120,32 @@ pub struct App {
     pub candidates: Vec<FrontEntry>,
     pub baselines: Vec<BaselineSolution>,
     pub hypervolume: Vec<[f64; 2]>,
-    pub selected: Option<Solution>,
+}
+
+/// The model lab: generated text, measurements (perplexity, benchmarks) and the models
+/// chosen for side-by-side comparison, with the work the model worker is doing.
+#[derive(Default)]
+pub struct Lab {
     pub compare: Vec<Solution>,
     pub generated: BTreeMap<String, Result<String, String>>,
     pub measured: HashMap<String, Measured>,
-    pub worker: Worker,
     pub busy: Option<String>,
     pub task_progress: Option<(usize, usize, String)>,
+}
+
+pub struct App {
+    pub settings: Settings,
+    pub launch: Launch,
+    pub card: Option<Result<ModelCard, String>>,
+    pub job: Option<JobHandle>,
+    /// The run shown: its folder, what it evaluated and found, and the search's progress.
+    pub run: RunView,
+    /// The plot's y axis: validation perplexity instead of fitness.
+    pub plot_validation: bool,
+    pub selected: Option<Solution>,
+    /// The model lab: what was measured, generated and compared of the solutions.
+    pub lab: Lab,
+    pub worker: Worker,
     pub log: VecDeque<LogLine>,
     pub banner: Option<(bool, String)>,
     pub tab: Tab,
@@ -343,26 +197,11 @@ impl App {
             launch,
             card: None,
             job: None,
-            run_dir: None,
-            run_layers: 0,
-            run_heal: Heal::None,
+            run: RunView::default(),
             plot_validation: false,
-            paused: false,
-            stage: None,
-            progress: None,
-            points: Vec::new(),
-            seen: HashSet::new(),
-            front: Vec::new(),
-            candidates: Vec::new(),
-            baselines: Vec::new(),
-            hypervolume: Vec::new(),
             selected: None,
-            compare: Vec::new(),
-            generated: BTreeMap::new(),
-            measured: HashMap::new(),
+            lab: Lab::default(),
             worker,
-            busy: None,
-            task_progress: None,
             log: VecDeque::new(),
             banner: None,
             tab: Tab::Front,
@@ -430,7 +269,7 @@ impl App {
         for a in actions {
             self.apply(a);
         }
-        if self.running() || self.busy.is_some() {
+        if self.running() || self.lab.busy.is_some() {
             // keep the plot and the progress moving between worker events
             ui.ctx().request_repaint_after(Duration::from_millis(100));
         }
@@ -472,73 +311,16 @@ impl App {
         }
     }
 
-    pub fn on_event(&mut self, e: Event) {
-        match e {
-            Event::Started { run_dir, device, layers, resumed, .. } => {
-                self.run_layers = layers;
-                self.info(format!("{} search in {} on {device}", if resumed { "resumed" } else { "started" }, run_dir.display()));
-                self.run_dir = Some(run_dir.clone());
-                remember(&mut self.settings.recent_runs, run_dir);
-            }
-            Event::Stage { message } => {
-                self.info(message.clone());
-                self.stage = Some(message);
-            }
-            Event::Baselines { solutions } => {
-                self.info(format!("{} baseline solutions (LaCo, ShortGPT)", solutions.len()));
-                self.baselines = solutions;
-            }
-            Event::Evaluated { evaluation } => self.add_point(&evaluation),
-            Event::Progress(p) => {
-                self.stage = None;
-                self.paused = p.paused;
-                self.progress = Some(p);
-            }
-            Event::Generation { generation, front, hypervolume, .. } => {
-                self.front = front;
-                self.hypervolume.push([generation as f64, hypervolume]);
-                if self.launch.select_best && self.selected.is_none() {
-                    self.select_best();
-                }
-            }
-            Event::Done { reason, front, candidates, run_dir } => {
-                self.front = front;
-                self.candidates = candidates;
-                self.stage = None;
-                self.info(format!("search ended ({reason:?}); {} solutions on the front; run folder {}", self.front.len(), run_dir.display()));
-                self.banner = Some((false, format!("Search finished: {} solutions on the front", self.front.len())));
-            }
-            Event::Failed { error, run_dir } => {
-                self.stage = None;
-                let where_ = run_dir.map(|d| format!(" (what was evaluated is kept in {})", d.display())).unwrap_or_default();
-                self.error(format!("search failed: {}{where_}", crate::words(&error)));
-            }
-        }
-    }
-
-    fn add_point(&mut self, e: &EvaluatedPlan) {
-        if !self.seen.insert(e.key.clone()) {
-            return;
-        }
-        self.points.push(Point {
-            compression: e.result.compression,
-            fitness: e.result.fitness,
-            generation: e.generation,
-            merges: e.merges.clone(),
-            result: e.result.clone(),
-        });
-    }
-
     pub fn on_reply(&mut self, r: Reply) {
         match r {
             Reply::Busy { what } => {
-                self.busy = Some(what);
-                self.task_progress = None;
+                self.lab.busy = Some(what);
+                self.lab.task_progress = None;
             }
-            Reply::Progress { done, total, what } => self.task_progress = Some((done, total, what)),
+            Reply::Progress { done, total, what } => self.lab.task_progress = Some((done, total, what)),
             Reply::Idle => {
-                self.busy = None;
-                self.task_progress = None;
+                self.lab.busy = None;
+                self.lab.task_progress = None;
             }
             Reply::Card(Ok(card)) => {
                 self.info(format!("opened {} ({}, {} layers)", card.path.display(), card.architecture, card.layers));
@@ -555,7 +337,7 @@ impl App {
                     Ok(p) => self.info(format!("perplexity of {label}: {p:.3}")),
                     Err(e) => self.error(format!("perplexity of {label}: {e}")),
                 }
-                self.measured.entry(label).or_default().perplexity = Some(result);
+                self.lab.measured.entry(label).or_default().perplexity = Some(result);
             }
             Reply::Benchmark { label, result } => {
                 match &result {
@@ -565,14 +347,14 @@ impl App {
                     }
                     Err(e) => self.error(format!("benchmarks of {label}: {e}")),
                 }
-                self.measured.entry(label).or_default().benchmarks = Some(result);
+                self.lab.measured.entry(label).or_default().benchmarks = Some(result);
             }
             Reply::Generated { label, result } => {
                 if let Err(e) = &result {
                     self.error(format!("generation: {e}"));
                 }
                 if !label.is_empty() {
-                    self.generated.insert(label, result);
+                    self.lab.generated.insert(label, result);
                 }
             }
             Reply::Exported(Ok((rep, verification))) => {
@@ -615,7 +397,7 @@ impl App {
             let layers = self.card.as_ref().and_then(|c| c.as_ref().ok()).map_or(0, |c| c.layers);
             return Variant::original(layers);
         };
-        let from_run = self.run_dir.as_ref().and_then(|d| {
+        let from_run = self.run.dir.as_ref().and_then(|d| {
             let info = store::read_info(d).ok()?;
             Variant::from_run(d, &info, &s.result, s.label.clone()).ok()
         });
@@ -665,13 +447,13 @@ impl App {
             Action::Pause => {
                 if let Some(j) = &self.job {
                     j.send(Command::Pause);
-                    self.paused = true;
+                    self.run.paused = true;
                 }
             }
             Action::Resume => {
                 if let Some(j) = &self.job {
                     j.send(Command::Resume);
-                    self.paused = false;
+                    self.run.paused = false;
                 }
             }
             Action::Stop => {
@@ -684,15 +466,15 @@ impl App {
             Action::LoadRun(dir) => self.load_run(&dir),
             Action::Select(s) => self.selected = Some(s),
             Action::ToggleCompare(s) => {
-                if let Some(i) = self.compare.iter().position(|c| c.merges == s.merges) {
-                    self.compare.remove(i);
+                if let Some(i) = self.lab.compare.iter().position(|c| c.merges == s.merges) {
+                    self.lab.compare.remove(i);
                 } else {
-                    self.compare.push(s);
+                    self.lab.compare.push(s);
                 }
             }
             Action::ClearCompare => {
-                self.compare.clear();
-                self.generated.clear();
+                self.lab.compare.clear();
+                self.lab.generated.clear();
             }
             Action::MeasurePerplexity(s) => {
                 let Some(model) = self.model_path() else { return self.error("open a model first") };
@@ -720,8 +502,8 @@ impl App {
             Action::Generate => {
                 let Some(model) = self.model_path() else { return self.error("open a model first") };
                 let mut targets = vec![self.target(None)];
-                targets.extend(self.compare.iter().map(|s| self.target(Some(s))));
-                self.generated.clear();
+                targets.extend(self.lab.compare.iter().map(|s| self.target(Some(s))));
+                self.lab.generated.clear();
                 self.worker.send(Request::Generate {
                     model,
                     device: self.settings.device,
@@ -756,7 +538,7 @@ impl App {
     }
 
     fn save_recipe(&mut self, s: &Solution) {
-        let Some(dir) = &self.run_dir else { return self.error("recipes are saved into a run folder; start or load a run first") };
+        let Some(dir) = &self.run.dir else { return self.error("recipes are saved into a run folder; start or load a run first") };
         let info = match store::read_info(dir) {
             Ok(i) => i,
             Err(e) => return self.error(format!("cannot read the run: {e}")),
@@ -778,167 +560,6 @@ impl App {
         }
     }
 
-    fn reset_run_view(&mut self) {
-        self.points.clear();
-        self.seen.clear();
-        self.front.clear();
-        self.candidates.clear();
-        self.baselines.clear();
-        self.hypervolume.clear();
-        self.selected = None;
-        self.progress = None;
-        self.stage = None;
-        self.paused = false;
-    }
-
-    fn start_run(&mut self) {
-        if self.running() {
-            return self.error("a search is already running");
-        }
-        let Some(model) = self.model_path() else { return self.error("open a model first") };
-        let s = &self.settings;
-        let calib = match s.calib_kind {
-            CalibKind::SelfGenerated => CalibSource::SelfGenerated,
-            CalibKind::File => {
-                let p = PathBuf::from(s.calib_file.trim());
-                if s.calib_file.trim().is_empty() {
-                    return self.error("choose a calibration file, or self-generated calibration");
-                }
-                CalibSource::File(p)
-            }
-        };
-        // the rest of a calibration file picks the recommended solutions
-        let validation = (s.validation && matches!(calib, CalibSource::File(_))).then_some(ValidationSource::Rest);
-        let settings = SearchSettings {
-            mode: if s.pareto { Mode::Pareto } else { Mode::Single { target_removed: s.target_removed } },
-            population: s.population.max(2),
-            evaluations: s.evaluations.max(s.population.max(2)),
-            seed: s.seed,
-            init: s.init,
-            merge_op: s.merge_op,
-            fidelity: Some(s.fidelity.trim().to_string()).filter(|f| !f.is_empty()),
-            ..SearchSettings::default()
-        };
-        let out = match &self.launch.out {
-            Some(o) => o.clone(),
-            None => {
-                let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-                PathBuf::from(s.runs_dir.trim()).join(format!("run-{stamp}"))
-            }
-        };
-        if let Some(parent) = out.parent() {
-            if let Err(e) = std::fs::create_dir_all(parent) {
-                return self.error(format!("cannot create the runs folder {}: {e}", parent.display()));
-            }
-        }
-        let spec = JobSpec::New {
-            model,
-            device: s.device,
-            calib,
-            calib_options: CalibOptions {
-                samples: s.samples.max(1),
-                max_tokens: s.max_tokens.max(8),
-                seed: s.seed,
-                ..CalibOptions::default()
-            },
-            engine: EngineOptions { objective: s.objective, heal: s.heal, ..EngineOptions::default() },
-            settings,
-            out,
-            baselines: s.baselines,
-            validation: validation.map(|v| (v, ValidationOptions::default())),
-            import: s.imports.clone(),
-        };
-        let heal = s.heal;
-        self.reset_run_view();
-        self.run_heal = heal;
-        self.spawn(spec);
-    }
-
-    fn spawn(&mut self, spec: JobSpec) {
-        let ctx = self.ctx.clone();
-        self.searches_started += 1;
-        self.stage = Some("starting".into());
-        self.job = Some(job::spawn(spec, Some(Arc::new(move || ctx.request_repaint()))));
-    }
-
-    fn resume_run(&mut self, dir: PathBuf) {
-        if self.running() {
-            return self.error("a search is already running");
-        }
-        self.load_run(&dir);
-        let model = self.model_path().filter(|p| p.exists());
-        self.spawn(JobSpec::Resume { dir, device: self.settings.device, model, evaluations: None });
-    }
-
-    /// Show a run folder's evaluations, front and baselines (without running it).
-    fn load_run(&mut self, dir: &Path) {
-        let info = match store::read_info(dir) {
-            Ok(i) => i,
-            Err(e) => return self.error(format!("not a run folder: {e}")),
-        };
-        self.reset_run_view();
-        self.run_dir = Some(dir.to_path_buf());
-        self.run_layers = info.model.layers;
-        if let Ok(text) = std::fs::read_to_string(dir.join("evaluations.jsonl")) {
-            for line in text.lines() {
-                if let Ok(e) = serde_json::from_str::<EvaluatedPlan>(line) {
-                    self.add_point(&e);
-                }
-            }
-        }
-        self.front = store::read_front(dir).unwrap_or_default();
-        self.candidates = store::read_candidates(dir).unwrap_or_default();
-        self.baselines = store::read_baselines(dir).unwrap_or_default();
-        if let Ok(text) = std::fs::read_to_string(dir.join("checkpoint.json")) {
-            if let Ok(cp) = serde_json::from_str::<store::Checkpoint>(&text) {
-                self.hypervolume = cp.hypervolume.iter().enumerate().map(|(g, h)| [g as f64, *h]).collect();
-            }
-        }
-        self.run_heal = info.engine.heal;
-        if self.settings.model.trim().is_empty() || !Path::new(self.settings.model.trim()).exists() {
-            self.settings.model = info.model.path.display().to_string();
-        }
-        remember(&mut self.settings.recent_runs, dir.to_path_buf());
-        if self.launch.select_best {
-            self.select_best();
-        }
-        self.info(format!("loaded {} ({:?}): {} evaluations, {} on the front", dir.display(), info.status, self.points.len(), self.front.len()));
-    }
-
-    /// Select the front solution of highest fitness among those that remove at least a
-    /// fifth of the layers (or the most compressed one, when none does).
-    pub fn select_best(&mut self) {
-        let best = self
-            .front
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.result.compression >= 0.2)
-            .max_by(|a, b| a.1.result.fitness.total_cmp(&b.1.result.fitness))
-            .or_else(|| self.front.iter().enumerate().max_by(|a, b| a.1.result.compression.total_cmp(&b.1.result.compression)));
-        if let Some((i, e)) = best {
-            self.selected = Some(Solution::from_front(i, e));
-        }
-    }
-
-    /// Select a front entry or baseline by its index in the drawing order.
-    pub fn select_front(&mut self, i: usize) {
-        if let Some(e) = self.front.get(i) {
-            self.selected = Some(Solution::from_front(i, e));
-        }
-    }
-
-    pub fn select_point(&mut self, i: usize) {
-        if let Some(p) = self.points.get(i) {
-            self.selected = Some(Solution::from_point(p));
-        }
-    }
-
-    pub fn select_baseline(&mut self, i: usize) {
-        if let Some(b) = self.baselines.get(i) {
-            self.selected = Some(Solution::from_baseline(b));
-        }
-    }
-
     /// Median and worst of the frame figures, as text.
     pub fn frame_summary(&self) -> String {
         fn stats(v: &[f64]) -> (f64, f64) {
@@ -956,87 +577,5 @@ impl App {
             self.frames.build_ms.len(),
             self.frames.interval_ms.len()
         )
-    }
-}
-
-/// The benchmark files beside the program (ARC-Easy, PIQA, HellaSwag).
-/// The benchmark tasks the window scores: the full files under `GELACO_DATA` where they
-/// exist, else the 100 ARC-Easy questions shipped in `assets/data`.
-pub fn benchmark_tasks() -> Vec<(String, PathBuf)> {
-    let full: Vec<(String, PathBuf)> = match benchmark_data_dir() {
-        Some(d) => [
-            ("arc_easy", d.join("arc/ARC-Easy-Test.jsonl")),
-            ("piqa", d.join("piqa/dev.jsonl")),
-            ("hellaswag", d.join("hellaswag/hellaswag_val_full.txt")),
-        ]
-        .into_iter()
-        .filter(|(_, p)| p.exists())
-        .map(|(n, p)| (n.to_string(), p))
-        .collect(),
-        None => Vec::new(),
-    };
-    if !full.is_empty() {
-        return full;
-    }
-    bundled_data_dir().map(|d| vec![("arc_easy (first 100)".to_string(), d.join("arc-easy-test-100.jsonl"))]).unwrap_or_default()
-}
-
-fn remember(list: &mut Vec<PathBuf>, p: PathBuf) {
-    list.retain(|x| x != &p);
-    list.insert(0, p);
-    list.truncate(8);
-}
-
-/// The eframe shell around [`App`]: settings storage and the frame loop.
-pub struct Shell {
-    pub app: App,
-    frame_stats: Option<PathBuf>,
-    exit_after: Option<Duration>,
-}
-
-pub const SETTINGS_KEY: &str = "gelaco-settings";
-
-impl Shell {
-    pub fn new(cc: &eframe::CreationContext<'_>, launch: Launch, frame_stats: Option<PathBuf>, exit_after: Option<Duration>) -> Self {
-        let stored = if launch.ephemeral { None } else { cc.storage.and_then(|s| eframe::get_value::<Settings>(s, SETTINGS_KEY)) };
-        Shell { app: App::new(&cc.egui_ctx, stored, launch), frame_stats, exit_after }
-    }
-}
-
-impl eframe::App for Shell {
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
-        self.app.frame(ui);
-        if let Some(limit) = self.exit_after {
-            if self.app.started.elapsed() >= limit {
-                if let Some(j) = &self.app.job {
-                    j.send(Command::Stop);
-                }
-                ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
-            }
-            ui.ctx().request_repaint_after(Duration::from_millis(200));
-        }
-    }
-
-    fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        if !self.app.launch.ephemeral {
-            eframe::set_value(storage, SETTINGS_KEY, &self.app.settings);
-        }
-    }
-
-    fn on_exit(&mut self) {
-        // stop a running search and give it a moment to record its state in the run folder
-        if let Some(j) = &self.app.job {
-            j.send(Command::Stop);
-            let start = Instant::now();
-            while !j.is_finished() && start.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        eprintln!("{}", self.app.frame_summary());
-        if let Some(p) = &self.frame_stats {
-            if let Ok(text) = serde_json::to_vec_pretty(&self.app.frames) {
-                let _ = gelaco::util::write_atomic(p, &text);
-            }
-        }
     }
 }
