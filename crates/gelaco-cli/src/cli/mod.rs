@@ -13,6 +13,7 @@ use gelaco::eval::generate::{GenerateOptions, generate};
 use gelaco::eval::perplexity::perplexity;
 use gelaco::model::{self, LoadedModel, ModelFiles};
 
+mod baseline;
 mod bench;
 mod fitness;
 mod judge;
@@ -96,7 +97,7 @@ enum Command {
     /// LaCo and ShortGPT, scored with the same fitness.
     Baseline {
         #[command(subcommand)]
-        method: search::BaselineCommand,
+        method: baseline::BaselineCommand,
     },
     /// Zero-shot multiple-choice accuracy (and perplexity) of the original and compressed models, as one table.
     Eval(judge::EvalArgs),
@@ -360,7 +361,7 @@ fn dispatch() -> Result<()> {
         Command::Search(args) => search::search(args, device),
         Command::Resume(args) => search::resume(args, device),
         Command::Front(args) => search::front(args),
-        Command::Baseline { method } => search::baseline(method, device),
+        Command::Baseline { method } => baseline::baseline(method, device),
         Command::Eval(args) => judge::eval(args, device),
         Command::Compare(args) => judge::compare(args, device),
         Command::Export(args) => judge::export(args, device),
