@@ -412,6 +412,39 @@ fn run_folders_written_before_objectives_and_healing_still_load_and_resume() {
     assert!(!final_front(&resumed).is_empty());
 }
 
+/// A run folder and a recipe that an earlier release wrote (KL objective, linear healing,
+/// validation; before candidates and the screening chunk existed), kept in
+/// `tests/fixtures`: they still open, reprint and write recipes.
+#[test]
+fn a_run_folder_and_a_recipe_of_an_earlier_release_still_load() {
+    let fixtures = common::repo_root().join("tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(fixtures.join("run-2026-11")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let (_, info, _, logged, checkpoint) = store::RunStore::open(&dir).unwrap();
+    assert_eq!((info.engine.objective, info.engine.heal), (gelaco::fitness::Objective::Kl, gelaco::fitness::Heal::Linear));
+    assert!(info.engine.first_chunk_tokens.is_none() && info.validation.is_some());
+    assert_eq!(logged.len(), 16);
+    assert_eq!(checkpoint.unwrap().state.population.len(), 16);
+    assert!(store::read_candidates(&dir).unwrap().is_empty());
+    let out = gelaco_cmd(&["front", dir.to_str().unwrap(), "--json"]).stdout(Stdio::piped()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let merges: Vec<&str> = v["front"].as_array().unwrap().iter().map(|e| e["merges"].as_str().unwrap()).collect();
+    assert_eq!(merges, ["12:13,14:15,5:6", "6:7,22:23,9:10,13:14", "2:8,0:8,14:15,13:15", "10:12,18:24,1:2,3:7"]);
+    assert!(v["front"].as_array().unwrap().iter().all(|e| e["recommended"] == true && e["validation_perplexity"].as_f64().is_some()));
+    let recipes = tmp.path().join("recipes");
+    let out = gelaco_cmd(&["front", dir.to_str().unwrap(), "--recipes", recipes.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(recipes.join("recommended-27layers.json").exists());
+    let recipe = gelaco::export::Recipe::load(&fixtures.join("recipe-2026-11.json")).unwrap();
+    assert_eq!((recipe.plan().unwrap().merges_text(), recipe.remaining_layers), ("12:13,14:15,5:6".to_string(), 27));
+}
+
 #[test]
 fn hostile_run_folders_exit_2_naming_file_and_field() {
     let f = fixture();
