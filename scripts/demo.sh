@@ -24,7 +24,7 @@ recipe=$($bin front "$out" --json | python3 -c '
 import json, sys
 run = json.load(sys.stdin)
 size = lambda s: s["remaining_layers"] if "remaining_layers" in s else s["result"]["remaining_layers"]
-picks = [s for s in run["front"] + run["baselines"] if s.get("recommended")]
+picks = [s for s in run["front"] + run.get("candidates", []) + run["baselines"] if s.get("recommended")]
 layers = run["run"]["model"]["layers"]
 best = min(picks, key=lambda s: abs(size(s) - round(0.8 * layers)))
 print("recommended-%dlayers.json" % size(best))')
