@@ -336,6 +336,18 @@ pub fn shared_data() -> PathBuf {
     repo_root().join("../shared/data")
 }
 
+/// A full benchmark file of the shared data folder, which a clone alone does not have: a
+/// test without it fails, naming it.
+pub fn shared_file(relative: &str) -> PathBuf {
+    let p = shared_data().join(relative);
+    assert!(
+        p.is_file(),
+        "benchmark file {} is missing: this test reads the full benchmark files of ../shared/data beside the repository",
+        p.display()
+    );
+    p
+}
+
 /// A one-column Parquet file of strings.
 pub fn write_parquet(path: &Path, column: &str, values: &[String]) {
     use parquet::data_type::{ByteArray, ByteArrayType};
