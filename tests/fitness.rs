@@ -218,7 +218,7 @@ fn non_finite_activations_give_the_worst_fitness() {
     let plan = Plan::from_ranges(&[(1, 2)], 4, MergeOp::KeepFirst).unwrap();
     let mut broken = build(&m.model, &plan, MergeSettings::default());
     let mut layer = (*broken.layers[1]).clone();
-    layer.up.weight_t = layer.up.weight_t.clone().mul_scalar(f32::NAN);
+    layer.mlp.up.weight_t = layer.mlp.up.weight_t.clone().mul_scalar(f32::NAN);
     broken.layers[1] = Arc::new(layer);
     let r = engine.evaluate_model(&broken, &plan).unwrap();
     assert!(r.non_finite);

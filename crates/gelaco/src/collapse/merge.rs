@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::plan::Plan;
-use crate::model::llama::{Layer, Linear, Llama};
+use crate::model::llama::{Attention, Layer, Linear, Llama, Mlp};
 
 /// The operator used when none is named, chosen by measurement on the demo model (README).
 pub const DEFAULT_MERGE_OP: MergeOp = MergeOp::KeepFirst;
@@ -113,16 +113,16 @@ pub fn merge_layers(layers: &[Arc<Layer>], op: MergeOp, settings: MergeSettings)
     let lin = |f: fn(&Layer) -> &Linear| combine_linear(layers.iter().map(|l| f(l)).collect(), op);
     Arc::new(Layer {
         input_norm: norm(|l| l.input_norm.clone()),
+        attention: Attention {
+            q: lin(|l| &l.attention.q),
+            k: lin(|l| &l.attention.k),
+            v: lin(|l| &l.attention.v),
+            o: lin(|l| &l.attention.o),
+            q_norm: opt_norm(|l| l.attention.q_norm.clone()),
+            k_norm: opt_norm(|l| l.attention.k_norm.clone()),
+        },
         post_attn_norm: norm(|l| l.post_attn_norm.clone()),
-        q: lin(|l| &l.q),
-        k: lin(|l| &l.k),
-        v: lin(|l| &l.v),
-        o: lin(|l| &l.o),
-        q_norm: opt_norm(|l| l.q_norm.clone()),
-        k_norm: opt_norm(|l| l.k_norm.clone()),
-        gate: lin(|l| &l.gate),
-        up: lin(|l| &l.up),
-        down: lin(|l| &l.down),
+        mlp: Mlp { gate: lin(|l| &l.mlp.gate), up: lin(|l| &l.mlp.up), down: lin(|l| &l.mlp.down) },
     })
 }
 

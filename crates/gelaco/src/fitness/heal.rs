@@ -131,8 +131,8 @@ fn add(acc: &mut Option<Tensor<2>>, x: Tensor<2>) {
 /// The layer with `T` folded into its down projection.
 fn fold(layer: &Layer, t: Tensor<2>) -> Layer {
     let mut healed = layer.clone();
-    healed.down.weight_t = layer.down.weight_t.clone().matmul(t.clone());
-    healed.down.bias = layer.down.bias.clone().map(|b| b.unsqueeze_dim::<2>(0).matmul(t).squeeze_dim::<1>(0));
+    healed.mlp.down.weight_t = layer.mlp.down.weight_t.clone().matmul(t.clone());
+    healed.mlp.down.bias = layer.mlp.down.bias.clone().map(|b| b.unsqueeze_dim::<2>(0).matmul(t).squeeze_dim::<1>(0));
     healed
 }
 

@@ -9,7 +9,7 @@ use super::calibration::Calibration;
 use super::{FitnessResult, LayerSimilarity, WORST_FITNESS};
 use crate::collapse::{MergeSettings, Plan, build};
 use crate::error::Result;
-use crate::model::llama::{Layer, Linear, Llama, download};
+use crate::model::llama::{Attention, Layer, Linear, Llama, Mlp, download};
 
 fn copy<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
     Tensor::from_data(t.to_data(), &t.device())
@@ -30,16 +30,16 @@ pub fn deep_copy(model: &Llama) -> Llama {
         .map(|l| {
             std::sync::Arc::new(Layer {
                 input_norm: copy(&l.input_norm),
+                attention: Attention {
+                    q: copy_linear(&l.attention.q),
+                    k: copy_linear(&l.attention.k),
+                    v: copy_linear(&l.attention.v),
+                    o: copy_linear(&l.attention.o),
+                    q_norm: l.attention.q_norm.as_ref().map(copy),
+                    k_norm: l.attention.k_norm.as_ref().map(copy),
+                },
                 post_attn_norm: copy(&l.post_attn_norm),
-                q: copy_linear(&l.q),
-                k: copy_linear(&l.k),
-                v: copy_linear(&l.v),
-                o: copy_linear(&l.o),
-                q_norm: l.q_norm.as_ref().map(copy),
-                k_norm: l.k_norm.as_ref().map(copy),
-                gate: copy_linear(&l.gate),
-                up: copy_linear(&l.up),
-                down: copy_linear(&l.down),
+                mlp: Mlp { gate: copy_linear(&l.mlp.gate), up: copy_linear(&l.mlp.up), down: copy_linear(&l.mlp.down) },
             })
         })
         .collect();

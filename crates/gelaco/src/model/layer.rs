@@ -36,44 +36,56 @@ impl Linear {
     }
 }
 
-/// One decoder layer's parameters.
+/// A layer's self-attention: q/k/v/o projections and, for Qwen3, RMSNorms of q and k.
 #[derive(Clone, Debug)]
-pub struct Layer {
-    pub input_norm: Tensor<1>,
-    pub post_attn_norm: Tensor<1>,
+pub struct Attention {
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
     pub o: Linear,
     pub q_norm: Option<Tensor<1>>,
     pub k_norm: Option<Tensor<1>>,
+}
+
+/// A layer's SwiGLU MLP.
+#[derive(Clone, Debug)]
+pub struct Mlp {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
 }
 
+/// One decoder layer: RMSNorm, attention, residual; RMSNorm, MLP, residual.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub input_norm: Tensor<1>,
+    pub attention: Attention,
+    pub post_attn_norm: Tensor<1>,
+    pub mlp: Mlp,
+}
+
 /// The outputs of a layer's attention block: the q/k/v projections (before RoPE) and the
 /// output projection, what the block adds to the residual stream.
-pub(crate) struct AttentionOut {
-    pub(crate) q: Tensor<3>,
-    pub(crate) k: Tensor<3>,
-    pub(crate) v: Tensor<3>,
-    pub(crate) o: Tensor<3>,
+pub struct AttentionOut {
+    pub q: Tensor<3>,
+    pub k: Tensor<3>,
+    pub v: Tensor<3>,
+    pub o: Tensor<3>,
 }
 
 /// The outputs of a layer's MLP: gate and up projections, and the down projection that the
 /// block adds to the residual stream.
-pub(crate) struct MlpOut {
-    pub(crate) gate: Tensor<3>,
-    pub(crate) up: Tensor<3>,
-    pub(crate) down: Tensor<3>,
+pub struct MlpOut {
+    pub gate: Tensor<3>,
+    pub up: Tensor<3>,
+    pub down: Tensor<3>,
 }
 
-impl Layer {
+impl Attention {
     /// Grouped-query self-attention with RoPE on the normed input `xn` `[batch, seq,
     /// hidden]`; with a cache, the keys and values of earlier positions are prepended and
     /// the cache extended.
-    pub(crate) fn attention(
+    pub fn forward(
         &self,
         c: &ModelConfig,
         xn: Tensor<3>,
@@ -118,13 +130,46 @@ impl Layer {
         let attn = attn.swap_dims(1, 2).reshape([b, s, nh * hd]);
         AttentionOut { q: q_out, k: k_out, v: v_out, o: self.o.forward(attn) }
     }
+}
 
-    /// SwiGLU MLP on the normed input `xn` `[batch, seq, hidden]`.
-    pub(crate) fn mlp(&self, xn: Tensor<3>) -> MlpOut {
+impl Mlp {
+    /// SwiGLU on the normed input `xn` `[batch, seq, hidden]`.
+    pub fn forward(&self, xn: Tensor<3>) -> MlpOut {
         let gate = self.gate.forward(xn.clone());
         let up = self.up.forward(xn);
         let down = self.down.forward(silu(gate.clone()) * up.clone());
         MlpOut { gate, up, down }
+    }
+}
+
+impl Layer {
+    /// The layer on the residual stream `x` `[batch, seq, hidden]`, with the module outputs
+    /// when `want_taps`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        c: &ModelConfig,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: Option<&Tensor<4>>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        want_taps: bool,
+    ) -> (Tensor<3>, Option<LayerTaps>) {
+        let attention = self.attention.forward(c, rms_norm(x.clone(), &self.input_norm, c.rms_norm_eps), cos, sin, mask, cache);
+        let x = x + attention.o.clone();
+        let mlp = self.mlp.forward(rms_norm(x.clone(), &self.post_attn_norm, c.rms_norm_eps));
+        let out = x + mlp.down.clone();
+        let taps = want_taps.then(|| LayerTaps {
+            q: attention.q,
+            k: attention.k,
+            v: attention.v,
+            o: attention.o,
+            gate: mlp.gate,
+            up: mlp.up,
+            down: mlp.down,
+        });
+        (out, taps)
     }
 
     /// One parameter downloaded to the host, in Hugging Face layout; `None` where this
@@ -132,21 +177,22 @@ impl Layer {
     pub fn param(&self, param: LayerParam) -> Result<Option<HostTensor>> {
         let vector = |t: &Tensor<1>| download(t.clone());
         let optional = |t: &Option<Tensor<1>>| t.as_ref().map(vector).transpose();
+        let (a, m) = (&self.attention, &self.mlp);
         Ok(match param {
             LayerParam::InputNorm => Some(vector(&self.input_norm)?),
             LayerParam::PostAttnNorm => Some(vector(&self.post_attn_norm)?),
-            LayerParam::Q => Some(self.q.weight_host()?),
-            LayerParam::K => Some(self.k.weight_host()?),
-            LayerParam::V => Some(self.v.weight_host()?),
-            LayerParam::O => Some(self.o.weight_host()?),
-            LayerParam::QBias => optional(&self.q.bias)?,
-            LayerParam::KBias => optional(&self.k.bias)?,
-            LayerParam::VBias => optional(&self.v.bias)?,
-            LayerParam::QNorm => optional(&self.q_norm)?,
-            LayerParam::KNorm => optional(&self.k_norm)?,
-            LayerParam::Gate => Some(self.gate.weight_host()?),
-            LayerParam::Up => Some(self.up.weight_host()?),
-            LayerParam::Down => Some(self.down.weight_host()?),
+            LayerParam::Q => Some(a.q.weight_host()?),
+            LayerParam::K => Some(a.k.weight_host()?),
+            LayerParam::V => Some(a.v.weight_host()?),
+            LayerParam::O => Some(a.o.weight_host()?),
+            LayerParam::QBias => optional(&a.q.bias)?,
+            LayerParam::KBias => optional(&a.k.bias)?,
+            LayerParam::VBias => optional(&a.v.bias)?,
+            LayerParam::QNorm => optional(&a.q_norm)?,
+            LayerParam::KNorm => optional(&a.k_norm)?,
+            LayerParam::Gate => Some(m.gate.weight_host()?),
+            LayerParam::Up => Some(m.up.weight_host()?),
+            LayerParam::Down => Some(m.down.weight_host()?),
         })
     }
 }

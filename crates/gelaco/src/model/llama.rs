@@ -11,7 +11,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::config::{ModelConfig, RopeScaling};
 use super::layer::rms_norm;
-pub use super::layer::{Layer, LayerTaps, Linear};
+pub use super::layer::{Attention, Layer, LayerTaps, Linear, Mlp};
 use super::weights::{HostTensor, ModelFiles};
 use crate::error::{Error, Result};
 
@@ -234,16 +234,20 @@ impl Llama {
             let b = cfg.attention_bias;
             layers.push(Arc::new(Layer {
                 input_norm: vec1(&p("input_layernorm.weight"))?,
+                attention: Attention {
+                    q: linear(&p("self_attn.q_proj"), b)?,
+                    k: linear(&p("self_attn.k_proj"), b)?,
+                    v: linear(&p("self_attn.v_proj"), b)?,
+                    o: linear(&p("self_attn.o_proj"), false)?,
+                    q_norm: if cfg.qk_norm { Some(vec1(&p("self_attn.q_norm.weight"))?) } else { None },
+                    k_norm: if cfg.qk_norm { Some(vec1(&p("self_attn.k_norm.weight"))?) } else { None },
+                },
                 post_attn_norm: vec1(&p("post_attention_layernorm.weight"))?,
-                q: linear(&p("self_attn.q_proj"), b)?,
-                k: linear(&p("self_attn.k_proj"), b)?,
-                v: linear(&p("self_attn.v_proj"), b)?,
-                o: linear(&p("self_attn.o_proj"), false)?,
-                q_norm: if cfg.qk_norm { Some(vec1(&p("self_attn.q_norm.weight"))?) } else { None },
-                k_norm: if cfg.qk_norm { Some(vec1(&p("self_attn.k_norm.weight"))?) } else { None },
-                gate: linear(&p("mlp.gate_proj"), false)?,
-                up: linear(&p("mlp.up_proj"), false)?,
-                down: linear(&p("mlp.down_proj"), false)?,
+                mlp: Mlp {
+                    gate: linear(&p("mlp.gate_proj"), false)?,
+                    up: linear(&p("mlp.up_proj"), false)?,
+                    down: linear(&p("mlp.down_proj"), false)?,
+                },
             }));
         }
         let freq_factors = files.rope_freq_factors()?;
@@ -321,41 +325,13 @@ impl Llama {
         };
         for l in range {
             let entry = cache.as_deref_mut().map(|c| &mut c.entries[l]);
-            let (h, t) = self.layer_forward(&self.layers[l], hidden, &cos, &sin, mask.as_ref(), entry, taps.is_some());
+            let (h, t) = self.layers[l].forward(&self.config, hidden, &cos, &sin, mask.as_ref(), entry, taps.is_some());
             hidden = h;
             if let (Some(out), Some(t)) = (taps.as_deref_mut(), t) {
                 out.push(t);
             }
         }
         hidden
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn layer_forward(
-        &self,
-        layer: &Layer,
-        x: Tensor<3>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
-        mask: Option<&Tensor<4>>,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-        want_taps: bool,
-    ) -> (Tensor<3>, Option<LayerTaps>) {
-        let eps = self.config.rms_norm_eps;
-        let attention = layer.attention(&self.config, rms_norm(x.clone(), &layer.input_norm, eps), cos, sin, mask, cache);
-        let x = x + attention.o.clone();
-        let mlp = layer.mlp(rms_norm(x.clone(), &layer.post_attn_norm, eps));
-        let out = x + mlp.down.clone();
-        let taps = want_taps.then(|| LayerTaps {
-            q: attention.q,
-            k: attention.k,
-            v: attention.v,
-            o: attention.o,
-            gate: mlp.gate,
-            up: mlp.up,
-            down: mlp.down,
-        });
-        (out, taps)
     }
 
     /// Hidden states `[batch, seq, hidden]` from the host onto this model's device, e.g. to
