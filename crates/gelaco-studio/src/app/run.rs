@@ -200,8 +200,7 @@ impl App {
     /// Select the front solution of highest fitness among those that remove at least a
     /// fifth of the layers (or the most compressed one, when none does).
     pub fn select_best(&mut self) {
-        let best = self
-            .run.front
+        let best = self.run.front
             .iter()
             .enumerate()
             .filter(|(_, e)| e.result.compression >= 0.2)

@@ -70,8 +70,7 @@ pub(super) fn inspector(app: &mut App, ui: &mut Ui) {
     let Some(s) = app.selected.clone() else {
         ui.label(RichText::new("Click a point on the plot to inspect a compressed model.").weak());
         ui.add_space(8.0);
-        let mut recommended: Vec<Solution> = app
-            .run.front
+        let mut recommended: Vec<Solution> = app.run.front
             .iter()
             .enumerate()
             .filter(|(_, e)| e.recommended)

@@ -41,8 +41,7 @@ pub(super) fn front_view(app: &mut App, ui: &mut Ui) {
             // evaluated solutions, in up to 10 colour bands by generation (no validation: fitness view only)
             let bands = if by_validation { 0 } else { generations.min(10) };
             for b in 0..bands {
-                let pts: Vec<[f64; 2]> = app
-                    .run.points
+                let pts: Vec<[f64; 2]> = app.run.points
                     .iter()
                     .filter(|p| p.generation * bands / generations == b)
                     .map(|p| [p.compression, p.fitness])
@@ -59,8 +58,7 @@ pub(super) fn front_view(app: &mut App, ui: &mut Ui) {
                 );
             }
             // the front as a step line, sorted by compression
-            let mut f: Vec<[f64; 2]> = app
-                .run.front
+            let mut f: Vec<[f64; 2]> = app.run.front
                 .iter()
                 .filter_map(|e| y_of(by_validation, &e.result, e.validation_perplexity).map(|y| [e.result.compression, y]))
                 .collect();
@@ -82,8 +80,7 @@ pub(super) fn front_view(app: &mut App, ui: &mut Ui) {
                 (BaselineMethod::Sleb, MarkerShape::Up, 7.0, Color32::from_rgb(0x2b, 0x9a, 0x66)),
                 (BaselineMethod::Evopress, MarkerShape::Cross, 7.0, Color32::from_rgb(0xf5, 0x9e, 0x0b)),
             ] {
-                let points: Vec<[f64; 2]> = app
-                    .run.baselines
+                let points: Vec<[f64; 2]> = app.run.baselines
                     .iter()
                     .filter(|b| b.kind() == Some(method))
                     .filter_map(|b| y_of(by_validation, &b.result, b.validation_perplexity).map(|y| [b.result.compression, y]))
@@ -93,8 +90,7 @@ pub(super) fn front_view(app: &mut App, ui: &mut Ui) {
                 }
             }
             if by_validation {
-                let c: Vec<[f64; 2]> = app
-                    .run.candidates
+                let c: Vec<[f64; 2]> = app.run.candidates
                     .iter()
                     .filter_map(|e| y_of(true, &e.result, e.validation_perplexity).map(|y| [e.result.compression, y]))
                     .collect();
@@ -102,8 +98,7 @@ pub(super) fn front_view(app: &mut App, ui: &mut Ui) {
                     plot.points(Points::new("other candidates", PlotPoints::from(c)).radius(4.0).color(FRONT).filled(false));
                 }
             }
-            let recommended: Vec<[f64; 2]> = app
-                .run.front
+            let recommended: Vec<[f64; 2]> = app.run.front
                 .iter()
                 .chain(&app.run.candidates)
                 .filter(|e| e.recommended)
@@ -193,19 +188,16 @@ impl Pick {
 /// Positions of everything a click can select: front first, then the other candidates (on
 /// the validation axis), then baselines, then points.
 pub(super) fn pickable(app: &App, by_validation: bool) -> impl Iterator<Item = (f64, f64, Pick)> + '_ {
-    let front = app
-        .run.front
+    let front = app.run.front
         .iter()
         .enumerate()
         .filter_map(move |(i, e)| y_of(by_validation, &e.result, e.validation_perplexity).map(|y| (e.result.compression, y, Pick::Front(i))));
-    let candidates = app
-        .run.candidates
+    let candidates = app.run.candidates
         .iter()
         .enumerate()
         .filter(move |_| by_validation)
         .filter_map(|(i, e)| y_of(true, &e.result, e.validation_perplexity).map(|y| (e.result.compression, y, Pick::Candidate(i))));
-    let baselines = app
-        .run.baselines
+    let baselines = app.run.baselines
         .iter()
         .enumerate()
         .filter_map(move |(i, b)| y_of(by_validation, &b.result, b.validation_perplexity).map(|y| (b.result.compression, y, Pick::Baseline(i))));
