@@ -215,10 +215,10 @@ impl BaselineSolution {
     }
 }
 
-/// LaCo and ShortGPT solutions at a spread of sizes, scored by `engine`.
-/// `None` when `stopped` said so before they were all computed (asked between solutions).
-/// What a search computes when asked for baselines, to plot beside its front and to start
-/// a `warm` search from.
+/// LaCo and ShortGPT solutions at a spread of sizes, scored by `engine`: what a search
+/// computes when asked for baselines, to plot beside its front and to start a `warm`
+/// search from. `None` when `stopped` said so before they were all computed (asked
+/// between solutions).
 pub fn compute_baselines(
     engine: &FitnessEngine,
     merge_op: crate::collapse::MergeOp,

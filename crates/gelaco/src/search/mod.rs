@@ -219,8 +219,8 @@ pub fn initial_population(settings: &SearchSettings, encoding: &Encoding, seeds:
     // the first population: the population's size, or more when a seeded start has more
     // seeds than half of it (survival cuts the evaluated start to the population)
     let mut size = settings.population;
+    let mut keys = std::collections::HashSet::new();
     if matches!(settings.init, Init::Warm | Init::Seeded) {
-        let mut keys = std::collections::HashSet::new();
         let cap = if settings.init == Init::Seeded { seeds.len() } else { settings.population };
         for plan in seeds {
             if out.len() >= cap {
@@ -238,7 +238,6 @@ pub fn initial_population(settings: &SearchSettings, encoding: &Encoding, seeds:
         let rest = settings.population - seeded.min(settings.population / 2);
         size = seeded + rest;
         let wanted = seeded + if matches!(settings.mode, Mode::Single { .. }) { rest * 3 / 4 } else { rest / 2 };
-        let mut keys: std::collections::HashSet<String> = out.iter().map(|x| encoding.decode(x).model_key()).collect();
         let mut tries = 0;
         while out.len() < wanted && tries < 32 * size {
             tries += 1;
