@@ -6,23 +6,22 @@
 //! checkpointed, so an error, a panic or a killed process loses at most the evaluation in
 //! flight; a panic or error becomes a `Failed` event.
 
-use std::cell::{Cell, RefCell};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::FrontEntry;
-use super::pick::{Picker, candidate_entries, front_entries};
+use super::pick::Picker;
+use super::session::Session;
 use super::store::{Checkpoint, ModelIdentity, RunInfo, RunStore, Status, ValidationInfo};
-use crate::backend::{self, DeviceChoice};
-use crate::collapse::MergeSettings;
+use crate::backend::{self, ComputeDevice, DeviceChoice};
+use crate::collapse::{MergeSettings, Plan};
 use crate::error::{Error, Result};
-use crate::fitness::calibration::{self, CalibOptions, CalibSource};
+use crate::fitness::calibration::{self, CalibOptions, CalibSource, Calibration};
 use crate::eval::validation::{Validation, ValidationOptions, ValidationSource};
 use crate::fitness::{EngineOptions, FitnessEngine};
 use crate::model::{self, LoadedModel};
@@ -30,7 +29,7 @@ use crate::search::algorithm::{Algorithm, StepOutcome};
 use crate::search::baselines::{self, BaselineSolution};
 use crate::search::problem::{EvaluatedPlan, PlanProblem};
 use crate::search::fidelity::Fidelity;
-use crate::search::{Init, SearchSettings, hypervolume, initial_population};
+use crate::search::{Init, SearchSettings, initial_population};
 
 /// Commands to a running job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,13 +193,13 @@ pub fn spawn(spec: JobSpec, repaint: Option<Arc<dyn Fn() + Send + Sync>>) -> Job
     JobHandle { commands: ctx, events: erx, stop, thread: Some(thread) }
 }
 
-struct Outbox {
+pub(super) struct Outbox {
     tx: Sender<Event>,
     repaint: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Outbox {
-    fn send(&self, e: Event) {
+    pub(super) fn send(&self, e: Event) {
         let _ = self.tx.send(e);
         if let Some(r) = &self.repaint {
             r();
@@ -215,7 +214,7 @@ pub fn model_identity(m: &LoadedModel) -> Result<ModelIdentity> {
 
 /// Recipes to take in as baselines, checked against the model before the run begins:
 /// (label, the method that wrote the recipe, plan).
-fn import_recipes(paths: &[PathBuf], m: &LoadedModel, identity: &ModelIdentity) -> Result<Vec<(String, Option<baselines::BaselineMethod>, crate::collapse::Plan)>> {
+fn import_recipes(paths: &[PathBuf], m: &LoadedModel, identity: &ModelIdentity) -> Result<Vec<Import>> {
     let sha = &identity.sha256;
     let mut out = Vec::new();
     for path in paths {
@@ -229,31 +228,21 @@ fn import_recipes(paths: &[PathBuf], m: &LoadedModel, identity: &ModelIdentity) 
     Ok(out)
 }
 
-/// Validation perplexities and the recommended flags of a front, candidates and the
-/// baselines.
-fn pick(
-    picker: Option<&mut Picker>,
-    front: &mut [FrontEntry],
-    candidates: &mut [FrontEntry],
-    baselines: &mut [BaselineSolution],
-    store: &RunStore,
-    out: &Outbox,
-) -> Result<()> {
-    let Some(p) = picker else { return Ok(()) };
-    let missing = p.missing(front, baselines) + p.missing(candidates, &[]);
-    if missing > 0 {
-        out.send(Event::Stage { message: format!("validation perplexity of {missing} new solutions") });
-    }
-    let before: Vec<bool> = baselines.iter().map(|b| b.recommended).collect();
-    p.annotate(front, candidates, baselines)?;
-    if baselines.iter().map(|b| b.recommended).ne(before) {
-        store.write_baselines(baselines)?;
-    }
-    Ok(())
-}
+/// A recipe taken in as a baseline: its label, the method that wrote it, its plan.
+type Import = (String, Option<baselines::BaselineMethod>, Plan);
 
-fn front_hypervolume(front: &[FrontEntry]) -> f64 {
-    hypervolume(&front.iter().map(|f| [f.result.fitness, f.result.compression]).collect::<Vec<_>>())
+/// A run folder opened for a search: the model, what the folder records, and what a
+/// resumed run had done before.
+struct Opened {
+    m: LoadedModel,
+    store: RunStore,
+    info: RunInfo,
+    calibration: Calibration,
+    fidelity: Option<Fidelity>,
+    validation: Option<Validation>,
+    logged: Vec<EvaluatedPlan>,
+    checkpoint: Option<Checkpoint>,
+    imports: Vec<Import>,
 }
 
 fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicBool) -> Result<()> {
@@ -263,122 +252,26 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
     };
     let device = backend::select(device_choice)?;
     let description = device.description.clone();
-
-    let (m, store, mut info, calibration, logged, checkpoint, want_baselines, validation, imports) = match spec {
-        JobSpec::New { model: path, calib, calib_options, engine, settings, out: dir, baselines, validation, import, .. } => {
-            let m = model::load(&path, device)?;
-            settings.validate(m.model.num_layers())?;
-            let identity = model_identity(&m)?;
-            let imports = import_recipes(&import, &m, &identity)?;
-            let calibration = calibration::load(&calib, &calib_options, &m.model, &m.tokenizer)?;
-            let validation = match &validation {
-                Some((source, options)) => match Validation::load(source, &calib, &calib_options, options, &m.tokenizer) {
-                    Ok(v) => Some(v),
-                    // the default validation text may be too short: the run goes on without
-                    Err(Error::Setting { setting: "validation", message }) if *source == ValidationSource::Rest => {
-                        out.send(Event::Stage { message: format!("no validation text, nothing will be recommended: {message}") });
-                        None
-                    }
-                    Err(e) => return Err(e),
-                },
-                None => None,
-            };
-            let mut engine = engine;
-            if let (Some(text), None) = (&settings.fidelity, engine.first_chunk_tokens) {
-                // the screening's tokens in a chunk of their own: screening costs what it says
-                engine.first_chunk_tokens = Fidelity::parse(text, calibration.tokens())?.screening_steps().next().map(|s| s.tokens);
-            }
-            let info = RunInfo {
-                tool_version: env!("CARGO_PKG_VERSION").into(),
-                settings,
-                engine,
-                model: identity,
-                calibration_hash: calibration.hash.clone(),
-                calibration_source: calib.describe(),
-                status: Status::Running,
-                message: None,
-                baselines,
-                validation: validation
-                    .as_ref()
-                    .map(|v| ValidationInfo { source: v.source.clone(), hash: v.hash.clone(), tokens: v.tokens() }),
-            };
-            let store = RunStore::create(&dir, &info, &calibration)?;
-            if let Some(v) = &validation {
-                store.write_validation(v)?;
-            }
-            (m, store, info, calibration, Vec::new(), None, baselines, validation, imports)
-        }
-        JobSpec::Resume { dir, model: override_path, evaluations, .. } => {
-            let (store, mut info, calibration, logged, checkpoint) = RunStore::open(&dir)?;
-            let path = override_path.unwrap_or_else(|| info.model.path.clone());
-            let m = model::load(&path, device)?;
-            let identity = model_identity(&m)?;
-            if identity.sha256 != info.model.sha256 {
-                return Err(Error::Invalid(format!(
-                    "{} is not the model this run was made with (SHA-256 {} differs from the recorded {})",
-                    path.display(),
-                    crate::util::short_hash(&identity.sha256),
-                    crate::util::short_hash(&info.model.sha256)
-                )));
-            }
-            if let Some(n) = evaluations {
-                info.settings.evaluations = n;
-            }
-            store.set_status(&mut info, Status::Running, None)?;
-            let want = info.baselines;
-            let validation = super::store::read_validation(&store.dir)?;
-            // the token ids must belong to the model's vocabulary
-            let vocab = Some(m.model.config.vocab_size);
-            crate::limits::token_samples("samples", &calibration.samples, &calibration.hash, vocab)
-                .map_err(|msg| Error::format(store.dir.join("calibration.json"), msg))?;
-            if let Some(v) = &validation {
-                crate::limits::token_samples("windows", &v.windows, &v.hash, vocab)
-                    .map_err(|msg| Error::format(store.dir.join("validation.json"), msg))?;
-            }
-            // imported recipes are in baselines.json since the run began
-            (m, store, info, calibration, logged, checkpoint, want, validation, Vec::new())
-        }
-    };
-    let settings = info.settings.clone();
+    let Opened { m, store, mut info, calibration, fidelity, validation, logged, checkpoint, imports } = open(spec, device, out)?;
     let layers = m.model.num_layers();
-    let engine = FitnessEngine::new(&m.model, calibration, EngineOptions { merge: MergeSettings { keep_base_norms: settings.keep_norms }, ..info.engine })?;
-    let fidelity = settings.fidelity.as_deref().map(|t| Fidelity::parse(t, engine.total_tokens())).transpose()?;
+    let options = EngineOptions { merge: MergeSettings { keep_base_norms: info.settings.keep_norms }, ..info.engine };
+    let engine = FitnessEngine::new(&m.model, calibration, options)?;
     out.send(Event::Started { run_dir: store.dir.clone(), device: description, layers, calibration_hash: engine.calibration.hash.clone(), resumed });
 
-    // a resumed run reuses its baselines (a warm start must see the same seeds)
-    let mut baselines = super::store::read_baselines(&store.dir)?;
-    if baselines.is_empty() && (want_baselines || settings.init == Init::Warm) {
-        out.send(Event::Stage { message: "computing the LaCo and ShortGPT baselines".into() });
-        let op = settings.merge_op.unwrap_or(crate::collapse::merge::DEFAULT_MERGE_OP);
-        match baselines::compute_baselines(&engine, op, &|| stop.load(Ordering::SeqCst))? {
-            Some(b) => baselines = b,
-            None => {
-                // stopped before the search began: nothing evaluated, resumable from the start
-                store.set_status(&mut info, Status::Stopped, None)?;
-                out.send(Event::Done { reason: StopReason::Stopped, front: Vec::new(), candidates: Vec::new(), run_dir: store.dir.clone() });
-                return Ok(());
-            }
-        }
-        store.write_baselines(&baselines)?;
-    }
-    if !imports.is_empty() {
-        out.send(Event::Stage { message: format!("scoring {} imported recipes", imports.len()) });
-        for (label, method, plan) in imports {
-            let result = engine.evaluate(&plan)?;
-            let merges = plan.merges_text();
-            baselines.push(BaselineSolution { method: label, kind: method, merges, plan, result, validation_perplexity: None, recommended: false });
-        }
-        store.write_baselines(&baselines)?;
-    }
-    let mut seed_plans: Vec<_> = baselines.iter().map(|s| s.plan.clone()).collect();
-    if settings.init == Init::Seeded && checkpoint.is_none() {
+    let Some(mut baselines) = prepare_baselines(&engine, &store, &info, imports, out, stop)? else {
+        // stopped before the search began: nothing evaluated, resumable from the start
+        store.set_status(&mut info, Status::Stopped, None)?;
+        out.send(Event::Done { reason: StopReason::Stopped, front: Vec::new(), candidates: Vec::new(), run_dir: store.dir.clone() });
+        return Ok(());
+    };
+    let mut seeds: Vec<Plan> = baselines.iter().map(|s| s.plan.clone()).collect();
+    if info.settings.init == Init::Seeded && checkpoint.is_none() {
         out.send(Event::Stage { message: "ShortGPT plans to start from (Block Influence)".into() });
         let influence = baselines::block_influence(engine.model(), &engine.calibration.samples, engine.options.batch_size)?;
-        for r in settings.seed_sizes(layers) {
-            seed_plans.push(baselines::shortgpt_plan(&influence, r)?);
+        for r in info.settings.seed_sizes(layers) {
+            seeds.push(baselines::shortgpt_plan(&influence, r)?);
         }
     }
-    let known: Vec<_> = baselines.iter().map(|b| (b.plan.model_key(), Arc::new(b.result.clone()))).collect();
     let mut picker = validation.map(|v| Picker::new(v, &engine));
     if let Some(p) = picker.as_mut() {
         if p.missing(&[], &baselines) > 0 {
@@ -391,181 +284,157 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         out.send(Event::Baselines { solutions: baselines.clone() });
     }
 
-    let encoding = settings.encoding(layers);
-    let budget = settings.evaluations;
-    let session_start = Instant::now();
-    let previous_seconds = checkpoint.as_ref().map_or(0.0, |c| c.seconds);
-    let elapsed = || previous_seconds + session_start.elapsed().as_secs_f64();
-    let mut hv_history = checkpoint.as_ref().map_or_else(Vec::new, |c| c.hypervolume.clone());
-
-    // shared between the evaluation callback and the generation loop
-    let store = RefCell::new(store);
-    let shown = Cell::new((0f64, 0usize, 0f64)); // best fitness, front size, hypervolume
-    let counters = Cell::new((0usize, 0usize)); // cache hits, unique models
-    let screened = Cell::new(0usize);
-    let generation_now = Cell::new(checkpoint.as_ref().map_or(0, |c| c.state.generation));
-    let session_done = Cell::new(0usize);
-    let evals_now = Cell::new(checkpoint.as_ref().map_or(0, |c| c.state.evaluations));
-    let last_progress = Cell::new(Instant::now() - Duration::from_secs(1));
-    let paused = Cell::new(false);
-    let reason: Cell<Option<StopReason>> = Cell::new(None);
-
-    let progress = |evaluations: usize, force: bool| {
-        if !force && last_progress.get().elapsed() < Duration::from_millis(200) {
-            return;
-        }
-        last_progress.set(Instant::now());
-        let rate = session_done.get() as f64 / session_start.elapsed().as_secs_f64().max(1e-9);
-        let (best, size, hv) = shown.get();
-        let (hits, unique) = counters.get();
-        out.send(Event::Progress(Progress {
-            generation: generation_now.get(),
-            evaluations,
-            budget,
-            rate,
-            cache_hits: hits,
-            unique,
-            best_fitness: best,
-            front_size: size,
-            hypervolume: hv,
-            screened: screened.get(),
-            eta_seconds: (rate > 0.0).then(|| budget.saturating_sub(evaluations) as f64 / rate),
-            paused: paused.get(),
-        }));
-    };
-
-    let mut problem = PlanProblem::new(
-        &engine,
-        encoding,
-        settings.mode,
-        Box::new(|e: &EvaluatedPlan| {
-            store.borrow_mut().append(e)?;
-            session_done.set(session_done.get() + 1);
-            evals_now.set(e.index + 1);
-            out.send(Event::Evaluated { evaluation: e.clone() });
-            progress(e.index + 1, false);
-            Ok(())
-        }),
-    );
+    let settings = info.settings.clone();
+    let session = Session::new(store, &settings, checkpoint.as_ref(), out, commands, stop);
+    let mut problem = PlanProblem::new(&engine, settings.encoding(layers), settings.mode, Box::new(|e: &EvaluatedPlan| session.record(e)));
     problem.fidelity = fidelity;
     problem.vary_repeats = settings.init != Init::Paper;
     for e in &logged {
         problem.preload_logged(e);
     }
-    for (key, result) in known {
-        problem.preload(key, result);
+    for b in &baselines {
+        problem.preload(b.plan.model_key(), Arc::new(b.result.clone()));
     }
     if let Some(cp) = &checkpoint {
         problem.evaluated = cp.evaluated;
         problem.cache_hits = cp.cache_hits;
     }
-
-    let should_stop = || {
-        loop {
-            while let Ok(c) = commands.try_recv() {
-                match c {
-                    Command::Pause => paused.set(true),
-                    Command::Resume => paused.set(false),
-                    Command::Stop => stop.store(true, Ordering::SeqCst),
-                }
-            }
-            if stop.load(Ordering::SeqCst) {
-                reason.set(Some(StopReason::Stopped));
-                return true;
-            }
-            if settings.max_seconds.is_some_and(|m| elapsed() >= m) {
-                reason.set(Some(StopReason::WallTime));
-                return true;
-            }
-            if !paused.get() {
-                return false;
-            }
-            progress(evals_now.get(), true);
-            match commands.recv_timeout(Duration::from_millis(250)) {
-                Ok(Command::Pause) => {}
-                Ok(Command::Resume) => paused.set(false),
-                Ok(Command::Stop) => stop.store(true, Ordering::SeqCst),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => stop.store(true, Ordering::SeqCst),
-            }
-        }
-    };
-
     let mut algo = match &checkpoint {
         Some(cp) => Algorithm::resume(settings.algorithm(layers), cp.state.clone()),
         None => Algorithm::new(settings.algorithm(layers)),
     };
-    let mut initialized = checkpoint.is_some();
-    if initialized {
-        // the candidates of an earlier session are picked again when this one ends
-        store.borrow().write_candidates(&[])?;
-    }
-    loop {
-        if initialized {
-            let evals = algo.state.evaluations;
-            if evals >= budget {
-                reason.set(Some(StopReason::Evaluations));
-            } else if settings.generations.is_some_and(|g| algo.state.generation >= g) {
-                reason.set(Some(StopReason::Generations));
-            }
-            if reason.get().is_some() || should_stop() {
-                break;
-            }
+    if checkpoint.is_some() {
+        session.clear_candidates()?;
+    } else {
+        let start = initial_population(&settings, &problem.encoding, &seeds);
+        let size = start.len().max(settings.population).min(settings.evaluations);
+        out.send(Event::Stage { message: format!("evaluating the first population ({size})") });
+        if algo.initialize(&mut problem, start, Some(settings.evaluations), &|| session.should_stop())? == StepOutcome::Interrupted {
+            return session.finish(&problem, picker.as_mut(), &mut baselines, &mut info);
         }
-        let outcome = if initialized {
-            algo.step(&mut problem, Some(budget - algo.state.evaluations), &should_stop)?
-        } else {
-            let start = initial_population(&settings, &encoding, &seed_plans);
-            let size = start.len().max(settings.population).min(budget);
-            out.send(Event::Stage { message: format!("evaluating the first population ({size})") });
-            algo.initialize(&mut problem, start, Some(budget), &should_stop)?
-        };
-        if outcome == StepOutcome::Interrupted {
+        session.generation_done(&algo, &problem, picker.as_mut(), &mut baselines)?;
+    }
+    while session.may_continue(&algo) {
+        let left = settings.evaluations - algo.state.evaluations;
+        if algo.step(&mut problem, Some(left), &|| session.should_stop())? == StepOutcome::Interrupted {
             break;
         }
-        initialized = true;
-        let mut front = front_entries(&problem);
-        pick(picker.as_mut(), &mut front, &mut [], &mut baselines, &store.borrow(), out)?;
-        let hv = front_hypervolume(&front);
-        hv_history.push(hv);
-        let best = front.iter().map(|f| f.result.fitness).fold(f64::NEG_INFINITY, f64::max);
-        shown.set((best, front.len(), hv));
-        counters.set((problem.cache_hits, problem.unique()));
-        screened.set(problem.screened);
-        generation_now.set(algo.state.generation);
-        {
-            let store = store.borrow();
-            store.checkpoint(&Checkpoint {
-                state: algo.state.clone(),
-                evaluated: problem.evaluated,
-                cache_hits: problem.cache_hits,
-                unique: problem.unique(),
-                seconds: elapsed(),
-                hypervolume: hv_history.clone(),
-            })?;
-            store.write_front(&front)?;
-        }
-        let population = algo
-            .state
-            .population
-            .iter()
-            .map(|i| [i.eval.objectives[0], problem.encoding.decode(&i.x).compression()])
-            .collect();
-        out.send(Event::Generation { generation: algo.state.generation, evaluations: algo.state.evaluations, front, population, hypervolume: hv });
-        progress(algo.state.evaluations, true);
+        session.generation_done(&algo, &problem, picker.as_mut(), &mut baselines)?;
     }
-    let reason = reason.get().unwrap_or(StopReason::Stopped);
-    // a search stopped inside a generation keeps the front of what it evaluated
-    let mut front = front_entries(&problem);
-    let mut candidates = if picker.is_some() { candidate_entries(&problem, &front) } else { Vec::new() };
-    drop(problem);
-    let store = store.into_inner();
-    pick(picker.as_mut(), &mut front, &mut candidates, &mut baselines, &store, out)?;
-    store.write_front(&front)?;
-    store.write_candidates(&candidates)?;
-    let status = if reason == StopReason::Stopped { Status::Stopped } else { Status::Finished };
-    store.set_status(&mut info, status, None)?;
-    out.send(Event::Done { reason, front, candidates, run_dir: store.dir.clone() });
-    Ok(())
+    session.finish(&problem, picker.as_mut(), &mut baselines, &mut info)
 }
 
+/// Open the model and its run folder: a new folder for a new search (model, settings,
+/// imports and calibration checked first), the recorded one to resume.
+fn open(spec: JobSpec, device: ComputeDevice, out: &Outbox) -> Result<Opened> {
+    let (path, calib, calib_options, mut engine, settings, dir, baselines, validation, import) = match spec {
+        JobSpec::New { model, calib, calib_options, engine, settings, out, baselines, validation, import, .. } => {
+            (model, calib, calib_options, engine, settings, out, baselines, validation, import)
+        }
+        JobSpec::Resume { dir, model, evaluations, .. } => return open_resumed(&dir, model, evaluations, device),
+    };
+    let m = model::load(&path, device)?;
+    settings.validate(m.model.num_layers())?;
+    let identity = model_identity(&m)?;
+    let imports = import_recipes(&import, &m, &identity)?;
+    let calibration = calibration::load(&calib, &calib_options, &m.model, &m.tokenizer)?;
+    let validation = match &validation {
+        Some((source, options)) => match Validation::load(source, &calib, &calib_options, options, &m.tokenizer) {
+            Ok(v) => Some(v),
+            // the default validation text may be too short: the run goes on without
+            Err(Error::Setting { setting: "validation", message }) if *source == ValidationSource::Rest => {
+                out.send(Event::Stage { message: format!("no validation text, nothing will be recommended: {message}") });
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let fidelity = settings.fidelity.as_deref().map(|t| Fidelity::parse(t, calibration.tokens())).transpose()?;
+    if let (Some(f), None) = (&fidelity, engine.first_chunk_tokens) {
+        // the screening's tokens in a chunk of their own: screening costs what it says
+        engine.first_chunk_tokens = f.screening_steps().next().map(|s| s.tokens);
+    }
+    let info = RunInfo {
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        settings,
+        engine,
+        model: identity,
+        calibration_hash: calibration.hash.clone(),
+        calibration_source: calib.describe(),
+        status: Status::Running,
+        message: None,
+        baselines,
+        validation: validation.as_ref().map(|v| ValidationInfo { source: v.source.clone(), hash: v.hash.clone(), tokens: v.tokens() }),
+    };
+    let store = RunStore::create(&dir, &info, &calibration)?;
+    if let Some(v) = &validation {
+        store.write_validation(v)?;
+    }
+    Ok(Opened { m, store, info, calibration, fidelity, validation, logged: Vec::new(), checkpoint: None, imports })
+}
+
+/// Open a run folder to go on with its search, on the model it was made with.
+fn open_resumed(dir: &Path, override_path: Option<PathBuf>, evaluations: Option<usize>, device: ComputeDevice) -> Result<Opened> {
+    let (store, mut info, calibration, logged, checkpoint) = RunStore::open(dir)?;
+    let path = override_path.unwrap_or_else(|| info.model.path.clone());
+    let m = model::load(&path, device)?;
+    let identity = model_identity(&m)?;
+    if identity.sha256 != info.model.sha256 {
+        return Err(Error::Invalid(format!(
+            "{} is not the model this run was made with (SHA-256 {} differs from the recorded {})",
+            path.display(),
+            crate::util::short_hash(&identity.sha256),
+            crate::util::short_hash(&info.model.sha256)
+        )));
+    }
+    if let Some(n) = evaluations {
+        info.settings.evaluations = n;
+    }
+    store.set_status(&mut info, Status::Running, None)?;
+    let validation = super::store::read_validation(&store.dir)?;
+    // the token ids must belong to the model's vocabulary
+    let vocab = Some(m.model.config.vocab_size);
+    crate::limits::token_samples("samples", &calibration.samples, &calibration.hash, vocab)
+        .map_err(|msg| Error::format(store.dir.join("calibration.json"), msg))?;
+    if let Some(v) = &validation {
+        crate::limits::token_samples("windows", &v.windows, &v.hash, vocab)
+            .map_err(|msg| Error::format(store.dir.join("validation.json"), msg))?;
+    }
+    let fidelity = info.settings.fidelity.as_deref().map(|t| Fidelity::parse(t, calibration.tokens())).transpose()?;
+    // imported recipes are in baselines.json since the run began
+    Ok(Opened { m, store, info, calibration, fidelity, validation, logged, checkpoint, imports: Vec::new() })
+}
+
+/// The run's baselines: those of its folder, or computed (when asked for, or for a warm
+/// start), then the imported recipes scored. `None` when stopped while computing.
+fn prepare_baselines(
+    engine: &FitnessEngine,
+    store: &RunStore,
+    info: &RunInfo,
+    imports: Vec<Import>,
+    out: &Outbox,
+    stop: &AtomicBool,
+) -> Result<Option<Vec<BaselineSolution>>> {
+    // a resumed run reuses its baselines (a warm start must see the same seeds)
+    let mut baselines = super::store::read_baselines(&store.dir)?;
+    if baselines.is_empty() && (info.baselines || info.settings.init == Init::Warm) {
+        out.send(Event::Stage { message: "computing the LaCo and ShortGPT baselines".into() });
+        let op = info.settings.merge_op.unwrap_or(crate::collapse::merge::DEFAULT_MERGE_OP);
+        match baselines::compute_baselines(engine, op, &|| stop.load(Ordering::SeqCst))? {
+            Some(b) => baselines = b,
+            None => return Ok(None),
+        }
+        store.write_baselines(&baselines)?;
+    }
+    if !imports.is_empty() {
+        out.send(Event::Stage { message: format!("scoring {} imported recipes", imports.len()) });
+        for (label, method, plan) in imports {
+            let result = engine.evaluate(&plan)?;
+            let merges = plan.merges_text();
+            baselines.push(BaselineSolution { method: label, kind: method, merges, plan, result, validation_perplexity: None, recommended: false });
+        }
+        store.write_baselines(&baselines)?;
+    }
+    Ok(Some(baselines))
+}

@@ -2,6 +2,7 @@
 
 pub mod job;
 pub mod pick;
+mod session;
 pub mod store;
 
 use serde::{Deserialize, Serialize};
