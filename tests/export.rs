@@ -16,7 +16,8 @@ use gelaco::export::gguf::GgufOptions;
 use gelaco::export::hf::{HfDtype, HfOptions};
 use gelaco::export::{ExportSource, Recipe};
 use gelaco::model::gguf::{GgmlType, GgufFile, Value};
-use gelaco::model::llama::{Llama, download};
+use gelaco::model::llama::{Layer, Llama, download};
+use gelaco::model::weights::LayerParam;
 use gelaco::model::{self, LoadedModel};
 use gelaco::run::store::ModelIdentity;
 
@@ -375,5 +376,21 @@ fn a_layers_parameters_come_from_the_layer_table() {
             assert_eq!(&t.shape, shape, "{arch:?} {name}");
             assert_eq!(&t.data, data, "{arch:?} {name}");
         }
+        // the same table builds and maps layers: rebuilt from its own tensors, or mapped
+        // tensor by tensor, a layer keeps every parameter
+        let layer = &m.model.layers[1];
+        let rebuilt = Layer::from_params(|t| Ok(layer.tensor(t.param))).unwrap();
+        let mapped = layer.map(|_, v| v.clone(), |_, w| w.clone());
+        for copy in [&rebuilt, &mapped] {
+            let again = gelaco::export::merged_layer_tensors(copy).unwrap();
+            assert_eq!(again.len(), got.len(), "{arch:?}");
+            for ((n1, t1), (n2, t2)) in got.iter().zip(&again) {
+                assert_eq!((n1, &t1.data), (n2, &t2.data), "{arch:?}");
+            }
+        }
+        let e = Layer::from_params(|t| Ok(if t.param == LayerParam::Up { None } else { layer.tensor(t.param) })).unwrap_err();
+        assert!(e.to_string().contains("Up is missing"), "{e}");
+        let e = Layer::from_params(|t| Ok(if t.param == LayerParam::Down { layer.tensor(LayerParam::InputNorm) } else { layer.tensor(t.param) })).unwrap_err();
+        assert!(e.to_string().contains("Down is a vector"), "{e}");
     }
 }

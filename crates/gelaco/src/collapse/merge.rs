@@ -9,7 +9,8 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::plan::Plan;
-use crate::model::llama::{Attention, Layer, Linear, Llama, Mlp};
+use crate::model::llama::{Layer, Llama, ParamTensor};
+use crate::model::weights::LayerParam;
 
 /// The operator used when none is named, chosen by measurement on the demo model (README).
 pub const DEFAULT_MERGE_OP: MergeOp = MergeOp::KeepFirst;
@@ -78,52 +79,24 @@ fn combine<const D: usize>(ts: Vec<Tensor<D>>, op: MergeOp) -> Tensor<D> {
     }
 }
 
-fn combine_linear(ls: Vec<&Linear>, op: MergeOp) -> Linear {
-    let bias = if ls.iter().all(|l| l.bias.is_some()) {
-        Some(combine(ls.iter().filter_map(|l| l.bias.clone()).collect(), op))
-    } else {
-        None
-    };
-    Linear {
-        weight_t: combine(ls.iter().map(|l| l.weight_t.clone()).collect(), op),
-        bias,
-    }
-}
-
 /// Merge a run of layers into one.
 pub fn merge_layers(layers: &[Arc<Layer>], op: MergeOp, settings: MergeSettings) -> Arc<Layer> {
     if layers.len() == 1 || op == MergeOp::KeepFirst {
         return layers[0].clone();
     }
     let base = &layers[0];
-    let norm = |f: fn(&Layer) -> Tensor<1>| -> Tensor<1> {
-        if settings.keep_base_norms {
-            f(base)
-        } else {
-            combine(layers.iter().map(|l| f(l)).collect(), op)
+    // a parameter is combined from every layer that has it (the layers of one model all do)
+    let parts = |param: LayerParam| layers.iter().filter_map(move |l| l.tensor(param));
+    let vector = |param: LayerParam, own: &Tensor<1>| {
+        if param.is_norm() && settings.keep_base_norms {
+            return own.clone();
         }
+        combine(parts(param).filter_map(|t| if let ParamTensor::Vector(v) = t { Some(v) } else { None }).collect(), op)
     };
-    let opt_norm = |f: fn(&Layer) -> Option<Tensor<1>>| -> Option<Tensor<1>> {
-        if settings.keep_base_norms {
-            f(base)
-        } else {
-            layers.iter().map(|l| f(l)).collect::<Option<Vec<_>>>().map(|v| combine(v, op))
-        }
+    let matrix = |param: LayerParam, _: &Tensor<2>| {
+        combine(parts(param).filter_map(|t| if let ParamTensor::Matrix(m) = t { Some(m) } else { None }).collect(), op)
     };
-    let lin = |f: fn(&Layer) -> &Linear| combine_linear(layers.iter().map(|l| f(l)).collect(), op);
-    Arc::new(Layer {
-        input_norm: norm(|l| l.input_norm.clone()),
-        attention: Attention {
-            q: lin(|l| &l.attention.q),
-            k: lin(|l| &l.attention.k),
-            v: lin(|l| &l.attention.v),
-            o: lin(|l| &l.attention.o),
-            q_norm: opt_norm(|l| l.attention.q_norm.clone()),
-            k_norm: opt_norm(|l| l.attention.k_norm.clone()),
-        },
-        post_attn_norm: norm(|l| l.post_attn_norm.clone()),
-        mlp: Mlp { gate: lin(|l| &l.mlp.gate), up: lin(|l| &l.mlp.up), down: lin(|l| &l.mlp.down) },
-    })
+    Arc::new(base.map(vector, matrix))
 }
 
 /// The compressed model of `plan`: merges applied in canonical order on the layers as they

@@ -9,40 +9,15 @@ use super::calibration::Calibration;
 use super::{FitnessResult, LayerSimilarity, WORST_FITNESS};
 use crate::collapse::{MergeSettings, Plan, build};
 use crate::error::Result;
-use crate::model::llama::{Attention, Layer, Linear, Llama, Mlp, download};
+use crate::model::llama::{Llama, download};
 
 fn copy<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
     Tensor::from_data(t.to_data(), &t.device())
 }
 
-fn copy_linear(l: &Linear) -> Linear {
-    Linear {
-        weight_t: copy(&l.weight_t),
-        bias: l.bias.as_ref().map(copy),
-    }
-}
-
 /// A deep copy of the model: every tensor read back and written again.
 pub fn deep_copy(model: &Llama) -> Llama {
-    let layers = model
-        .layers
-        .iter()
-        .map(|l| {
-            std::sync::Arc::new(Layer {
-                input_norm: copy(&l.input_norm),
-                attention: Attention {
-                    q: copy_linear(&l.attention.q),
-                    k: copy_linear(&l.attention.k),
-                    v: copy_linear(&l.attention.v),
-                    o: copy_linear(&l.attention.o),
-                    q_norm: l.attention.q_norm.as_ref().map(copy),
-                    k_norm: l.attention.k_norm.as_ref().map(copy),
-                },
-                post_attn_norm: copy(&l.post_attn_norm),
-                mlp: Mlp { gate: copy_linear(&l.mlp.gate), up: copy_linear(&l.mlp.up), down: copy_linear(&l.mlp.down) },
-            })
-        })
-        .collect();
+    let layers = model.layers.iter().map(|l| std::sync::Arc::new(l.map(|_, t| copy(t), |_, t| copy(t)))).collect();
     let mut m = model.with_layers(layers);
     m.embed = copy(&model.embed);
     m.norm = copy(&model.norm);

@@ -7,8 +7,8 @@ use burn::tensor::Tensor;
 
 use super::config::ModelConfig;
 use super::llama::download;
-use super::weights::{HostTensor, LayerParam};
-use crate::error::Result;
+use super::weights::{HostTensor, LAYER_TENSORS, LayerParam, LayerTensor};
+use crate::error::{Error, Result};
 
 /// A linear projection: weight stored transposed `[in, out]`, optional bias `[out]`.
 #[derive(Clone, Debug)]
@@ -172,29 +172,143 @@ impl Layer {
         (out, taps)
     }
 
+    /// One parameter's device tensor (a shared handle); `None` where this layer has no such
+    /// parameter (biases, q/k norms).
+    pub fn tensor(&self, param: LayerParam) -> Option<ParamTensor> {
+        let (a, m) = (&self.attention, &self.mlp);
+        let vector = |t: &Tensor<1>| Some(ParamTensor::Vector(t.clone()));
+        let optional = |t: &Option<Tensor<1>>| t.clone().map(ParamTensor::Vector);
+        let matrix = |l: &Linear| Some(ParamTensor::Matrix(l.weight_t.clone()));
+        match param {
+            LayerParam::InputNorm => vector(&self.input_norm),
+            LayerParam::PostAttnNorm => vector(&self.post_attn_norm),
+            LayerParam::Q => matrix(&a.q),
+            LayerParam::K => matrix(&a.k),
+            LayerParam::V => matrix(&a.v),
+            LayerParam::O => matrix(&a.o),
+            LayerParam::QBias => optional(&a.q.bias),
+            LayerParam::KBias => optional(&a.k.bias),
+            LayerParam::VBias => optional(&a.v.bias),
+            LayerParam::QNorm => optional(&a.q_norm),
+            LayerParam::KNorm => optional(&a.k_norm),
+            LayerParam::Gate => matrix(&m.gate),
+            LayerParam::Up => matrix(&m.up),
+            LayerParam::Down => matrix(&m.down),
+        }
+    }
+
     /// One parameter downloaded to the host, in Hugging Face layout; `None` where this
     /// layer has no such parameter (biases, q/k norms).
     pub fn param(&self, param: LayerParam) -> Result<Option<HostTensor>> {
-        let vector = |t: &Tensor<1>| download(t.clone());
-        let optional = |t: &Option<Tensor<1>>| t.as_ref().map(vector).transpose();
-        let (a, m) = (&self.attention, &self.mlp);
-        Ok(match param {
-            LayerParam::InputNorm => Some(vector(&self.input_norm)?),
-            LayerParam::PostAttnNorm => Some(vector(&self.post_attn_norm)?),
-            LayerParam::Q => Some(a.q.weight_host()?),
-            LayerParam::K => Some(a.k.weight_host()?),
-            LayerParam::V => Some(a.v.weight_host()?),
-            LayerParam::O => Some(a.o.weight_host()?),
-            LayerParam::QBias => optional(&a.q.bias)?,
-            LayerParam::KBias => optional(&a.k.bias)?,
-            LayerParam::VBias => optional(&a.v.bias)?,
-            LayerParam::QNorm => optional(&a.q_norm)?,
-            LayerParam::KNorm => optional(&a.k_norm)?,
-            LayerParam::Gate => Some(m.gate.weight_host()?),
-            LayerParam::Up => Some(m.up.weight_host()?),
-            LayerParam::Down => Some(m.down.weight_host()?),
+        self.tensor(param)
+            .map(|t| match t {
+                ParamTensor::Vector(v) => download(v),
+                ParamTensor::Matrix(w) => download(w.transpose()),
+            })
+            .transpose()
+    }
+
+    /// A layer made from its parameters, asked for in [`LAYER_TENSORS`] order: `make`
+    /// returns each one's device tensor, or `None` where the model has no such parameter.
+    /// A missing weight or norm, or a vector where a matrix belongs, is an error naming it.
+    pub fn from_params(mut make: impl FnMut(&'static LayerTensor) -> Result<Option<ParamTensor>>) -> Result<Layer> {
+        let mut p = Params(Vec::with_capacity(LAYER_TENSORS.len()));
+        for t in LAYER_TENSORS {
+            p.0.push((t.param, make(t)?));
+        }
+        use LayerParam as P;
+        Ok(Layer {
+            input_norm: p.required_vector(P::InputNorm)?,
+            attention: Attention {
+                q: p.linear(P::Q, Some(P::QBias))?,
+                k: p.linear(P::K, Some(P::KBias))?,
+                v: p.linear(P::V, Some(P::VBias))?,
+                o: p.linear(P::O, None)?,
+                q_norm: p.vector(P::QNorm)?,
+                k_norm: p.vector(P::KNorm)?,
+            },
+            post_attn_norm: p.required_vector(P::PostAttnNorm)?,
+            mlp: Mlp { gate: p.linear(P::Gate, None)?, up: p.linear(P::Up, None)?, down: p.linear(P::Down, None)? },
         })
     }
+
+    /// A layer of the same structure whose every parameter is mapped: `vector` for norms
+    /// and biases, `matrix` for the projections' weights (transposed, `[in, out]`).
+    pub fn map(
+        &self,
+        mut vector: impl FnMut(LayerParam, &Tensor<1>) -> Tensor<1>,
+        mut matrix: impl FnMut(LayerParam, &Tensor<2>) -> Tensor<2>,
+    ) -> Layer {
+        use LayerParam as P;
+        let (a, m) = (&self.attention, &self.mlp);
+        let input_norm = vector(P::InputNorm, &self.input_norm);
+        let post_attn_norm = vector(P::PostAttnNorm, &self.post_attn_norm);
+        let q_norm = a.q_norm.as_ref().map(|t| vector(P::QNorm, t));
+        let k_norm = a.k_norm.as_ref().map(|t| vector(P::KNorm, t));
+        let mut linear = |w: LayerParam, bias: Option<LayerParam>, l: &Linear| Linear {
+            weight_t: matrix(w, &l.weight_t),
+            bias: bias.and_then(|b| l.bias.as_ref().map(|t| vector(b, t))),
+        };
+        Layer {
+            input_norm,
+            attention: Attention {
+                q: linear(P::Q, Some(P::QBias), &a.q),
+                k: linear(P::K, Some(P::KBias), &a.k),
+                v: linear(P::V, Some(P::VBias), &a.v),
+                o: linear(P::O, None, &a.o),
+                q_norm,
+                k_norm,
+            },
+            post_attn_norm,
+            mlp: Mlp { gate: linear(P::Gate, None, &m.gate), up: linear(P::Up, None, &m.up), down: linear(P::Down, None, &m.down) },
+        }
+    }
+}
+
+/// A layer parameter on the device: a vector (a norm or a bias) or a projection's weight,
+/// stored transposed `[in, out]`.
+#[derive(Clone, Debug)]
+pub enum ParamTensor {
+    Vector(Tensor<1>),
+    Matrix(Tensor<2>),
+}
+
+/// The parameters given to [`Layer::from_params`], taken out one by one.
+struct Params(Vec<(LayerParam, Option<ParamTensor>)>);
+
+impl Params {
+    fn take(&mut self, param: LayerParam) -> Option<ParamTensor> {
+        self.0.iter_mut().find(|(p, _)| *p == param).and_then(|(_, t)| t.take())
+    }
+
+    fn vector(&mut self, param: LayerParam) -> Result<Option<Tensor<1>>> {
+        match self.take(param) {
+            None => Ok(None),
+            Some(ParamTensor::Vector(t)) => Ok(Some(t)),
+            Some(ParamTensor::Matrix(_)) => Err(Error::Invalid(format!("layer parameter {param:?} is a matrix where a vector belongs"))),
+        }
+    }
+
+    fn required_vector(&mut self, param: LayerParam) -> Result<Tensor<1>> {
+        self.vector(param)?.ok_or_else(|| missing(param))
+    }
+
+    fn linear(&mut self, weight: LayerParam, bias: Option<LayerParam>) -> Result<Linear> {
+        let weight_t = match self.take(weight) {
+            Some(ParamTensor::Matrix(t)) => t,
+            Some(ParamTensor::Vector(_)) => return Err(Error::Invalid(format!("layer parameter {weight:?} is a vector where a matrix belongs"))),
+            None => return Err(missing(weight)),
+        };
+        let bias = match bias {
+            Some(b) => self.vector(b)?,
+            None => None,
+        };
+        Ok(Linear { weight_t, bias })
+    }
+}
+
+fn missing(param: LayerParam) -> Error {
+    Error::Invalid(format!("layer parameter {param:?} is missing"))
 }
 
 /// The module outputs of one layer, each `[batch, seq, features]`.

@@ -11,7 +11,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::config::{ModelConfig, RopeScaling};
 use super::layer::rms_norm;
-pub use super::layer::{Attention, Layer, LayerTaps, Linear, Mlp};
+pub use super::layer::{Attention, Layer, LayerTaps, Linear, Mlp, ParamTensor};
 use super::weights::{HostTensor, ModelFiles};
 use crate::error::{Error, Result};
 
@@ -213,13 +213,6 @@ impl Llama {
         let cfg = files.config.clone();
         let t = |name: &str| files.tensor(name);
         let vec1 = |name: &str| -> Result<Tensor<1>> { Ok(upload::<1>(&t(name)?, device)) };
-        let linear = |prefix: &str, bias: bool| -> Result<Linear> {
-            let w = t(&format!("{prefix}.weight"))?;
-            Ok(Linear {
-                weight_t: upload_transposed(&w, device),
-                bias: if bias { Some(vec1(&format!("{prefix}.bias"))?) } else { None },
-            })
-        };
         let embed_host = t("model.embed_tokens.weight")?;
         let embed = upload::<2>(&embed_host, device);
         let head_t = if cfg.tie_word_embeddings {
@@ -230,25 +223,18 @@ impl Llama {
         drop(embed_host);
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
-            let p = |s: &str| format!("model.layers.{l}.{s}");
-            let b = cfg.attention_bias;
-            layers.push(Arc::new(Layer {
-                input_norm: vec1(&p("input_layernorm.weight"))?,
-                attention: Attention {
-                    q: linear(&p("self_attn.q_proj"), b)?,
-                    k: linear(&p("self_attn.k_proj"), b)?,
-                    v: linear(&p("self_attn.v_proj"), b)?,
-                    o: linear(&p("self_attn.o_proj"), false)?,
-                    q_norm: if cfg.qk_norm { Some(vec1(&p("self_attn.q_norm.weight"))?) } else { None },
-                    k_norm: if cfg.qk_norm { Some(vec1(&p("self_attn.k_norm.weight"))?) } else { None },
-                },
-                post_attn_norm: vec1(&p("post_attention_layernorm.weight"))?,
-                mlp: Mlp {
-                    gate: linear(&p("mlp.gate_proj"), false)?,
-                    up: linear(&p("mlp.up_proj"), false)?,
-                    down: linear(&p("mlp.down_proj"), false)?,
-                },
-            }));
+            let layer = Layer::from_params(|tensor| {
+                if !tensor.param.present(&cfg) {
+                    return Ok(None);
+                }
+                let host = t(&format!("model.layers.{l}.{}", tensor.hf))?;
+                Ok(Some(if tensor.param.is_matrix() {
+                    ParamTensor::Matrix(upload_transposed(&host, device))
+                } else {
+                    ParamTensor::Vector(upload::<1>(&host, device))
+                }))
+            })?;
+            layers.push(Arc::new(layer));
         }
         let freq_factors = files.rope_freq_factors()?;
         let inv_freq = rope_inv_freq(&cfg, freq_factors.as_deref());

@@ -59,6 +59,16 @@ impl LayerParam {
         }
     }
 
+    /// A projection's weight matrix (the rest are vectors: norms and biases).
+    pub fn is_matrix(self) -> bool {
+        matches!(self, LayerParam::Q | LayerParam::K | LayerParam::V | LayerParam::O | LayerParam::Gate | LayerParam::Up | LayerParam::Down)
+    }
+
+    /// An RMSNorm weight.
+    pub fn is_norm(self) -> bool {
+        matches!(self, LayerParam::InputNorm | LayerParam::PostAttnNorm | LayerParam::QNorm | LayerParam::KNorm)
+    }
+
     /// The parameter's shape under this configuration, in Hugging Face layout
     /// (`[out, in]` for matrices).
     pub fn shape(self, c: &ModelConfig) -> Vec<usize> {
