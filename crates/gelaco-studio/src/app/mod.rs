@@ -29,10 +29,12 @@ mod run;
 mod settings;
 mod shell;
 mod solution;
+mod state;
 
 pub use settings::*;
 pub use shell::*;
 pub use solution::*;
+pub use state::*;
 
 /// A line of the log panel.
 #[derive(Debug, Clone)]
@@ -102,37 +104,6 @@ pub enum Action {
     ClearCompare,
 }
 
-/// The run the window shows (live or loaded from its folder): what it evaluated, its front,
-/// the other candidates and the baselines, and the search's progress.
-#[derive(Default)]
-pub struct RunView {
-    pub dir: Option<PathBuf>,
-    pub layers: usize,
-    /// How the run heals its models.
-    pub heal: Heal,
-    pub paused: bool,
-    pub stage: Option<String>,
-    pub progress: Option<Progress>,
-    pub points: Vec<Point>,
-    seen: HashSet<String>,
-    pub front: Vec<FrontEntry>,
-    /// The other plans validation picked from: the fittest few of each size, off the front.
-    pub candidates: Vec<FrontEntry>,
-    pub baselines: Vec<BaselineSolution>,
-    pub hypervolume: Vec<[f64; 2]>,
-}
-
-/// The model lab: generated text, measurements (perplexity, benchmarks) and the models
-/// chosen for side-by-side comparison, with the work the model worker is doing.
-#[derive(Default)]
-pub struct Lab {
-    pub compare: Vec<Solution>,
-    pub generated: BTreeMap<String, Result<String, String>>,
-    pub measured: HashMap<String, Measured>,
-    pub busy: Option<String>,
-    pub task_progress: Option<(usize, usize, String)>,
-}
-
 pub struct App {
     pub settings: Settings,
     pub launch: Launch,
@@ -140,8 +111,8 @@ pub struct App {
     pub job: Option<JobHandle>,
     /// The run shown: its folder, what it evaluated and found, and the search's progress.
     pub run: RunView,
-    /// The plot's y axis: validation perplexity instead of fitness.
-    pub plot_validation: bool,
+    /// The plot panel's choices.
+    pub plot: PlotOptions,
     pub selected: Option<Solution>,
     /// The model lab: what was measured, generated and compared of the solutions.
     pub lab: Lab,
@@ -149,10 +120,9 @@ pub struct App {
     pub log: VecDeque<LogLine>,
     pub banner: Option<(bool, String)>,
     pub tab: Tab,
-    pub export_kind: ExportFormat,
-    pub export_path: String,
-    /// Replace an existing export output.
-    pub export_force: bool,
+    /// The inspector's export form.
+    pub export: ExportForm,
+    /// The run folder the settings panel's Resume button continues.
     pub resume_path: String,
     pub actions: Vec<Action>,
     dialogs: (Sender<(DialogFor, Option<PathBuf>)>, Receiver<(DialogFor, Option<PathBuf>)>),
@@ -198,16 +168,14 @@ impl App {
             card: None,
             job: None,
             run: RunView::default(),
-            plot_validation: false,
+            plot: PlotOptions::default(),
             selected: None,
             lab: Lab::default(),
             worker,
             log: VecDeque::new(),
             banner: None,
             tab: Tab::Front,
-            export_kind: ExportFormat::Gguf,
-            export_path: String::new(),
-            export_force: false,
+            export: ExportForm::default(),
             resume_path: String::new(),
             actions: Vec::new(),
             dialogs: channel(),
@@ -302,9 +270,9 @@ impl App {
                 }
                 (DialogFor::Run, Some(p)) => self.resume_path = p.display().to_string(),
                 (DialogFor::Export, Some(p)) => {
-                    self.export_path = p.display().to_string();
+                    self.export.path = p.display().to_string();
                     if let Some(s) = self.selected.clone() {
-                        self.actions.push(Action::Export(s, self.export_kind, Some(p)));
+                        self.actions.push(Action::Export(s, self.export.format, Some(p)));
                     }
                 }
             }
@@ -516,7 +484,7 @@ impl App {
             Action::Export(s, kind, path) => {
                 let Some(model) = self.model_path() else { return self.error("open a model first") };
                 let out = match path.or_else(|| {
-                    let t = self.export_path.trim();
+                    let t = self.export.path.trim();
                     (!t.is_empty()).then(|| PathBuf::from(t))
                 }) {
                     Some(p) => p,
@@ -531,7 +499,7 @@ impl App {
                     }
                 };
                 let target = self.target(Some(&s));
-                self.worker.send(Request::Export { model, device: self.settings.device, target, kind, out, force: self.export_force });
+                self.worker.send(Request::Export { model, device: self.settings.device, target, kind, out, force: self.export.force });
             }
             Action::SaveRecipe(s) => self.save_recipe(&s),
         }

@@ -183,16 +183,16 @@ pub(super) fn inspector(app: &mut App, ui: &mut Ui) {
     ui.separator();
     ui.label(RichText::new("Export").strong());
     ui.horizontal(|ui| {
-        ui.radio_value(&mut app.export_kind, ExportFormat::Gguf, "GGUF").on_hover_text("For llama.cpp and Ollama; untouched tensors keep their quantisation");
-        ui.radio_value(&mut app.export_kind, ExportFormat::Hf, "Hugging Face").on_hover_text("A safetensors folder for transformers");
+        ui.radio_value(&mut app.export.format, ExportFormat::Gguf, "GGUF").on_hover_text("For llama.cpp and Ollama; untouched tensors keep their quantisation");
+        ui.radio_value(&mut app.export.format, ExportFormat::Hf, "Hugging Face").on_hover_text("A safetensors folder for transformers");
     });
     ui.horizontal(|ui| {
-        ui.add(egui::TextEdit::singleline(&mut app.export_path).desired_width(200.0).hint_text("output path (empty: choose)"));
+        ui.add(egui::TextEdit::singleline(&mut app.export.path).desired_width(200.0).hint_text("output path (empty: choose)"));
         if ui.add_enabled(!busy, egui::Button::new("Export…")).clicked() {
-            app.actions.push(Action::Export(s.clone(), app.export_kind, None));
+            app.actions.push(Action::Export(s.clone(), app.export.format, None));
         }
     });
-    ui.checkbox(&mut app.export_force, "Replace an existing output")
+    ui.checkbox(&mut app.export.force, "Replace an existing output")
         .on_hover_text("Without this, an existing file or folder is never overwritten");
 }
 

@@ -11,14 +11,14 @@ pub(super) fn front_view(app: &mut App, ui: &mut Ui) {
     let objective = app.run.front.first().map_or(app.settings.objective, |e| e.result.objective);
     ui.horizontal(|ui| {
         ui.label("y axis");
-        tip(ui.selectable_value(&mut app.plot_validation, false, "fitness"), "The objective the search maximises");
+        tip(ui.selectable_value(&mut app.plot.validation, false, "fitness"), "The objective the search maximises");
         tip(
-            ui.selectable_value(&mut app.plot_validation, true, "validation perplexity"),
+            ui.selectable_value(&mut app.plot.validation, true, "validation perplexity"),
             "Perplexity on held-out text the search never sees (log scale); it picks the recommended solution of each size",
         );
         ui.label(RichText::new("○ recommended").weak()).on_hover_text("Ringed: the lowest validation perplexity of its size");
     });
-    let by_validation = app.plot_validation;
+    let by_validation = app.plot.validation;
     let y_label = if by_validation {
         "validation perplexity (log10)".to_string()
     } else {
