@@ -331,21 +331,28 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The shared test data folder (`../shared/data` from the repository root).
-pub fn shared_data() -> PathBuf {
-    repo_root().join("../shared/data")
+/// The folder of the full benchmark files: `GELACO_DATA`, or `../shared/data` beside the
+/// repository.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("GELACO_DATA").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/data"))
 }
 
-/// A full benchmark file of the shared data folder, which a clone alone does not have: a
-/// test without it fails, naming it.
-pub fn shared_file(relative: &str) -> PathBuf {
-    let p = shared_data().join(relative);
+/// A full benchmark file, which a clone alone does not have: a test without it fails,
+/// naming it. Tests that read one are `#[ignore]`d, and `scripts/test.sh` runs them when
+/// the folder exists.
+pub fn data_file(relative: &str) -> PathBuf {
+    let p = data_dir().join(relative);
     assert!(
         p.is_file(),
-        "benchmark file {} is missing: this test reads the full benchmark files of ../shared/data beside the repository",
+        "benchmark file {} is missing: this test reads the full benchmark files from GELACO_DATA (default ../shared/data beside the repository)",
         p.display()
     );
     p
+}
+
+/// A file of the repository's own small data (`assets/data`).
+pub fn asset_file(relative: &str) -> PathBuf {
+    repo_root().join("assets/data").join(relative)
 }
 
 /// A one-column Parquet file of strings.
