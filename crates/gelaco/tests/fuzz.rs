@@ -211,15 +211,17 @@ fn fuzz(target: &Target, n: usize, rng: &mut StdRng) -> (usize, usize, Duration)
     let failures_dir = common::repo_root().join("target/fuzz-failures");
     let mut failures = Vec::new();
     let (mut errors, mut slowest, mut total) = (0, Duration::ZERO, 0);
-    let mut sets = checked_in(target.name, &target.seeds[0]);
-    for _ in 0..n {
+    // each mutated case is made when its turn comes: the harness holds one input at a time,
+    // so the process's peak memory is what parsing takes
+    let mutated = (0..n).map(|_| {
         let mut set = target.seeds[rng.random_range(0..target.seeds.len())].clone();
         let i = rng.random_range(0..set.len());
         let mutated = mutate_file(rng, &set[i].0, &set[i].1);
         set[i].1 = mutated;
-        sets.push(set);
-    }
-    for (case, set) in sets.iter().enumerate() {
+        set
+    });
+    for (case, set) in checked_in(target.name, &target.seeds[0]).into_iter().chain(mutated).enumerate() {
+        let set = &set;
         let dir = work.path().join(format!("case{case}"));
         std::fs::create_dir(&dir).unwrap();
         write_set(&dir, set);
@@ -430,5 +432,5 @@ fn every_parser_survives_mutated_and_hostile_inputs() {
         assert!(slowest < Duration::from_secs(20), "{}: a case took {slowest:?}", t.name);
     }
     println!("{}", lines.join("\n"));
-    assert!(peak_rss_mib() < 4096, "peak memory {} MiB", peak_rss_mib());
+    assert!(peak_rss_mib() < 512, "peak memory {} MiB", peak_rss_mib());
 }
