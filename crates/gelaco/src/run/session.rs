@@ -202,6 +202,7 @@ impl<'a> Session<'a> {
             live.unique = problem.unique();
             live.screened = problem.screened;
             live.generation = algo.state.generation;
+            live.evaluations = algo.state.evaluations;
             live.store.checkpoint(&Checkpoint {
                 state: algo.state.clone(),
                 evaluated: problem.evaluated,
