@@ -13,7 +13,9 @@
 # Settings (environment): SIZES (default "3 6 9 12"), LIMIT (items per task, default 200;
 # 0 skips the tasks), SAMPLES (calibration samples of 128 tokens, default 32),
 # SEARCH_SECONDS (the default search's wall-time limit, default 1800), PAPER_SECONDS (the
-# paper-faithful search's, default 1800), EVOPRESS_GENERATIONS (default 20), SEED (1),
+# paper-faithful search's, default 1800), EVOPRESS_GENERATIONS (default 20), HEAL_SAMPLES
+# (the samples ShortGPT's plans are healed on for the "ShortGPT (healed)" rows, default 128,
+# as the search heals its picks), SEED (1),
 # DEVICE (cpu), OUT (runs/quality-DATE; a rerun with the same OUT goes on where it stopped),
 # BIN (a gelaco binary to use instead of building one), LACO_THRESHOLDS (the sweep), METHODS (which
 # rows to compute, default "gelaco paper shortgpt sleb evopress laco"; gelaco is always run). The table is written to OUT/quality.md and
@@ -33,6 +35,7 @@ samples=${SAMPLES:-32}
 search_seconds=${SEARCH_SECONDS:-1800}
 paper_seconds=${PAPER_SECONDS:-1800}
 evopress_generations=${EVOPRESS_GENERATIONS:-20}
+heal_samples=${HEAL_SAMPLES:-128}
 seed=${SEED:-1}
 device=${DEVICE:-cpu}
 out=${OUT:-runs/quality-$(date +%Y%m%d-%H%M%S)}
@@ -70,6 +73,16 @@ timed shortgpt "$out/shortgpt.json" $bin baseline shortgpt "${common[@]}" --heal
 timed sleb "$out/sleb.json" $bin baseline sleb "${common[@]}" --objective nll --heal none --remove "$remove" --recipes "$out/recipes" --json
 timed evopress "$out/evopress.json" $bin baseline evopress "${common[@]}" --objective kl --heal none --remove "$remove" \
   --generations "$evopress_generations" --seed "$seed" --recipes "$out/recipes" --json
+# what the tool's healing alone gives: ShortGPT's plans healed as the search heals its picks
+# (HEAL_SAMPLES calibration samples; the recommended models are picked and healed the same way)
+heal_shortgpt() {
+  for rec in "$out"/recipes/shortgpt-[0-9]*layers.json; do
+    [ -e "$rec" ] || continue
+    $bin fitness --model "$model" --calib "$calib" --device "$device" --samples "$heal_samples" --objective nll \
+      --recipe "$rec" --heal linear --save-recipe "${rec%.json}-healed.json" --force --json > /dev/null
+  done
+}
+timed shortgpt-healed /dev/null heal_shortgpt
 # LaCo has no size setting: its threshold decides; a sweep, keeping the plan nearest each size.
 # Its own operator (rdsc) ruins spans of 3 layers and more on this model (README, merge
 # operators), so that no threshold merges anything; LaCo runs here with keep-first.
@@ -90,13 +103,15 @@ for r in sizes:
     for key, method, pattern in [("gelaco", "GeLaCo (recommended)", "gelaco/recipes/recommended-%dlayers.json"),
                                  ("paper", "GeLaCo (paper)", "paper/recipes/recommended-%dlayers.json"),
                                  ("shortgpt", "ShortGPT", "recipes/shortgpt-%dlayers.json"),
+                                 ("shortgpt", "ShortGPT", "recipes/shortgpt-%dlayers-healed.json"),
                                  ("sleb", "SLEB", "recipes/sleb-%dlayers.json"),
                                  ("evopress", "EvoPress", "recipes/evopress-%dlayers.json")]:
         if key not in methods:
             continue
         p = os.path.join(out, pattern % keep)
-        picks.append({"removed": r, "method": method, "recipe": p} if os.path.exists(p) else
-                     {"removed": r, "method": method})
+        time = "shortgpt-healed" if p.endswith("-healed.json") else None
+        picks.append({"removed": r, "method": method, "recipe": p, "time": time} if os.path.exists(p) else
+                     {"removed": r, "method": method, "time": time})
     if "laco" not in methods:
         continue
     near = sorted(laco, key=lambda s: (abs(s["remaining_layers"] - keep), -s["fitness"]))
@@ -171,7 +186,7 @@ for i, p in enumerate(picks, 1):
         # validation picked one of the run's own baselines at this size
         healed += " = " + origin.split(" baseline ", 1)[1]
     rows.append("| %d | %s%s | %s | %d | %s | %s s |" % (p["removed"], p["method"], healed, m["merges"], m["layers"],
-                                                        " | ".join(cells(m)), times.get(method_time[p["method"]], "?")))
+                                                        " | ".join(cells(m)), times.get(p.get("time") or method_time[p["method"]], "?")))
 head = ("Demo model; calibration: %d samples of 128 tokens of WikiText-2 validation; test ppl: first 8 windows "
         "of 512 tokens of WikiText-2 test; tasks: first %d items each, acc_norm in %% ± standard error; wall time: "
         "the method's whole run on this machine (one run gives every size)." % (samples, limit))

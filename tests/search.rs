@@ -44,6 +44,7 @@ fn spec(f: &Fixture, out: &Path, settings: SearchSettings) -> JobSpec {
         out: out.to_path_buf(),
         baselines: false,
         validation: None,
+        heal_picks: None,
         import: Vec::new(),
     }
 }
@@ -351,6 +352,117 @@ fn validation_marks_one_recommended_solution_per_size_and_refuses_calibration_te
     }
     let events = run_to_end(s);
     assert!(matches!(events.last(), Some(Event::Failed { error, .. }) if error.is_input_error() && error.to_string().contains("calibration sample")), "{:?}", events.last());
+}
+
+#[test]
+fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_where_they_validate_better() {
+    use gelaco::eval::validation::{ValidationOptions, ValidationSource};
+    use gelaco::export::{Recipe, Variant};
+    use gelaco::fitness::Heal;
+    use gelaco::run::heal_picks::{self, HEALED_PER_SIZE, HealPicks};
+    let f = fixture();
+    // text enough for validation and for fitting a 64 x 64 map on other lines
+    let calib = f.root.join("long.txt");
+    let lines: String = (0..80).map(|i| format!("the hand and the thing number {i} went out to the shop today\n")).collect();
+    std::fs::write(&calib, lines).unwrap();
+    let out = f.root.join("hp");
+    let mut s = spec(&f, &out, settings(36));
+    if let JobSpec::New { calib: c, validation, heal_picks: h, baselines, .. } = &mut s {
+        *c = CalibSource::File(calib.clone());
+        *validation = Some((ValidationSource::Rest, ValidationOptions { window: 32, windows: 4 }));
+        *h = Some(HealPicks { method: Heal::Linear, samples: 40 });
+        *baselines = true;
+    }
+    let events = run_to_end(s);
+    assert!(matches!(events.last(), Some(Event::Done { .. })), "{:?}", events.last());
+    let front = final_front(&events);
+    let candidates = store::read_candidates(&out).unwrap();
+    let baselines = store::read_baselines(&out).unwrap();
+    // the last baselines sent are the ones written, healed values and all
+    let sent = events.iter().rev().find_map(|e| if let Event::Baselines { solutions } = e { Some(solutions.clone()) } else { None });
+    let view = |b: &[gelaco::search::baselines::BaselineSolution]| -> Vec<(String, Option<f64>, bool)> {
+        b.iter().map(|b| (b.merges.clone(), b.healed_validation_perplexity, b.recommended)).collect()
+    };
+    assert_eq!(sent.as_deref().map(view), Some(view(&baselines)));
+    let info = store::read_info(&out).unwrap();
+    let recorded = info.heal_picks.clone().expect("run.json records how the picks are healed");
+    let fit = heal_picks::read(&out, &info).unwrap().expect("the fitting samples are in the run folder");
+    assert_eq!((recorded.hash.as_str(), recorded.samples, recorded.tokens), (fit.hash.as_str(), 40, fit.tokens()));
+    // no fitting sample is validation text
+    let validation = store::read_validation(&out).unwrap().unwrap();
+    let scored: Vec<u32> = validation.windows.concat();
+    for sample in &fit.samples {
+        let inner = &sample[1..sample.len() - 1];
+        assert!(!scored.windows(inner.len()).any(|w| w == inner), "a fitting sample is validation text: {sample:?}");
+    }
+    // the best HEALED_PER_SIZE of each size by validation perplexity are healed; the
+    // recommended solution of each size has the lowest perplexity of its model
+    let all: Vec<(usize, Option<f64>, Option<f64>, bool, bool)> = front
+        .iter()
+        .chain(&candidates)
+        .map(|e| (e.result.remaining_layers, e.validation_perplexity, e.healed_validation_perplexity, e.recommended, e.result.compression > 0.0))
+        .chain(baselines.iter().map(|b| (b.result.remaining_layers, b.validation_perplexity, b.healed_validation_perplexity, b.recommended, true)))
+        .collect();
+    assert!(all.iter().any(|e| e.2.is_some()), "no plan was healed");
+    let mut sizes: Vec<usize> = all.iter().map(|e| e.0).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for size in sizes {
+        let mut of_size: Vec<_> = all.iter().filter(|e| e.0 == size && e.4 && e.1.is_some()).collect();
+        of_size.sort_by(|a, b| a.1.unwrap().total_cmp(&b.1.unwrap()));
+        let mut seen = Vec::new();
+        for e in &of_size {
+            if !seen.contains(&e.1) && seen.len() < HEALED_PER_SIZE {
+                assert!(e.2.is_some(), "{size} layers: a plan among the best {HEALED_PER_SIZE} was not healed");
+                seen.push(e.1);
+            }
+        }
+        let picked = |e: &(usize, Option<f64>, Option<f64>, bool, bool)| heal_picks::picked(e.1, e.2).unwrap_or(f64::INFINITY);
+        let best = all.iter().filter(|e| e.0 == size).map(picked).fold(f64::INFINITY, f64::min);
+        let recommended: Vec<_> = all.iter().filter(|e| e.0 == size && e.3).collect();
+        if best.is_finite() {
+            assert_eq!(recommended.len(), 1, "{size} layers");
+            assert_eq!(picked(recommended[0]), best, "{size} layers");
+        }
+    }
+    // a solution's recipe is healed exactly when healing validated better, and rebuilds the
+    // healed model the run validated
+    let m = gelaco::model::load(&f.model, gelaco::backend::select(DeviceChoice::Cpu).unwrap()).unwrap();
+    let mut checked = 0;
+    for e in front.iter().chain(&candidates).filter(|e| e.healed_validation_perplexity.is_some()) {
+        let r = Recipe::from_run(&out, &info, &e.result, true, "test".into()).unwrap();
+        let heal = r.heal.as_ref().expect("a healed recipe carries its healing");
+        assert_eq!(heal.calibration, fit);
+        let plain = Recipe::from_run(&out, &info, &e.result, e.healed(), "test".into()).unwrap();
+        assert_eq!(plain.heal.is_some(), e.healed());
+        let path = f.root.join(format!("r{checked}.json"));
+        r.save(&path, false).unwrap();
+        let v = Variant::from_recipe_file(&path, &m.files, &info.model.sha256, false).unwrap();
+        let ppl = validation.perplexity(&v.build(&m.model).unwrap()).unwrap();
+        let want = e.healed_validation_perplexity.unwrap();
+        assert!((ppl - want).abs() <= 1e-6 * want, "{}: the recipe's healed model validates at {ppl}, the run recorded {want}", e.merges);
+        checked += 1;
+    }
+    assert!(checked > 0);
+    // a resumed run keeps healing its picks with the recorded samples
+    let resume = JobSpec::Resume { dir: out.clone(), device: DeviceChoice::Cpu, model: None, evaluations: Some(48) };
+    let events = run_to_end(resume);
+    assert!(matches!(events.last(), Some(Event::Done { .. })), "{:?}", events.last());
+    assert_eq!(heal_picks::read(&out, &store::read_info(&out).unwrap()).unwrap(), Some(fit));
+    assert!(store::read_front(&out).unwrap().iter().any(|e| e.healed_validation_perplexity.is_some()));
+    // too few tokens to fit on (2 samples for a 64 x 64 map): the run goes on without
+    // healing its picks
+    let out = f.root.join("hp-short");
+    let mut s = spec(&f, &out, settings(12));
+    if let JobSpec::New { validation, heal_picks: h, .. } = &mut s {
+        *validation = Some((ValidationSource::Rest, ValidationOptions { window: 16, windows: 2 }));
+        *h = Some(HealPicks { method: Heal::Linear, samples: 2 });
+    }
+    let events = run_to_end(s);
+    assert!(events.iter().any(|e| matches!(e, Event::Stage { message } if message.contains("will not be healed"))));
+    assert!(matches!(events.last(), Some(Event::Done { .. })), "{:?}", events.last());
+    assert!(store::read_info(&out).unwrap().heal_picks.is_none());
+    assert!(!out.join(heal_picks::FILE).exists());
 }
 
 /// Remove, at any depth, the JSON keys that run folders written before objectives,

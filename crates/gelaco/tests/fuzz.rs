@@ -23,6 +23,7 @@ use gelaco::eval::choice::Task;
 use gelaco::export::Recipe;
 use gelaco::fitness::calibration::{self, CalibOptions, CalibSource, Calibration};
 use gelaco::model::{self, LoadedModel, ModelFiles};
+use gelaco::run::heal_picks::{self, HealPicksInfo};
 use gelaco::run::store::{self, ModelIdentity, RunInfo, RunStore, Status};
 use gelaco::search::SearchSettings;
 use rand::rngs::StdRng;
@@ -271,6 +272,7 @@ fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
 /// A small valid run folder of a `layers`-layer model.
 fn run_folder(dir: &Path, layers: usize) {
     let calibration = Calibration::from_samples(vec![vec![1, 2, 3, 4], vec![5, 6, 7]], CalibSource::SelfGenerated, CalibOptions::default());
+    let healing = Calibration::from_samples(vec![vec![8, 9, 10], vec![11, 12]], CalibSource::SelfGenerated, CalibOptions::default());
     let info = RunInfo {
         tool_version: "0.1.0".into(),
         settings: SearchSettings { population: 4, ..SearchSettings::default() },
@@ -282,9 +284,11 @@ fn run_folder(dir: &Path, layers: usize) {
         message: None,
         baselines: false,
         validation: None,
+        heal_picks: Some(HealPicksInfo::of(gelaco::fitness::Heal::Linear, &healing)),
     };
     let store = RunStore::create(dir, &info, &calibration).unwrap();
     drop(store);
+    heal_picks::write(dir, &healing).unwrap();
     let plan = Plan::from_ranges(&[(1, 2)], layers, MergeOp::KeepFirst).unwrap();
     let result = json!({
         "fitness": 0.5, "attention": 0.0, "ffn": 0.0, "hidden": 0.0, "compression": plan.compression(),
@@ -379,6 +383,7 @@ fn targets(work: &Path, tiny: Arc<LoadedModel>, gguf: &Path, hf: &Path) -> Vec<T
                     | store::read_baselines(d).is_err()
                     | store::read_validation(d).is_err()
                     | store::read_calibration(d).is_err()
+                    | store::read_info(d).and_then(|i| heal_picks::read(d, &i)).is_err()
             }),
         },
         Target {

@@ -15,7 +15,9 @@ use gelaco::collapse::MergeSettings;
 use gelaco::eval::validation::{ValidationOptions, ValidationSource};
 use gelaco::export::Recipe;
 use gelaco::export::recipe::plan_of;
+use gelaco::fitness::Heal;
 use gelaco::run::FrontEntry;
+use gelaco::run::heal_picks::HealPicks;
 use gelaco::run::job::{self, Event, JobHandle, JobSpec};
 use gelaco::run::store;
 use gelaco::search::baselines::BaselineSolution;
@@ -115,6 +117,16 @@ pub struct SearchArgs {
     /// Tokens per validation window.
     #[arg(long, default_value_t = ValidationOptions::default().window)]
     validation_window: usize,
+    /// Heal the best plans of each size (by validation perplexity) for the recommendation:
+    /// a linear map per collapsed group fitted on calibration text that holds no validation
+    /// text, kept where the healed model validates better. The search itself is not
+    /// healed (see --heal). Needs a validation text.
+    #[arg(long, value_parser = choice::<Heal>(), default_value_t = HealPicks::default().method)]
+    heal_picks: Heal,
+    /// Samples (of --max-tokens each) the picks are healed on, chosen as the calibration
+    /// chooses its own (fewer when the text has fewer).
+    #[arg(long, default_value_t = HealPicks::default().samples)]
+    heal_samples: usize,
     /// Multi-fidelity selection: offspring scored on TOKENS calibration tokens first, the
     /// share KEEP going on, only full-set scores deciding survival ("256:0.25,full:1");
     /// "full:1" scores every offspring on the full set.
@@ -215,6 +227,7 @@ pub fn search(a: SearchArgs, device: DeviceChoice) -> Result<()> {
         baselines: a.baselines,
         validation: validation_source(&a.validation, &a.calib.calib)
             .map(|s| (s, ValidationOptions { window: a.validation_window, windows: a.validation_windows })),
+        heal_picks: Some(HealPicks { method: a.heal_picks, samples: a.heal_samples }),
         import: a.import.clone(),
     };
     drive(job::spawn(spec, None), a.json)
@@ -312,10 +325,10 @@ fn drive(handle: JobHandle, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// One table row: fitness, size, validation perplexity (`*`: recommended), removed layers
-/// in original indices, merges.
-fn solution_row(r: &gelaco::fitness::FitnessResult, validation: Option<f64>, recommended: bool, merges: &str, note: &str) {
-    let valid = validation.map_or("-".to_string(), |v| format!("{v:.2}{}", if recommended { "*" } else { " " }));
+/// One table row: fitness, size, validation perplexity of the solution's model (`h`:
+/// healed, `*`: recommended), removed layers in original indices, merges.
+fn solution_row(r: &gelaco::fitness::FitnessResult, validation: Option<f64>, healed: bool, recommended: bool, merges: &str, note: &str) {
+    let valid = validation.map_or("-".to_string(), |v| format!("{v:.2}{}{}", if healed { "h" } else { "" }, if recommended { "*" } else { " " }));
     println!(
         "{:>9.4} {:>10.1}% {:>7} {:>8.1}% {:>11}  {:<24} {}{note}",
         r.fitness,
@@ -334,22 +347,25 @@ fn print_front(front: &[FrontEntry], candidates: &[FrontEntry], baselines: &[Bas
     };
     header();
     for f in front {
-        solution_row(&f.result, f.validation_perplexity, f.recommended, &f.merges, "");
+        solution_row(&f.result, f.picked_perplexity(), f.healed(), f.recommended, &f.merges, "");
     }
     if !candidates.is_empty() {
         println!("\nother candidates (fittest of their size, off the front)");
         for f in candidates {
-            solution_row(&f.result, f.validation_perplexity, f.recommended, &f.merges, "");
+            solution_row(&f.result, f.picked_perplexity(), f.healed(), f.recommended, &f.merges, "");
         }
     }
     if !baselines.is_empty() {
         println!("\nbaselines");
         for b in baselines {
-            solution_row(&b.result, b.validation_perplexity, b.recommended, &b.merges, &format!("  [{}]", b.method));
+            solution_row(&b.result, b.picked_perplexity(), b.healed(), b.recommended, &b.merges, &format!("  [{}]", b.method));
         }
     }
     if front.iter().chain(candidates).any(|f| f.recommended) || baselines.iter().any(|b| b.recommended) {
         println!("\n* recommended: the lowest validation perplexity of its size");
+    }
+    if front.iter().chain(candidates).any(FrontEntry::healed) || baselines.iter().any(BaselineSolution::healed) {
+        println!("h: healed (a linear map per collapsed group, fitted on text apart from the validation's); its recipe heals it");
     }
 }
 
@@ -364,8 +380,8 @@ pub fn front(a: FrontArgs) -> Result<()> {
         let save = |r: &Recipe, name: String| r.save(&out.join(name), a.force);
         for (i, e) in front.iter().enumerate() {
             let origin = format!("{} front #{i}", a.dir.display());
-            let mut r = Recipe::from_run(&a.dir, &info, &e.result, origin)?;
-            r.validation_perplexity = e.validation_perplexity;
+            let mut r = Recipe::from_run(&a.dir, &info, &e.result, e.healed(), origin)?;
+            r.validation_perplexity = e.picked_perplexity();
             save(&r, format!("front-{i:02}-{}layers.json", e.result.remaining_layers))?;
             if e.recommended {
                 save(&r, format!("recommended-{}layers.json", e.result.remaining_layers))?;
@@ -375,8 +391,8 @@ pub fn front(a: FrontArgs) -> Result<()> {
         }
         for (i, e) in candidates.iter().enumerate().filter(|(_, e)| e.recommended) {
             let origin = format!("{} candidate #{i}", a.dir.display());
-            let mut r = Recipe::from_run(&a.dir, &info, &e.result, origin)?;
-            r.validation_perplexity = e.validation_perplexity;
+            let mut r = Recipe::from_run(&a.dir, &info, &e.result, e.healed(), origin)?;
+            r.validation_perplexity = e.picked_perplexity();
             save(&r, format!("recommended-{}layers.json", e.result.remaining_layers))?;
             written += 1;
         }
@@ -384,8 +400,8 @@ pub fn front(a: FrontArgs) -> Result<()> {
             let name: String = b.method.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
             let name = name.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-");
             let origin = format!("{} baseline {}", a.dir.display(), b.method);
-            let mut r = Recipe::from_run(&a.dir, &info, &b.result, origin)?;
-            r.validation_perplexity = b.validation_perplexity;
+            let mut r = Recipe::from_run(&a.dir, &info, &b.result, b.healed(), origin)?;
+            r.validation_perplexity = b.picked_perplexity();
             save(&r, format!("baseline-{}.json", name.trim_matches('-')))?;
             if b.recommended {
                 save(&r, format!("recommended-{}layers.json", b.result.remaining_layers))?;

@@ -367,7 +367,7 @@ impl App {
         };
         let from_run = self.run.dir.as_ref().and_then(|d| {
             let info = store::read_info(d).ok()?;
-            Variant::from_run(d, &info, &s.result, s.label.clone()).ok()
+            Variant::from_run(d, &info, &s.result, s.healed(), s.label.clone()).ok()
         });
         from_run.unwrap_or_else(|| Variant::from_plan(s.label.clone(), s.plan(), op, MergeSettings::default()))
     }
@@ -511,7 +511,7 @@ impl App {
             Ok(i) => i,
             Err(e) => return self.error(format!("cannot read the run: {e}")),
         };
-        let r = match gelaco::export::Recipe::from_run(dir, &info, &s.result, format!("GeLaCo Studio: {}", s.label)) {
+        let r = match gelaco::export::Recipe::from_run(dir, &info, &s.result, s.healed(), format!("GeLaCo Studio: {}", s.label)) {
             Ok(r) => r,
             Err(e) => return self.error(format!("cannot make the recipe: {}", crate::words(&e))),
         };

@@ -17,7 +17,10 @@ impl App {
                 self.run.stage = Some(message);
             }
             Event::Baselines { solutions } => {
-                self.info(format!("{} baseline solutions (LaCo, ShortGPT)", solutions.len()));
+                // sent again when validation changes their recommendation or healing
+                if self.run.baselines.is_empty() {
+                    self.info(format!("{} baseline solutions", solutions.len()));
+                }
                 self.run.baselines = solutions;
             }
             Event::Evaluated { evaluation } => self.add_point(&evaluation),
@@ -129,6 +132,7 @@ impl App {
             out,
             baselines: s.baselines,
             validation: validation.map(|v| (v, ValidationOptions::default())),
+            heal_picks: s.heal_picks.then(gelaco::run::heal_picks::HealPicks::default),
             import: s.imports.clone(),
         };
         let heal = s.heal;

@@ -33,6 +33,9 @@ pub struct Settings {
     pub objective: Objective,
     /// Heal every candidate the search scores.
     pub heal: Heal,
+    /// Heal the best plans of each size for the recommendation, on text apart from the
+    /// validation's.
+    pub heal_picks: bool,
     /// Multi-fidelity selection, `TOKENS:KEEP,...,full:1`.
     pub fidelity: String,
     /// Pick recommended solutions on the calibration file's unused lines.
@@ -72,6 +75,7 @@ impl Default for Settings {
             max_tokens: 128,
             objective: EngineOptions::default().objective,
             heal: EngineOptions::default().heal,
+            heal_picks: gelaco::run::heal_picks::HealPicks::default().method == Heal::Linear,
             fidelity: gelaco::search::DEFAULT_FIDELITY.into(),
             validation: true,
             baselines: true,

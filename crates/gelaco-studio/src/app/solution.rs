@@ -21,6 +21,8 @@ pub struct Solution {
     pub result: FitnessResult,
     /// Perplexity on the run's validation text, when the run has one.
     pub validation_perplexity: Option<f64>,
+    /// Validation perplexity of the plan healed, when the run healed it.
+    pub healed_validation_perplexity: Option<f64>,
     /// The lowest validation perplexity of its size.
     pub recommended: bool,
 }
@@ -30,12 +32,24 @@ impl Solution {
         plan_of(&self.result)
     }
 
+    /// Whether the solution's model is its plan healed (the run healed it, and healing
+    /// validated better).
+    pub fn healed(&self) -> bool {
+        gelaco::run::heal_picks::healed_wins(self.validation_perplexity, self.healed_validation_perplexity)
+    }
+
+    /// The validation perplexity of the solution's model (healed or not).
+    pub fn picked_perplexity(&self) -> Option<f64> {
+        gelaco::run::heal_picks::picked(self.validation_perplexity, self.healed_validation_perplexity)
+    }
+
     pub fn from_front(i: usize, e: &FrontEntry) -> Self {
         Solution {
             label: format!("front #{i} ({} layers)", e.result.remaining_layers),
             merges: e.merges.clone(),
             result: e.result.clone(),
             validation_perplexity: e.validation_perplexity,
+            healed_validation_perplexity: e.healed_validation_perplexity,
             recommended: e.recommended,
         }
     }
@@ -50,6 +64,7 @@ impl Solution {
             merges: p.merges.clone(),
             result: (*p.result).clone(),
             validation_perplexity: None,
+            healed_validation_perplexity: None,
             recommended: false,
         }
     }
@@ -60,6 +75,7 @@ impl Solution {
             merges: b.merges.clone(),
             result: b.result.clone(),
             validation_perplexity: b.validation_perplexity,
+            healed_validation_perplexity: b.healed_validation_perplexity,
             recommended: b.recommended,
         }
     }

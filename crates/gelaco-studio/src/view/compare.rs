@@ -11,6 +11,7 @@ pub(super) fn compare_view(app: &mut App, ui: &mut Ui) {
         merges: String::new(),
         result: Default::default(),
         validation_perplexity: None,
+        healed_validation_perplexity: None,
         recommended: false,
     };
     let mut rows = vec![original];

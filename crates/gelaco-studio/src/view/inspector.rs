@@ -111,14 +111,25 @@ pub(super) fn inspector(app: &mut App, ui: &mut Ui) {
     ));
     let wrapped = |ui: &mut Ui, text: RichText| ui.add(egui::Label::new(text).wrap());
     wrapped(ui, RichText::new(format!("removed (original layers): {}", s.plan().removed_text())));
-    match s.validation_perplexity {
-        Some(v) => wrapped(ui, RichText::new(format!("validation perplexity {v:.2}{}", if s.recommended { " · recommended" } else { "" }))),
-        None => wrapped(ui, RichText::new("no validation perplexity").weak()),
+    let recommended = if s.recommended { " · recommended" } else { "" };
+    match (s.validation_perplexity, s.healed_validation_perplexity) {
+        (v, Some(h)) => wrapped(
+            ui,
+            RichText::new(format!("validation perplexity {} unhealed, {h:.2} healed{recommended}", v.map_or("-".into(), |v| format!("{v:.2}")))),
+        ),
+        (Some(v), None) => wrapped(ui, RichText::new(format!("validation perplexity {v:.2}{recommended}"))),
+        (None, None) => wrapped(ui, RichText::new("no validation perplexity").weak()),
     }
-    .on_hover_text("Perplexity on held-out text: front solutions and baselines of runs with a validation text have one");
-    let healed = app.run.heal == Heal::Linear && r.remaining_layers < r.psi.len();
-    wrapped(ui, RichText::new(if healed { "healed (linear map per collapsed group)" } else { "not healed" }))
-        .on_hover_text("A least-squares map fitted on the calibration activations, folded into each collapsed group's down projection");
+    .on_hover_text("Perplexity on held-out text: front solutions and baselines of runs with a validation text have one; the best plans of each size also healed, when the run heals its picks");
+    let (healed, how) = if app.run.heal == Heal::Linear && r.remaining_layers < r.psi.len() {
+        (true, "healed (linear map per collapsed group, fitted on the calibration)")
+    } else if s.healed() {
+        (true, "healed (linear map per collapsed group, fitted on text apart from the validation's): it validates better so")
+    } else {
+        (false, "not healed")
+    };
+    wrapped(ui, RichText::new(how).color(if healed { FRONT } else { ui.visuals().text_color() }))
+        .on_hover_text("A least-squares map folded into each collapsed group's down projection; exports and recipes of this solution carry it");
     ui.add_space(4.0);
     layer_map(ui, &s);
     ui.add_space(6.0);

@@ -60,7 +60,7 @@ pub(super) fn front_view(app: &mut App, ui: &mut Ui) {
             // the front as a step line, sorted by compression
             let mut f: Vec<[f64; 2]> = app.run.front
                 .iter()
-                .filter_map(|e| y_of(by_validation, &e.result, e.validation_perplexity).map(|y| [e.result.compression, y]))
+                .filter_map(|e| y_of(by_validation, &e.result, e.picked_perplexity()).map(|y| [e.result.compression, y]))
                 .collect();
             f.sort_by(|a, b| a[0].total_cmp(&b[0]));
             if !f.is_empty() {
@@ -83,7 +83,7 @@ pub(super) fn front_view(app: &mut App, ui: &mut Ui) {
                 let points: Vec<[f64; 2]> = app.run.baselines
                     .iter()
                     .filter(|b| b.kind() == Some(method))
-                    .filter_map(|b| y_of(by_validation, &b.result, b.validation_perplexity).map(|y| [b.result.compression, y]))
+                    .filter_map(|b| y_of(by_validation, &b.result, b.picked_perplexity()).map(|y| [b.result.compression, y]))
                     .collect();
                 if !points.is_empty() {
                     plot.points(Points::new(method.title(), PlotPoints::from(points)).shape(shape).radius(radius).color(color).filled(true));
@@ -92,7 +92,7 @@ pub(super) fn front_view(app: &mut App, ui: &mut Ui) {
             if by_validation {
                 let c: Vec<[f64; 2]> = app.run.candidates
                     .iter()
-                    .filter_map(|e| y_of(true, &e.result, e.validation_perplexity).map(|y| [e.result.compression, y]))
+                    .filter_map(|e| y_of(true, &e.result, e.picked_perplexity()).map(|y| [e.result.compression, y]))
                     .collect();
                 if !c.is_empty() {
                     plot.points(Points::new("other candidates", PlotPoints::from(c)).radius(4.0).color(FRONT).filled(false));
@@ -102,18 +102,18 @@ pub(super) fn front_view(app: &mut App, ui: &mut Ui) {
                 .iter()
                 .chain(&app.run.candidates)
                 .filter(|e| e.recommended)
-                .filter_map(|e| y_of(by_validation, &e.result, e.validation_perplexity).map(|y| [e.result.compression, y]))
+                .filter_map(|e| y_of(by_validation, &e.result, e.picked_perplexity()).map(|y| [e.result.compression, y]))
                 .chain(
                     app.run.baselines
                         .iter()
                         .filter(|b| b.recommended)
-                        .filter_map(|b| y_of(by_validation, &b.result, b.validation_perplexity).map(|y| [b.result.compression, y])),
+                        .filter_map(|b| y_of(by_validation, &b.result, b.picked_perplexity()).map(|y| [b.result.compression, y])),
                 )
                 .collect();
             if !recommended.is_empty() {
                 plot.points(Points::new("recommended", PlotPoints::from(recommended)).shape(MarkerShape::Circle).radius(8.0).filled(false).color(FRONT));
             }
-            if let Some((s, y)) = selected.as_ref().and_then(|s| y_of(by_validation, &s.result, s.validation_perplexity).map(|y| (s, y))) {
+            if let Some((s, y)) = selected.as_ref().and_then(|s| y_of(by_validation, &s.result, s.picked_perplexity()).map(|y| (s, y))) {
                 plot.points(
                     Points::new("selected", PlotPoints::from(vec![[s.result.compression, y]]))
                         .shape(MarkerShape::Circle)
@@ -139,8 +139,9 @@ pub(super) fn front_view(app: &mut App, ui: &mut Ui) {
         response.response.clone().on_hover_ui_at_pointer(|ui| {
             ui.label(RichText::new(&c.label).strong());
             ui.label(score_line(r));
-            if let Some(v) = c.validation_perplexity {
-                ui.label(format!("validation perplexity {v:.2}{}", if c.recommended { "  (recommended)" } else { "" }));
+            if let Some(v) = c.picked_perplexity() {
+                let healed = if c.healed() { " healed" } else { "" };
+                ui.label(format!("validation perplexity {v:.2}{healed}{}", if c.recommended { "  (recommended)" } else { "" }));
             }
             ui.label(format!("{} of {} layers ({:.1}% removed, {:.1}% of parameters)", r.remaining_layers, layers as usize, 100.0 * r.compression, 100.0 * r.params_removed));
             ui.label(format!("removed {}  ·  merges {}", c.plan().removed_text(), if c.merges.is_empty() { "none" } else { &c.merges }));
@@ -191,16 +192,16 @@ pub(super) fn pickable(app: &App, by_validation: bool) -> impl Iterator<Item = (
     let front = app.run.front
         .iter()
         .enumerate()
-        .filter_map(move |(i, e)| y_of(by_validation, &e.result, e.validation_perplexity).map(|y| (e.result.compression, y, Pick::Front(i))));
+        .filter_map(move |(i, e)| y_of(by_validation, &e.result, e.picked_perplexity()).map(|y| (e.result.compression, y, Pick::Front(i))));
     let candidates = app.run.candidates
         .iter()
         .enumerate()
         .filter(move |_| by_validation)
-        .filter_map(|(i, e)| y_of(true, &e.result, e.validation_perplexity).map(|y| (e.result.compression, y, Pick::Candidate(i))));
+        .filter_map(|(i, e)| y_of(true, &e.result, e.picked_perplexity()).map(|y| (e.result.compression, y, Pick::Candidate(i))));
     let baselines = app.run.baselines
         .iter()
         .enumerate()
-        .filter_map(move |(i, b)| y_of(by_validation, &b.result, b.validation_perplexity).map(|y| (b.result.compression, y, Pick::Baseline(i))));
+        .filter_map(move |(i, b)| y_of(by_validation, &b.result, b.picked_perplexity()).map(|y| (b.result.compression, y, Pick::Baseline(i))));
     let points = app.run.points.iter().enumerate().filter(move |_| !by_validation).map(|(i, p)| (p.compression, p.fitness, Pick::Point(i)));
     front.chain(candidates).chain(baselines).chain(points)
 }

@@ -140,15 +140,21 @@ pub(super) fn run_settings(app: &mut App, ui: &mut Ui) {
             .labelled_by(l.id);
             ui.end_row();
             ui.label("Healing");
-            let mut healing = s.heal == Heal::Linear;
-            let changed = tip(
-                ui.checkbox(&mut healing, "linear"),
-                "Fit on the calibration activations a least-squares map that restores each collapsed group's output, folded into its down projection (same architecture, exports unchanged)",
-            )
-            .changed();
-            if changed {
-                s.heal = if healing { Heal::Linear } else { Heal::None };
-            }
+            ui.horizontal(|ui| {
+                let mut healing = s.heal == Heal::Linear;
+                let changed = tip(
+                    ui.checkbox(&mut healing, "every candidate"),
+                    "Heal every plan the search scores: fit on the calibration activations a least-squares map that restores each collapsed group's output, folded into its down projection (same architecture, exports unchanged). Fitted and scored on the same tokens, it flatters healed plans",
+                )
+                .changed();
+                if changed {
+                    s.heal = if healing { Heal::Linear } else { Heal::None };
+                }
+                tip(
+                    ui.add_enabled(s.validation && !healing, egui::Checkbox::new(&mut s.heal_picks, "the picks")),
+                    "Heal the best plans of each size (by validation perplexity) on calibration text apart from the validation's, validate them again, and recommend the healed model where it validates better",
+                );
+            });
             ui.end_row();
             let l = ui.label("Fidelity");
             tip(

@@ -59,6 +59,19 @@ impl Validation {
         vopts: &ValidationOptions,
         tokenizer: &Tokenizer,
     ) -> Result<Self> {
+        Self::load_split(source, calib, copts, vopts, tokenizer).map(|(v, _)| v)
+    }
+
+    /// [`Validation::load`], and the calibration file's texts that hold no validation text
+    /// (the calibration's own among them), for fitting what validation then judges; `None`
+    /// for a self-generated calibration.
+    pub fn load_split(
+        source: &ValidationSource,
+        calib: &CalibSource,
+        copts: &CalibOptions,
+        vopts: &ValidationOptions,
+        tokenizer: &Tokenizer,
+    ) -> Result<(Self, Option<Vec<String>>)> {
         if vopts.window < 2 {
             return Err(Error::setting("validation_window", "must be at least 2"));
         }
@@ -94,14 +107,18 @@ impl Validation {
                 (path.display().to_string(), lines)
             }
         };
-        let windows = windows_of(&lines, tokenizer, vopts)?;
+        let (windows, used) = windows_of(&lines, tokenizer, vopts)?;
         if windows.is_empty() {
             return Err(Error::setting(
                 "validation",
                 format!("{described} holds fewer than {MIN_TOKENS} tokens: nothing to score"),
             ));
         }
-        Ok(Validation { source: described, hash: hash_ids(&windows), windows })
+        let free = calib_texts.map(|(_, texts, _)| {
+            let scored: std::collections::HashSet<&str> = lines[..used].iter().map(|l| l.trim()).collect();
+            texts.iter().filter(|t| !scored.contains(t.trim())).cloned().collect()
+        });
+        Ok((Validation { source: described, hash: hash_ids(&windows), windows }, free))
     }
 
     /// Perplexity of `model` over the windows: exp of the mean NLL of every token after a
@@ -141,18 +158,20 @@ pub const MIN_TOKENS: usize = 16;
 
 /// Tokenise `lines` (joined by newlines) a line at a time until enough tokens for the
 /// windows, then cut them; a text shorter than one window (but at least [`MIN_TOKENS`])
-/// is one shorter window.
-fn windows_of(lines: &[String], tokenizer: &Tokenizer, o: &ValidationOptions) -> Result<Vec<Vec<u32>>> {
+/// is one shorter window. Also: how many leading lines were tokenised.
+fn windows_of(lines: &[String], tokenizer: &Tokenizer, o: &ValidationOptions) -> Result<(Vec<Vec<u32>>, usize)> {
     let need = o.window.saturating_mul(o.windows);
     let mut ids: Vec<u32> = Vec::with_capacity(need.min(1 << 20));
+    let mut used = 0;
     for l in lines {
         if ids.len() >= need {
             break;
         }
         ids.extend(tokenizer.encode(&format!("{l}\n"))?);
+        used += 1;
     }
     if ids.len() < o.window {
-        return Ok(if ids.len() >= MIN_TOKENS { vec![ids] } else { Vec::new() });
+        return Ok((if ids.len() >= MIN_TOKENS { vec![ids] } else { Vec::new() }, used));
     }
-    Ok(ids.chunks_exact(o.window).take(o.windows).map(|w| w.to_vec()).collect())
+    Ok((ids.chunks_exact(o.window).take(o.windows).map(|w| w.to_vec()).collect(), used))
 }

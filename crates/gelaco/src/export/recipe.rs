@@ -222,9 +222,9 @@ impl Recipe {
 impl Recipe {
     /// A recipe for a solution of a search run (a front entry or a baseline): its plan,
     /// scores, and the run's model, calibration and seed.
-    /// Healed as the run healed, with the run's calibration samples.
-    pub fn from_run(dir: &Path, info: &RunInfo, result: &FitnessResult, origin: String) -> Result<Self> {
-        let variant = super::Variant::from_run(dir, info, result, origin.clone())?;
+    /// Healed as [`super::Variant::from_run`] heals it.
+    pub fn from_run(dir: &Path, info: &RunInfo, result: &FitnessResult, healed: bool, origin: String) -> Result<Self> {
+        let variant = super::Variant::from_run(dir, info, result, healed, origin.clone())?;
         let mut r = variant.recipe(info.model.clone());
         r.calibration = Some(CalibrationIdentity {
             hash: info.calibration_hash.clone(),

@@ -11,7 +11,7 @@ use super::recipe::{Recipe, plan_of};
 use crate::collapse::{MergeOp, MergeSettings, Plan, build};
 use crate::error::{Error, Result};
 use crate::fitness::calibration::Calibration;
-use crate::fitness::{EngineOptions, FitnessEngine, FitnessResult, Heal, Objective};
+use crate::fitness::{FitnessEngine, FitnessResult, Heal};
 use crate::model::{Llama, ModelFiles};
 use crate::run::store::{ModelIdentity, RunInfo, read_calibration};
 
@@ -60,12 +60,20 @@ impl Variant {
         Ok(Variant { label, plan: r.plan()?, merge_op: r.merge_op, settings: r.settings(), heal: r.heal.clone(), recipe: Some(r) })
     }
 
-    /// A solution of a search run (a front entry or a baseline), healed as the run healed.
-    pub fn from_run(dir: &Path, info: &RunInfo, result: &FitnessResult, label: impl Into<String>) -> Result<Self> {
+    /// A solution of a search run (a front entry or a baseline), healed as the run healed
+    /// its candidates, or, for a `healed` pick, as the run heals its picks.
+    pub fn from_run(dir: &Path, info: &RunInfo, result: &FitnessResult, healed: bool, label: impl Into<String>) -> Result<Self> {
         let op = info.settings.merge_op.unwrap_or(crate::collapse::merge::DEFAULT_MERGE_OP);
         let mut v = Variant::from_plan(label, plan_of(result), op, info.engine.merge);
-        if info.engine.heal != Heal::None && v.plan.removed() > 0 {
+        if v.plan.removed() == 0 {
+            return Ok(v);
+        }
+        if info.engine.heal != Heal::None {
             v.heal = Some(Healing { method: info.engine.heal, calibration: read_calibration(dir)? });
+        } else if let (true, Some(picks)) = (healed, &info.heal_picks) {
+            let calibration = crate::run::heal_picks::read(dir, info)?
+                .ok_or_else(|| Error::Invalid(format!("{}: the run heals its picks but has no fitting samples", dir.display())))?;
+            v.heal = Some(Healing { method: picks.method, calibration });
         }
         Ok(v)
     }
@@ -100,9 +108,7 @@ impl Variant {
         }
         match &self.heal {
             Some(h) if h.method != Heal::None && self.plan.removed() > 0 => {
-                let options = EngineOptions { merge: self.settings, objective: Objective::Nll, heal: h.method, ..EngineOptions::default() };
-                let engine = FitnessEngine::new(base, h.calibration.clone(), options)?;
-                engine.build_on(&self.plan, usize::MAX)
+                FitnessEngine::healer(base, h.calibration.clone(), self.settings, h.method)?.build_on(&self.plan, usize::MAX)
             }
             _ => Ok(build(base, &self.plan, self.settings)),
         }

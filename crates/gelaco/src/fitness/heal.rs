@@ -20,8 +20,9 @@ use std::sync::Arc;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::FitnessEngine;
-use crate::collapse::Plan;
+use super::calibration::Calibration;
+use super::{EngineOptions, FitnessEngine, Objective};
+use crate::collapse::{MergeSettings, Plan};
 use crate::error::{Error, Result};
 use crate::model::llama::{Layer, Llama, download};
 
@@ -64,6 +65,15 @@ pub fn check_tokens(available: usize, d: usize) -> Result<()> {
 pub const RIDGE: f64 = 1e-3;
 
 impl FitnessEngine {
+    /// An engine that builds `base`'s compressed models healed with `method`, fitted on
+    /// `calibration`, keeping only what healing fits on (the hidden states entering each
+    /// layer). Recipes, exports and a run's healed picks all heal through it, so the same
+    /// plan and samples give the same model.
+    pub fn healer(base: &Llama, calibration: Calibration, merge: MergeSettings, method: Heal) -> Result<Self> {
+        let options = EngineOptions { merge, objective: Objective::Nll, heal: method, ..EngineOptions::default() };
+        FitnessEngine::new(base, calibration, options)
+    }
+
     /// `compressed` (built from `plan`) healed on the first `chunks` calibration chunks.
     pub fn heal(&self, compressed: &Llama, plan: &Plan, chunks: usize) -> Result<Llama> {
         if plan.removed() == 0 {

@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use serde::Serialize;
 
 use super::FrontEntry;
+use super::heal_picks::{self, HealPicks, HealPicksInfo};
 use super::pick::Picker;
 use super::session::Session;
 use super::store::{Checkpoint, ModelIdentity, RunInfo, RunStore, Status, ValidationInfo};
@@ -75,6 +76,7 @@ pub enum Event {
     Started { run_dir: PathBuf, device: String, layers: usize, calibration_hash: String, resumed: bool },
     /// What the job is doing before the search proper starts.
     Stage { message: String },
+    /// The baselines; sent again whenever validation changes what is recommended or healed.
     Baselines { solutions: Vec<BaselineSolution> },
     Evaluated { evaluation: EvaluatedPlan },
     Progress(Progress),
@@ -110,6 +112,9 @@ pub enum JobSpec {
         /// Held-out text that picks the recommended solution of each size (`None`: no
         /// validation, nothing is recommended).
         validation: Option<(ValidationSource, ValidationOptions)>,
+        /// Heal the best plans of each size for the recommendation (with validation only,
+        /// and only when the search does not heal its candidates itself).
+        heal_picks: Option<HealPicks>,
         /// Recipes of this model (for instance the ones `gelaco baseline sleb --recipes`
         /// writes) to score and take in as baselines: plotted and validated like the
         /// computed ones, and starting points of a warm or seeded search.
@@ -240,6 +245,8 @@ struct Opened {
     calibration: Calibration,
     fidelity: Option<Fidelity>,
     validation: Option<Validation>,
+    /// The samples the picks are healed on, when they are.
+    heal_calibration: Option<Calibration>,
     logged: Vec<EvaluatedPlan>,
     checkpoint: Option<Checkpoint>,
     imports: Vec<Import>,
@@ -252,7 +259,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
     };
     let device = backend::select(device_choice)?;
     let description = device.description.clone();
-    let Opened { m, store, mut info, calibration, fidelity, validation, logged, checkpoint, imports } = open(spec, device, out)?;
+    let Opened { m, store, mut info, calibration, fidelity, validation, heal_calibration, logged, checkpoint, imports } = open(spec, device, out)?;
     let layers = m.model.num_layers();
     let options = EngineOptions { merge: MergeSettings { keep_base_norms: info.settings.keep_norms }, ..info.engine };
     let engine = FitnessEngine::new(&m.model, calibration, options)?;
@@ -273,6 +280,9 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         }
     }
     let mut picker = validation.map(|v| Picker::new(v, &engine));
+    if let (Some(cal), Some(h)) = (heal_calibration, &info.heal_picks) {
+        picker = picker.map(|p| p.with_healing(h.method, cal));
+    }
     if let Some(p) = picker.as_mut() {
         if p.missing(&[], &baselines) > 0 {
             out.send(Event::Stage { message: format!("validation perplexity of {} baseline solutions", baselines.len()) });
@@ -327,9 +337,9 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
 /// Open the model and its run folder: a new folder for a new search (model, settings,
 /// imports and calibration checked first), the recorded one to resume.
 fn open(spec: JobSpec, device: ComputeDevice, out: &Outbox) -> Result<Opened> {
-    let (path, calib, calib_options, mut engine, settings, dir, baselines, validation, import) = match spec {
-        JobSpec::New { model, calib, calib_options, engine, settings, out, baselines, validation, import, .. } => {
-            (model, calib, calib_options, engine, settings, out, baselines, validation, import)
+    let (path, calib, calib_options, mut engine, settings, dir, baselines, validation, heal_picks, import) = match spec {
+        JobSpec::New { model, calib, calib_options, engine, settings, out, baselines, validation, heal_picks, import, .. } => {
+            (model, calib, calib_options, engine, settings, out, baselines, validation, heal_picks, import)
         }
         JobSpec::Resume { dir, model, evaluations, .. } => return open_resumed(&dir, model, evaluations, device),
     };
@@ -338,17 +348,31 @@ fn open(spec: JobSpec, device: ComputeDevice, out: &Outbox) -> Result<Opened> {
     let identity = model_identity(&m)?;
     let imports = import_recipes(&import, &m, &identity)?;
     let calibration = calibration::load(&calib, &calib_options, &m.model, &m.tokenizer)?;
-    let validation = match &validation {
-        Some((source, options)) => match Validation::load(source, &calib, &calib_options, options, &m.tokenizer) {
-            Ok(v) => Some(v),
+    let (validation, free) = match &validation {
+        Some((source, options)) => match Validation::load_split(source, &calib, &calib_options, options, &m.tokenizer) {
+            Ok((v, free)) => (Some(v), free),
             // the default validation text may be too short: the run goes on without
             Err(Error::Setting { setting: "validation", message }) if *source == ValidationSource::Rest => {
                 out.send(Event::Stage { message: format!("no validation text, nothing will be recommended: {message}") });
-                None
+                (None, None)
             }
             Err(e) => return Err(e),
         },
-        None => None,
+        None => (None, None),
+    };
+    let heal_calibration = match heal_picks {
+        Some(h) if h.method != crate::fitness::Heal::None && engine.heal == crate::fitness::Heal::None && validation.is_some() => {
+            match heal_picks::calibration(free.as_deref(), &calibration, h.samples, &m.tokenizer, m.model.config.hidden_size) {
+                Ok(c) => Some((h.method, c)),
+                // too little text besides the validation's: the picks are not healed
+                Err(Error::Setting { setting: "heal_picks", message }) => {
+                    out.send(Event::Stage { message: format!("the picks will not be healed: {message}") });
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        _ => None,
     };
     let fidelity = settings.fidelity.as_deref().map(|t| Fidelity::parse(t, calibration.tokens())).transpose()?;
     if let (Some(f), None) = (&fidelity, engine.first_chunk_tokens) {
@@ -366,12 +390,17 @@ fn open(spec: JobSpec, device: ComputeDevice, out: &Outbox) -> Result<Opened> {
         message: None,
         baselines,
         validation: validation.as_ref().map(|v| ValidationInfo { source: v.source.clone(), hash: v.hash.clone(), tokens: v.tokens() }),
+        heal_picks: heal_calibration.as_ref().map(|(method, c)| HealPicksInfo::of(*method, c)),
     };
     let store = RunStore::create(&dir, &info, &calibration)?;
     if let Some(v) = &validation {
         store.write_validation(v)?;
     }
-    Ok(Opened { m, store, info, calibration, fidelity, validation, logged: Vec::new(), checkpoint: None, imports })
+    let heal_calibration = heal_calibration.map(|(_, c)| c);
+    if let Some(c) = &heal_calibration {
+        heal_picks::write(&store.dir, c)?;
+    }
+    Ok(Opened { m, store, info, calibration, fidelity, validation, heal_calibration, logged: Vec::new(), checkpoint: None, imports })
 }
 
 /// Open a run folder to go on with its search, on the model it was made with.
@@ -401,9 +430,13 @@ fn open_resumed(dir: &Path, override_path: Option<PathBuf>, evaluations: Option<
         crate::limits::token_samples("windows", &v.windows, &v.hash, vocab)
             .map_err(|msg| Error::format(store.dir.join("validation.json"), msg))?;
     }
+    let heal_calibration = heal_picks::read(&store.dir, &info)?;
+    if let Some(c) = &heal_calibration {
+        crate::limits::token_samples("samples", &c.samples, &c.hash, vocab).map_err(|msg| Error::format(store.dir.join(heal_picks::FILE), msg))?;
+    }
     let fidelity = info.settings.fidelity.as_deref().map(|t| Fidelity::parse(t, calibration.tokens())).transpose()?;
     // imported recipes are in baselines.json since the run began
-    Ok(Opened { m, store, info, calibration, fidelity, validation, logged, checkpoint, imports: Vec::new() })
+    Ok(Opened { m, store, info, calibration, fidelity, validation, heal_calibration, logged, checkpoint, imports: Vec::new() })
 }
 
 /// The run's baselines: those of its folder, or computed (when asked for, or for a warm
@@ -432,7 +465,7 @@ fn prepare_baselines(
         for (label, method, plan) in imports {
             let result = engine.evaluate(&plan)?;
             let merges = plan.merges_text();
-            baselines.push(BaselineSolution { method: label, kind: method, merges, plan, result, validation_perplexity: None, recommended: false });
+            baselines.push(BaselineSolution { method: label, kind: method, merges, plan, result, validation_perplexity: None, healed_validation_perplexity: None, recommended: false });
         }
         store.write_baselines(&baselines)?;
     }

@@ -7,24 +7,43 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::FrontEntry;
+use super::heal_picks::HEALED_PER_SIZE;
 use crate::error::{Error, Result};
 use crate::eval::validation::Validation;
 use crate::export::recipe::plan_of;
-use crate::fitness::{FitnessEngine, FitnessResult};
+use crate::fitness::calibration::Calibration;
+use crate::fitness::{FitnessEngine, FitnessResult, Heal};
 use crate::search::baselines::BaselineSolution;
 use crate::search::problem::PlanProblem;
 
 /// Validation perplexities of the models of one run, built as the run's engine builds
-/// them (merge settings, healing).
+/// them (merge settings, healing), and of the best of each size healed when the run heals
+/// its picks ([`super::heal_picks`]).
 pub struct Picker<'a> {
     pub validation: Validation,
     engine: &'a FitnessEngine,
     cache: HashMap<String, Option<f64>>,
+    /// How the picks are healed and on what; the engine that heals them, once needed.
+    healing: Option<(Heal, Calibration)>,
+    healer: Option<FitnessEngine>,
+    healed: HashMap<String, Option<f64>>,
 }
 
 impl<'a> Picker<'a> {
     pub fn new(validation: Validation, engine: &'a FitnessEngine) -> Self {
-        Picker { validation, engine, cache: HashMap::new() }
+        Picker { validation, engine, cache: HashMap::new(), healing: None, healer: None, healed: HashMap::new() }
+    }
+
+    /// At the end of the search, also heal the best [`HEALED_PER_SIZE`] plans of each size
+    /// with `method`, fitted on `calibration` (see [`super::heal_picks`]).
+    pub fn with_healing(mut self, method: Heal, calibration: Calibration) -> Self {
+        self.healing = Some((method, calibration));
+        self
+    }
+
+    /// Whether [`Picker::annotate_final`] heals.
+    pub fn heals(&self) -> bool {
+        self.healing.is_some()
     }
 
     /// Validation perplexity of the model `result` describes (`None`: not finite).
@@ -34,13 +53,37 @@ impl<'a> Picker<'a> {
         if let Some(v) = self.cache.get(&key) {
             return Ok(*v);
         }
-        let compressed = self.engine.build_on(&plan, usize::MAX)?;
-        let v = match self.validation.perplexity(&compressed) {
-            Ok(p) if p.is_finite() => Some(p),
-            Ok(_) | Err(Error::Numerical(_)) => None,
+        let v = self.validate(&self.engine.build_on(&plan, usize::MAX)?)?;
+        self.cache.insert(key, v);
+        Ok(v)
+    }
+
+    fn validate(&self, model: &crate::model::llama::Llama) -> Result<Option<f64>> {
+        match self.validation.perplexity(model) {
+            Ok(p) if p.is_finite() => Ok(Some(p)),
+            Ok(_) | Err(Error::Numerical(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Validation perplexity of `plan` healed (`None`: not finite, or healing failed
+    /// numerically).
+    fn healed_perplexity(&mut self, plan: &crate::collapse::Plan) -> Result<Option<f64>> {
+        let key = plan.model_key();
+        if let Some(v) = self.healed.get(&key) {
+            return Ok(*v);
+        }
+        if self.healer.is_none() {
+            let Some((method, cal)) = &self.healing else { return Ok(None) };
+            self.healer = Some(super::heal_picks::engine(self.engine, *method, cal.clone())?);
+        }
+        let Some(healer) = &self.healer else { return Ok(None) };
+        let v = match healer.build_on(plan, usize::MAX) {
+            Ok(m) => self.validate(&m)?,
+            Err(Error::Numerical(_)) => None,
             Err(e) => return Err(e),
         };
-        self.cache.insert(key, v);
+        self.healed.insert(key, v);
         Ok(v)
     }
 
@@ -50,26 +93,73 @@ impl<'a> Picker<'a> {
         entries.iter().filter(|f| !known(&f.result)).count() + baselines.iter().filter(|b| !known(&b.result)).count()
     }
 
-    /// Fill in every validation perplexity and mark the recommended solution of each size.
+    /// Fill in every validation perplexity (healed ones known from before as well) and mark
+    /// the recommended solution of each size.
     pub fn annotate(&mut self, front: &mut [FrontEntry], candidates: &mut [FrontEntry], baselines: &mut [BaselineSolution]) -> Result<()> {
+        self.annotate_with(front, candidates, baselines, false)
+    }
+
+    /// [`Picker::annotate`] at the end of a search: the best plans of each size are healed
+    /// first when the run heals its picks.
+    pub fn annotate_final(&mut self, front: &mut [FrontEntry], candidates: &mut [FrontEntry], baselines: &mut [BaselineSolution]) -> Result<()> {
+        self.annotate_with(front, candidates, baselines, true)
+    }
+
+    fn annotate_with(&mut self, front: &mut [FrontEntry], candidates: &mut [FrontEntry], baselines: &mut [BaselineSolution], heal: bool) -> Result<()> {
         for f in front.iter_mut().chain(candidates.iter_mut()) {
             f.validation_perplexity = self.perplexity(&f.result)?;
         }
         for b in baselines.iter_mut() {
             b.validation_perplexity = self.perplexity(&b.result)?;
         }
+        if self.healing.is_some() {
+            if heal {
+                let scored = front.iter().chain(candidates.iter()).map(|f| (&f.result, f.validation_perplexity));
+                let scored = scored.chain(baselines.iter().map(|b| (&b.result, b.validation_perplexity)));
+                for plan in best_per_size(scored, HEALED_PER_SIZE) {
+                    self.healed_perplexity(&plan)?;
+                }
+            }
+            let healed = |r: &FitnessResult| self.healed.get(&plan_of(r).model_key()).copied().flatten();
+            for f in front.iter_mut().chain(candidates.iter_mut()) {
+                f.healed_validation_perplexity = healed(&f.result);
+            }
+            for b in baselines.iter_mut() {
+                b.healed_validation_perplexity = healed(&b.result);
+            }
+        }
         mark_recommended(front, candidates, baselines);
         Ok(())
     }
+}
+
+/// The `k` plans of lowest validation perplexity of each size that remove layers (distinct
+/// models; ties to the first listed).
+fn best_per_size<'r>(scored: impl Iterator<Item = (&'r FitnessResult, Option<f64>)>, k: usize) -> Vec<crate::collapse::Plan> {
+    let mut by_size: std::collections::BTreeMap<usize, Vec<(f64, crate::collapse::Plan)>> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    for (r, ppl) in scored {
+        let (Some(p), plan) = (ppl, plan_of(r)) else { continue };
+        if plan.removed() > 0 && seen.insert(plan.model_key()) {
+            by_size.entry(r.remaining_layers).or_default().push((p, plan));
+        }
+    }
+    by_size
+        .into_values()
+        .flat_map(|mut v| {
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            v.into_iter().take(k).map(|(_, plan)| plan)
+        })
+        .collect()
 }
 
 /// How many plans of each size validation picks from: the fittest few the search found
 /// (see [`crate::search::problem::PlanProblem::size_leaders`]).
 pub const CANDIDATES_PER_SIZE: usize = 3;
 
-/// At each size (layers left), mark the solution of lowest validation perplexity among the
-/// front, the other candidates and the baselines; ties go to the front, then to the other
-/// candidates, then to the fitter.
+/// At each size (layers left), mark the solution of lowest validation perplexity (of its
+/// model, healed or not) among the front, the other candidates and the baselines; ties go
+/// to the front, then to the other candidates, then to the fitter.
 pub fn mark_recommended(front: &mut [FrontEntry], candidates: &mut [FrontEntry], baselines: &mut [BaselineSolution]) {
     // (layers left) -> (perplexity, group, -fitness, index); groups: front, candidates, baselines
     let mut best: HashMap<usize, (f64, u8, f64, usize)> = HashMap::new();
@@ -81,11 +171,11 @@ pub fn mark_recommended(front: &mut [FrontEntry], candidates: &mut [FrontEntry],
     };
     for (group, entries) in [(0u8, &*front), (1, &*candidates)] {
         for (i, f) in entries.iter().enumerate() {
-            consider(f.result.remaining_layers, f.validation_perplexity, group, f.result.fitness, i);
+            consider(f.result.remaining_layers, f.picked_perplexity(), group, f.result.fitness, i);
         }
     }
     for (i, b) in baselines.iter().enumerate() {
-        consider(b.result.remaining_layers, b.validation_perplexity, 2, b.result.fitness, i);
+        consider(b.result.remaining_layers, b.picked_perplexity(), 2, b.result.fitness, i);
     }
     let is_best = |layers: usize, group: u8, i: usize| best.get(&layers).is_some_and(|b| b.1 == group && b.3 == i);
     for (group, entries) in [(0u8, front), (1, candidates)] {
@@ -118,7 +208,7 @@ fn entries(problem: &PlanProblem, plans: Vec<(Vec<f64>, Arc<FitnessResult>)>) ->
             merges: problem.encoding.decode(&genes).merges_text(),
             genes,
             result: (*r).clone(),
-            validation_perplexity: None,
+            validation_perplexity: None, healed_validation_perplexity: None,
             recommended: false,
         })
         .collect()
@@ -146,8 +236,8 @@ mod tests {
         let a = Plan::from_ranges(&[(3, 5)], 10, MergeOp::KeepFirst).unwrap();
         let b = Plan::from_ranges(&[(7, 8)], 10, MergeOp::KeepFirst).unwrap();
         let mut front = vec![
-            FrontEntry { merges: a.merges_text(), genes: vec![], result: result(&a, 0.9), validation_perplexity: Some(40.0), recommended: false },
-            FrontEntry { merges: b.merges_text(), genes: vec![], result: result(&b, 0.95), validation_perplexity: Some(20.0), recommended: false },
+            FrontEntry { merges: a.merges_text(), genes: vec![], result: result(&a, 0.9), validation_perplexity: Some(40.0), healed_validation_perplexity: None, recommended: false },
+            FrontEntry { merges: b.merges_text(), genes: vec![], result: result(&b, 0.95), validation_perplexity: Some(20.0), healed_validation_perplexity: None, recommended: false },
         ];
         let c = removal_plan(10, &[1, 2]).unwrap();
         let mut baselines = vec![BaselineSolution {
@@ -156,7 +246,7 @@ mod tests {
             merges: c.merges_text(),
             result: result(&c, 0.5),
             plan: c,
-            validation_perplexity: Some(30.0),
+            validation_perplexity: Some(30.0), healed_validation_perplexity: None,
             recommended: false,
         }];
         mark_recommended(&mut front, &mut [], &mut baselines);
@@ -170,12 +260,42 @@ mod tests {
         // a candidate of 8 layers off the front beats the front's
         let d = Plan::from_ranges(&[(2, 4)], 10, MergeOp::KeepFirst).unwrap();
         let mut candidates =
-            vec![FrontEntry { merges: d.merges_text(), genes: vec![], result: result(&d, 0.8), validation_perplexity: Some(35.0), recommended: false }];
+            vec![FrontEntry { merges: d.merges_text(), genes: vec![], result: result(&d, 0.8), validation_perplexity: Some(35.0), healed_validation_perplexity: None, recommended: false }];
         mark_recommended(&mut front, &mut candidates, &mut baselines);
         assert!(candidates[0].recommended && !front[0].recommended && front[1].recommended);
         // equal perplexity: the front's wins
         candidates[0].validation_perplexity = Some(40.0);
         mark_recommended(&mut front, &mut candidates, &mut baselines);
         assert!(!candidates[0].recommended && front[0].recommended);
+        // healed, the candidate validates better than the front's plan: it is recommended,
+        // as its healed model
+        candidates[0].healed_validation_perplexity = Some(33.0);
+        mark_recommended(&mut front, &mut candidates, &mut baselines);
+        assert!(candidates[0].recommended && candidates[0].healed() && !front[0].recommended);
+        assert_eq!(candidates[0].picked_perplexity(), Some(33.0));
+        // a healed model that validates worse is not the solution's model
+        candidates[0].healed_validation_perplexity = Some(45.0);
+        mark_recommended(&mut front, &mut candidates, &mut baselines);
+        assert!(!candidates[0].healed() && front[0].recommended);
+        // nor is one that is healed but not finite
+        candidates[0].healed_validation_perplexity = None;
+        assert_eq!(candidates[0].picked_perplexity(), Some(40.0));
+    }
+
+    #[test]
+    fn the_best_plans_of_each_size_are_chosen_for_healing() {
+        let plans = [(3, 5, 30.0), (6, 8, 20.0), (1, 3, 25.0), (2, 4, 10.0)];
+        let results: Vec<(FitnessResult, Option<f64>)> =
+            plans.iter().map(|&(b, e, p)| (result(&Plan::from_ranges(&[(b, e)], 10, MergeOp::KeepFirst).unwrap(), 0.5), Some(p))).collect();
+        let identity = (result(&Plan::identity(10), 1.0), Some(5.0));
+        let one_removed = (result(&removal_plan(10, &[1]).unwrap(), 0.4), Some(1.0));
+        let all = results.iter().chain([&identity, &one_removed]).map(|(r, p)| (r, *p));
+        let chosen: Vec<String> = best_per_size(all, 2).iter().map(|p| p.merges_text()).collect();
+        // 8 layers left: the two lowest of four; 9 left: its only plan; 10 left: the
+        // original is never healed
+        assert_eq!(chosen.len(), 3, "{chosen:?}");
+        for m in ["2:4", "6:8", "0:1"] {
+            assert!(chosen.contains(&m.to_string()), "{m} in {chosen:?}");
+        }
     }
 }

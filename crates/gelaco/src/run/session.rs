@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::FrontEntry;
 use super::job::{Command, Event, Outbox, Progress, StopReason};
+use super::heal_picks::HEALED_PER_SIZE;
 use super::pick::{Picker, candidate_entries, front_entries};
 use super::store::{Checkpoint, RunInfo, RunStore, Status};
 use crate::error::Result;
@@ -193,7 +194,7 @@ impl<'a> Session<'a> {
         let hv = front_hypervolume(&front);
         {
             let mut live = self.live.borrow_mut();
-            pick(picker, &mut front, &mut [], baselines, &live.store, self.out)?;
+            pick(picker, &mut front, &mut [], baselines, &live.store, self.out, false)?;
             live.history.push(hv);
             live.best_fitness = front.iter().map(|f| f.result.fitness).fold(f64::NEG_INFINITY, f64::max);
             live.front_size = front.len();
@@ -227,7 +228,7 @@ impl<'a> Session<'a> {
         let mut front = front_entries(problem);
         let mut candidates = if picker.is_some() { candidate_entries(problem, &front) } else { Vec::new() };
         let live = self.live.borrow();
-        pick(picker, &mut front, &mut candidates, baselines, &live.store, self.out)?;
+        pick(picker, &mut front, &mut candidates, baselines, &live.store, self.out, true)?;
         live.store.write_front(&front)?;
         live.store.write_candidates(&candidates)?;
         let status = if reason == StopReason::Stopped { Status::Stopped } else { Status::Finished };
@@ -238,7 +239,7 @@ impl<'a> Session<'a> {
 }
 
 /// Validation perplexities and the recommended flags of a front, candidates and the
-/// baselines.
+/// baselines; at the `last` pick of a session the best of each size healed as well.
 fn pick(
     picker: Option<&mut Picker>,
     front: &mut [FrontEntry],
@@ -246,16 +247,23 @@ fn pick(
     baselines: &mut [BaselineSolution],
     store: &RunStore,
     out: &Outbox,
+    last: bool,
 ) -> Result<()> {
     let Some(p) = picker else { return Ok(()) };
     let missing = p.missing(front, baselines) + p.missing(candidates, &[]);
     if missing > 0 {
         out.send(Event::Stage { message: format!("validation perplexity of {missing} new solutions") });
     }
-    let before: Vec<bool> = baselines.iter().map(|b| b.recommended).collect();
-    p.annotate(front, candidates, baselines)?;
-    if baselines.iter().map(|b| b.recommended).ne(before) {
+    let before: Vec<(bool, Option<f64>)> = baselines.iter().map(|b| (b.recommended, b.healed_validation_perplexity)).collect();
+    if last && p.heals() {
+        out.send(Event::Stage { message: format!("healing the best {HEALED_PER_SIZE} plans of each size and validating them again") });
+        p.annotate_final(front, candidates, baselines)?;
+    } else {
+        p.annotate(front, candidates, baselines)?;
+    }
+    if baselines.iter().map(|b| (b.recommended, b.healed_validation_perplexity)).ne(before) {
         store.write_baselines(baselines)?;
+        out.send(Event::Baselines { solutions: baselines.to_vec() });
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! evaluations.jsonl   one line per evaluation, in order
 //! checkpoint.json     population and counters after the last completed generation
 //! validation.json     the held-out validation windows (token ids), when the run has them
+//! heal-calibration.json  the samples the picks are healed on, when they are
 //! baselines.json      the baselines' solutions, when computed
 //! front.json          the current best solutions (rewritten after every generation)
 //! ```
@@ -94,6 +95,9 @@ pub struct RunInfo {
     /// written before validation existed, and from runs without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<ValidationInfo>,
+    /// Healing of the picks (absent: not healed; runs written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heal_picks: Option<super::heal_picks::HealPicksInfo>,
 }
 
 /// Identity of a run's validation text (its windows are in `validation.json`).
@@ -114,6 +118,9 @@ impl RunInfo {
         sha256("calibration_hash", &self.calibration_hash)?;
         if let Some(v) = &self.validation {
             sha256("validation.hash", &v.hash)?;
+        }
+        if let Some(h) = &self.heal_picks {
+            sha256("heal_picks.hash", &h.hash)?;
         }
         Ok(())
     }
@@ -161,7 +168,7 @@ fn settings_field(prefix: &str, e: Error) -> String {
 }
 
 /// Read a run file and hold it to `check` (its message names the field).
-fn read_checked<T: for<'de> Deserialize<'de>>(path: &Path, check: impl FnOnce(&T) -> Check) -> Result<T> {
+pub(super) fn read_checked<T: for<'de> Deserialize<'de>>(path: &Path, check: impl FnOnce(&T) -> Check) -> Result<T> {
     let value = read_json(path)?;
     check(&value).map_err(|m| Error::format(path, m))?;
     Ok(value)
@@ -219,7 +226,7 @@ fn check_validation(v: &Validation) -> Check {
     Ok(())
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_vec_pretty(value).map_err(|e| Error::format(path, e.to_string()))?;
     write_atomic(path, &text)
 }
@@ -451,6 +458,7 @@ mod tests {
             message: None,
             baselines: true,
             validation: None,
+            heal_picks: None,
         };
         let mut store = RunStore::create(&dir, &info, &calibration).unwrap();
         let (bounds, _) = info.shape();
@@ -471,12 +479,12 @@ mod tests {
         let state: AlgorithmState = serde_json::from_value(json!({"generation": 1, "evaluations": 2, "population": population})).unwrap();
         store.checkpoint(&Checkpoint { state, evaluated: 2, cache_hits: 0, unique: 2, seconds: 1.0, hypervolume: vec![0.1] }).unwrap();
         let plan = Plan::from_ranges(&[(1, 3)], LAYERS, MergeOp::KeepFirst).unwrap();
-        let entry = FrontEntry { merges: plan.merges_text(), genes: Vec::new(), result: result(&plan), validation_perplexity: Some(40.0), recommended: true };
+        let entry = FrontEntry { merges: plan.merges_text(), genes: Vec::new(), result: result(&plan), validation_perplexity: Some(40.0), healed_validation_perplexity: None, recommended: true };
         store.write_front(&[entry]).unwrap();
         let b = BaselineSolution {
             method: "ShortGPT (r=2)".into(),
             kind: None,
-            validation_perplexity: None,
+            validation_perplexity: None, healed_validation_perplexity: None,
             recommended: false,
             merges: plan.merges_text(),
             result: result(&plan),

@@ -76,12 +76,27 @@ pub struct BaselineSolution {
     /// Perplexity on the run's held-out validation text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_perplexity: Option<f64>,
+    /// Perplexity on the validation text once healed (see [`crate::run::heal_picks`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healed_validation_perplexity: Option<f64>,
     /// The lowest validation perplexity of its size among the front and the baselines.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recommended: bool,
     pub plan: Plan,
     pub merges: String,
     pub result: FitnessResult,
+}
+
+impl BaselineSolution {
+    /// Whether this solution's model is its plan healed: healing validated better.
+    pub fn healed(&self) -> bool {
+        crate::run::heal_picks::healed_wins(self.validation_perplexity, self.healed_validation_perplexity)
+    }
+
+    /// The validation perplexity of this solution's model (healed or not).
+    pub fn picked_perplexity(&self) -> Option<f64> {
+        crate::run::heal_picks::picked(self.validation_perplexity, self.healed_validation_perplexity)
+    }
 }
 
 /// LaCo's greedy merging.
@@ -115,7 +130,7 @@ pub fn laco(engine: &FitnessEngine, s: &LacoSettings) -> Result<BaselineSolution
     Ok(BaselineSolution {
         method: format!("LaCo (C={}, T={}, I={}, {})", s.window, s.threshold, s.interval, s.op),
         kind: Some(BaselineMethod::Laco),
-        validation_perplexity: None,
+        validation_perplexity: None, healed_validation_perplexity: None,
         recommended: false,
         merges: plan.merges_text(),
         plan,
@@ -190,7 +205,7 @@ pub fn shortgpt(engine: &FitnessEngine, influence: &[f64], remove: usize) -> Res
         merges: plan.merges_text_with_ops(MergeOp::KeepFirst),
         plan,
         result,
-        validation_perplexity: None,
+        validation_perplexity: None, healed_validation_perplexity: None,
         recommended: false,
     })
 }
@@ -277,7 +292,7 @@ mod tests {
     #[test]
     fn the_method_of_an_old_baseline_is_read_from_its_label() {
         let plan = removal_plan(10, &[4]).unwrap();
-        let old = BaselineSolution { method: "LaCo (C=4, T=0.65, I=2, rdsc)".into(), kind: None, merges: plan.merges_text(), plan, result: FitnessResult::default(), validation_perplexity: None, recommended: false };
+        let old = BaselineSolution { method: "LaCo (C=4, T=0.65, I=2, rdsc)".into(), kind: None, merges: plan.merges_text(), plan, result: FitnessResult::default(), validation_perplexity: None, healed_validation_perplexity: None, recommended: false };
         assert_eq!(old.kind(), Some(BaselineMethod::Laco));
         let json = serde_json::to_string(&old).unwrap();
         assert!(!json.contains("\"kind\""), "{json}");

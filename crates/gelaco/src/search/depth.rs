@@ -30,7 +30,7 @@ fn solution(engine: &FitnessEngine, method: BaselineMethod, label: String, remov
         Some(r) if r.objective == engine.options.objective => r,
         _ => engine.evaluate(&plan)?,
     };
-    Ok(BaselineSolution { method: label, kind: Some(method), merges: plan.merges_text_with_ops(MergeOp::KeepFirst), plan, result, validation_perplexity: None, recommended: false })
+    Ok(BaselineSolution { method: label, kind: Some(method), merges: plan.merges_text_with_ops(MergeOp::KeepFirst), plan, result, validation_perplexity: None, healed_validation_perplexity: None, recommended: false })
 }
 
 /// Evaluations SLEB makes to reach `max_removed` layers of `layers`.
