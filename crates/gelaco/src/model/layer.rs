@@ -29,11 +29,6 @@ impl Linear {
         };
         y.reshape([b, s, out])
     }
-
-    /// The weight back in PyTorch layout `[out, in]`, on the host.
-    pub fn weight_host(&self) -> Result<HostTensor> {
-        download(self.weight_t.clone().transpose())
-    }
 }
 
 /// A layer's self-attention: q/k/v/o projections and, for Qwen3, RMSNorms of q and k.
