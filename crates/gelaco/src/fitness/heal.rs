@@ -92,39 +92,50 @@ impl FitnessEngine {
         // layers after the last collapsed group need not run: nothing after them is fitted
         let last = groups.iter().rposition(|g| g.start() != g.end()).unwrap_or(0);
         for (c, group) in groups.iter().enumerate().take(last + 1).skip(start) {
-            if group.start() != group.end() {
-                let end = *group.end();
-                let mut ata: Option<Tensor<2>> = None;
-                let mut atb: Option<Tensor<2>> = None;
-                for (i, h) in hidden.iter().enumerate() {
-                    let chunk = &self.chunks[i];
-                    let mut state = model.state(chunk.seq());
-                    let mut taps = Vec::with_capacity(1);
-                    let out = model.run_layers(h.clone(), c..c + 1, &mut state, None, Some(&mut taps));
-                    let down = taps.pop().ok_or_else(|| Error::Invalid("a layer produced no taps".into()))?.down;
-                    let target = refs[i].hidden_in.get(end + 1).unwrap_or(&refs[i].hidden_out).clone();
-                    let residual = target - (out - down.clone());
-                    let [b, s, d] = down.dims();
-                    let m = (down * chunk.mask.clone()).reshape([b * s, d]);
-                    let r = (residual * chunk.mask.clone()).reshape([b * s, d]);
-                    let mt = m.clone().transpose();
-                    add(&mut ata, mt.clone().matmul(m));
-                    add(&mut atb, mt.matmul(r));
+            if group.start() == group.end() {
+                // an untouched layer: the next group is fitted on what it leaves
+                for (i, h) in hidden.iter_mut().enumerate() {
+                    let mut state = model.state(self.chunks[i].seq());
+                    *h = model.run_layers(h.clone(), c..c + 1, &mut state, None, None);
                 }
-                let (Some(ata), Some(atb)) = (ata, atb) else { continue };
-                let t = solve_ridge(&download(ata)?.data, &download(atb)?.data, compressed.config.hidden_size)?;
-                let d = compressed.config.hidden_size;
-                let t = Tensor::<2>::from_data(TensorData::new(t, [d, d]), &model.device);
-                let mut layers = model.layers.clone();
-                layers[c] = Arc::new(fold(&layers[c], t));
-                model = model.with_layers(layers);
+                continue;
             }
+            let end = *group.end();
+            let mut ata: Option<Tensor<2>> = None;
+            let mut atb: Option<Tensor<2>> = None;
+            // per chunk: the layer's output without its MLP (Z) and the MLP output (M)
+            let mut parts = Vec::with_capacity(hidden.len());
+            for (i, h) in hidden.iter().enumerate() {
+                let chunk = &self.chunks[i];
+                let mut state = model.state(chunk.seq());
+                let mut taps = Vec::with_capacity(1);
+                let out = model.run_layers(h.clone(), c..c + 1, &mut state, None, Some(&mut taps));
+                let down = taps.pop().ok_or_else(|| Error::Invalid("a layer produced no taps".into()))?.down;
+                let target = refs[i].hidden_in.get(end + 1).unwrap_or(&refs[i].hidden_out).clone();
+                let without = out - down.clone();
+                let residual = target - without.clone();
+                let [b, s, d] = down.dims();
+                let m = (down.clone() * chunk.mask.clone()).reshape([b * s, d]);
+                let r = (residual * chunk.mask.clone()).reshape([b * s, d]);
+                let mt = m.clone().transpose();
+                add(&mut ata, mt.clone().matmul(m));
+                add(&mut atb, mt.matmul(r));
+                parts.push((without, down));
+            }
+            let (Some(ata), Some(atb)) = (ata, atb) else { continue };
+            let d = compressed.config.hidden_size;
+            let t = solve_ridge(&download(ata)?.data, &download(atb)?.data, d)?;
+            let t = Tensor::<2>::from_data(TensorData::new(t, [d, d]), &model.device);
+            let mut layers = model.layers.clone();
+            layers[c] = Arc::new(fold(&layers[c], t.clone()));
+            model = model.with_layers(layers);
             if c == last {
                 break;
             }
-            for (i, h) in hidden.iter_mut().enumerate() {
-                let mut state = model.state(self.chunks[i].seq());
-                *h = model.run_layers(h.clone(), c..c + 1, &mut state, None, None);
+            // the healed layer's output, Z + M T, without running it again
+            for (h, (without, down)) in hidden.iter_mut().zip(parts) {
+                let [b, s, d] = down.dims();
+                *h = without + down.reshape([b * s, d]).matmul(t.clone()).reshape([b, s, d]);
             }
         }
         Ok(model)

@@ -96,16 +96,28 @@ impl<'a> Picker<'a> {
     /// Fill in every validation perplexity (healed ones known from before as well) and mark
     /// the recommended solution of each size.
     pub fn annotate(&mut self, front: &mut [FrontEntry], candidates: &mut [FrontEntry], baselines: &mut [BaselineSolution]) -> Result<()> {
-        self.annotate_with(front, candidates, baselines, false)
+        self.annotate_with(front, candidates, baselines, None)
     }
 
     /// [`Picker::annotate`] at the end of a search: the best plans of each size are healed
-    /// first when the run heals its picks.
-    pub fn annotate_final(&mut self, front: &mut [FrontEntry], candidates: &mut [FrontEntry], baselines: &mut [BaselineSolution]) -> Result<()> {
-        self.annotate_with(front, candidates, baselines, true)
+    /// first when the run heals its picks; `progress(done, of)` before each.
+    pub fn annotate_final(
+        &mut self,
+        front: &mut [FrontEntry],
+        candidates: &mut [FrontEntry],
+        baselines: &mut [BaselineSolution],
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<()> {
+        self.annotate_with(front, candidates, baselines, Some(progress))
     }
 
-    fn annotate_with(&mut self, front: &mut [FrontEntry], candidates: &mut [FrontEntry], baselines: &mut [BaselineSolution], heal: bool) -> Result<()> {
+    fn annotate_with(
+        &mut self,
+        front: &mut [FrontEntry],
+        candidates: &mut [FrontEntry],
+        baselines: &mut [BaselineSolution],
+        heal: Option<&dyn Fn(usize, usize)>,
+    ) -> Result<()> {
         for f in front.iter_mut().chain(candidates.iter_mut()) {
             f.validation_perplexity = self.perplexity(&f.result)?;
         }
@@ -113,11 +125,13 @@ impl<'a> Picker<'a> {
             b.validation_perplexity = self.perplexity(&b.result)?;
         }
         if self.healing.is_some() {
-            if heal {
+            if let Some(progress) = heal {
                 let scored = front.iter().chain(candidates.iter()).map(|f| (&f.result, f.validation_perplexity));
                 let scored = scored.chain(baselines.iter().map(|b| (&b.result, b.validation_perplexity)));
-                for plan in best_per_size(scored, HEALED_PER_SIZE) {
-                    self.healed_perplexity(&plan)?;
+                let plans: Vec<_> = best_per_size(scored, HEALED_PER_SIZE).into_iter().filter(|p| !self.healed.contains_key(&p.model_key())).collect();
+                for (i, plan) in plans.iter().enumerate() {
+                    progress(i, plans.len());
+                    self.healed_perplexity(plan)?;
                 }
             }
             let healed = |r: &FitnessResult| self.healed.get(&plan_of(r).model_key()).copied().flatten();

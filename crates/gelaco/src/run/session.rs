@@ -256,8 +256,10 @@ fn pick(
     }
     let before: Vec<(bool, Option<f64>)> = baselines.iter().map(|b| (b.recommended, b.healed_validation_perplexity)).collect();
     if last && p.heals() {
-        out.send(Event::Stage { message: format!("healing the best {HEALED_PER_SIZE} plans of each size and validating them again") });
-        p.annotate_final(front, candidates, baselines)?;
+        let progress = |done: usize, of: usize| {
+            out.send(Event::Stage { message: format!("healing the best {HEALED_PER_SIZE} plans of each size and validating them again: {done} of {of} done") });
+        };
+        p.annotate_final(front, candidates, baselines, &progress)?;
     } else {
         p.annotate(front, candidates, baselines)?;
     }
