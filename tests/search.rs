@@ -395,8 +395,10 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
         let inner = &sample[1..sample.len() - 1];
         assert!(!scored.windows(inner.len()).any(|w| w == inner), "a fitting sample is validation text: {sample:?}");
     }
-    // the best HEALED_PER_SIZE of each size by validation perplexity are healed; the
-    // recommended solution of each size has the lowest perplexity of its model
+    // the best HEALED_PER_SIZE of each size the search aims at (by validation perplexity)
+    // are healed, no other; the recommended solution of each size has the lowest
+    // perplexity of its model
+    let (lo, hi) = settings(36).removed_range(8);
     let all: Vec<(usize, Option<f64>, Option<f64>, bool, bool)> = front
         .iter()
         .chain(&candidates)
@@ -410,8 +412,11 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
     for size in sizes {
         let mut of_size: Vec<_> = all.iter().filter(|e| e.0 == size && e.4 && e.1.is_some()).collect();
         of_size.sort_by(|a, b| a.1.unwrap().total_cmp(&b.1.unwrap()));
+        if !(lo..=hi).contains(&(8 - size)) {
+            assert!(all.iter().filter(|e| e.0 == size).all(|e| e.2.is_none()), "{size} layers are outside the band but healed");
+        }
         let mut seen = Vec::new();
-        for e in &of_size {
+        for e in of_size.iter().filter(|_| (lo..=hi).contains(&(8 - size))) {
             if !seen.contains(&e.1) && seen.len() < HEALED_PER_SIZE {
                 assert!(e.2.is_some(), "{size} layers: a plan among the best {HEALED_PER_SIZE} was not healed");
                 seen.push(e.1);

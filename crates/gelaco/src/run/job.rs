@@ -281,7 +281,8 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
     }
     let mut picker = validation.map(|v| Picker::new(v, &engine));
     if let (Some(cal), Some(h)) = (heal_calibration, &info.heal_picks) {
-        picker = picker.map(|p| p.with_healing(h.method, cal));
+        let (lo, hi) = info.settings.removed_range(layers);
+        picker = picker.map(|p| p.with_healing(h.method, cal, lo..=hi));
     }
     if let Some(p) = picker.as_mut() {
         if p.missing(&[], &baselines) > 0 {

@@ -4,6 +4,7 @@
 //! validation text; it only decides among what the search and the baselines found.
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use super::FrontEntry;
@@ -23,8 +24,9 @@ pub struct Picker<'a> {
     pub validation: Validation,
     engine: &'a FitnessEngine,
     cache: HashMap<String, Option<f64>>,
-    /// How the picks are healed and on what; the engine that heals them, once needed.
-    healing: Option<(Heal, Calibration)>,
+    /// How the picks are healed, on what, and the sizes (layers removed) healed; the
+    /// engine that heals them, once needed.
+    healing: Option<(Heal, Calibration, RangeInclusive<usize>)>,
     healer: Option<FitnessEngine>,
     healed: HashMap<String, Option<f64>>,
 }
@@ -35,9 +37,10 @@ impl<'a> Picker<'a> {
     }
 
     /// At the end of the search, also heal the best [`HEALED_PER_SIZE`] plans of each size
-    /// with `method`, fitted on `calibration` (see [`super::heal_picks`]).
-    pub fn with_healing(mut self, method: Heal, calibration: Calibration) -> Self {
-        self.healing = Some((method, calibration));
+    /// that removes a number of layers in `removed` (the sizes the search aims at) with
+    /// `method`, fitted on `calibration` (see [`super::heal_picks`]).
+    pub fn with_healing(mut self, method: Heal, calibration: Calibration, removed: RangeInclusive<usize>) -> Self {
+        self.healing = Some((method, calibration, removed));
         self
     }
 
@@ -74,7 +77,7 @@ impl<'a> Picker<'a> {
             return Ok(*v);
         }
         if self.healer.is_none() {
-            let Some((method, cal)) = &self.healing else { return Ok(None) };
+            let Some((method, cal, _)) = &self.healing else { return Ok(None) };
             self.healer = Some(super::heal_picks::engine(self.engine, *method, cal.clone())?);
         }
         let Some(healer) = &self.healer else { return Ok(None) };
@@ -124,10 +127,11 @@ impl<'a> Picker<'a> {
         for b in baselines.iter_mut() {
             b.validation_perplexity = self.perplexity(&b.result)?;
         }
-        if self.healing.is_some() {
+        if let Some((_, _, removed)) = &self.healing {
             if let Some(progress) = heal {
                 let scored = front.iter().chain(candidates.iter()).map(|f| (&f.result, f.validation_perplexity));
                 let scored = scored.chain(baselines.iter().map(|b| (&b.result, b.validation_perplexity)));
+                let scored = scored.filter(|(r, _)| removed.contains(&(r.psi.len() - r.remaining_layers)));
                 let plans: Vec<_> = best_per_size(scored, HEALED_PER_SIZE).into_iter().filter(|p| !self.healed.contains_key(&p.model_key())).collect();
                 for (i, plan) in plans.iter().enumerate() {
                     progress(i, plans.len());
