@@ -317,7 +317,17 @@ fn a_model_larger_than_memory_is_refused_with_the_numbers_before_loading() {
         .env("GELACO_MEMORY_LIMIT", "16K")
         .output()
         .unwrap();
-    assert_input_error(&out, &[g.file_name().unwrap().to_str().unwrap(), "parameters as f32", "GiB of memory available"]);
+    assert_input_error(&out, &[g.file_name().unwrap().to_str().unwrap(), "one layer", "GiB of memory available"]);
+    // a budget too small for one layer, and one that is not a size: input errors naming the flag
+    let run = |budget: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gelaco"))
+            .args(["generate", "--model", g.to_str().unwrap(), "--prompt", "the", "--max-new-tokens", "2", "--device", "cpu", "--memory-budget", budget])
+            .output()
+            .unwrap()
+    };
+    assert_input_error(&run("16K"), &["--memory-budget", "too small", "one layer"]);
+    assert_input_error(&run("lots"), &["--memory-budget", "not a size"]);
+    assert_input_error(&run("0"), &["--memory-budget", "above zero"]);
     let out = Command::new(env!("CARGO_BIN_EXE_gelaco"))
         .args(["generate", "--model", g.to_str().unwrap(), "--prompt", "the", "--max-new-tokens", "2", "--device", "cpu"])
         .env("GELACO_MEMORY_LIMIT", "1G")

@@ -218,7 +218,7 @@ fn non_finite_activations_give_the_worst_fitness() {
     let plan = Plan::from_ranges(&[(1, 2)], 4, MergeOp::KeepFirst).unwrap();
     let mut broken = build(&m.model, &plan, MergeSettings::default());
     let mut layer = (*broken.layers[1]).clone();
-    layer.mlp.up.weight_t = layer.mlp.up.weight_t.clone().mul_scalar(f32::NAN);
+    layer.mlp.up.weight = gelaco::model::layer::Weight::Dense(layer.mlp.up.weight_t().mul_scalar(f32::NAN));
     broken.layers[1] = Arc::new(layer);
     let r = engine.evaluate_model(&broken, &plan).unwrap();
     assert!(r.non_finite);
@@ -267,4 +267,46 @@ fn calibration_sources_are_reproducible() {
     assert!(e.to_string().contains("30 sample(s)"), "{e}");
     let e = calibration::load(&CalibSource::File(pq.clone()), &CalibOptions { text_field: "body".into(), ..opts.clone() }, &m.model, &m.tokenizer).unwrap_err();
     assert!(e.to_string().contains("no column 'body'"), "{e}");
+}
+
+#[test]
+fn a_model_streamed_under_a_small_memory_budget_scores_bit_for_bit_as_when_resident() {
+    let tiny = Tiny { layers: 6, ..Tiny::default() };
+    let (_dir, g, hf) = tiny.write_both();
+    let cal = calibration(6);
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    for path in [&g, &hf] {
+        let resident = model::load(path, cpu.clone()).unwrap();
+        assert!(!resident.memory.streams(), "the default budget holds a tiny model");
+        // room for the embeddings, the head and one layer, and not one byte more
+        let minimum = resident.memory.minimum();
+        let streamed = model::load(path, ComputeDevice { memory_budget: Some(minimum), ..cpu.clone() }).unwrap();
+        assert!(streamed.memory.streams());
+        assert_eq!(streamed.memory.resident_budget, resident.memory.layer_bytes);
+        for objective in [Objective::Kl, Objective::Nll, Objective::Similarity] {
+            let opts = EngineOptions { batch_size: 4, objective, heal: Heal::None, ..EngineOptions::default() };
+            let a = FitnessEngine::new(&resident.model, cal.clone(), opts).unwrap();
+            let b = FitnessEngine::new(&streamed.model, cal.clone(), opts).unwrap();
+            for op in [MergeOp::KeepFirst, MergeOp::Mean] {
+                for (label, ranges) in plans(6) {
+                    let plan = Plan::from_ranges(&ranges, 6, op).unwrap();
+                    let (x, y) = (a.evaluate(&plan).unwrap(), b.evaluate(&plan).unwrap());
+                    let what = format!("{} {objective:?} {op} {label}", path.display());
+                    assert_eq!(x.fitness.to_bits(), y.fitness.to_bits(), "{what}: {} vs {}", x.fitness, y.fitness);
+                    assert_eq!((x.kl, x.nll), (y.kl, y.nll), "{what}");
+                    close(&x, &y, f64::MIN_POSITIVE, &what);
+                }
+            }
+        }
+        let (r, s) = (resident.model.resident_stats(), streamed.model.resident_stats());
+        let matrices = 7 * 6;
+        assert_eq!((r.loads, r.evictions), (matrices, 0), "resident: each matrix dequantised once");
+        assert!(s.loads > matrices && s.peak_bytes <= minimum - streamed.memory.fixed_bytes, "streamed: {s:?}");
+        assert!(s.hits > 0, "the most used layer stays resident: {s:?}");
+    }
+    // less than one layer beside the fixed tensors: refused, with the numbers
+    let need = model::load(&g, cpu.clone()).unwrap().memory.minimum();
+    let e = model::load(&g, ComputeDevice { memory_budget: Some(need - 1), ..cpu }).err().unwrap();
+    assert!(matches!(e, gelaco::Error::Setting { setting: "memory_budget", .. }), "{e}");
+    assert!(e.to_string().contains("one layer") && e.to_string().contains("GiB"), "{e}");
 }

@@ -37,6 +37,7 @@ fn spec(f: &Fixture, out: &Path, settings: SearchSettings) -> JobSpec {
     JobSpec::New {
         model: f.model.clone(),
         device: DeviceChoice::Cpu,
+        memory_budget: None,
         calib: CalibSource::File(f.calib.clone()),
         calib_options: CalibOptions { samples: 6, max_tokens: 32, ..CalibOptions::default() },
         engine: EngineOptions::default(),
@@ -242,7 +243,7 @@ fn stop_during_the_baselines_ends_the_job_and_the_run_resumes() {
     assert!(!events.iter().any(|e| matches!(e, Event::Evaluated { .. })));
     assert_eq!(store::read_info(&dir).unwrap().status, store::Status::Stopped);
     // the stopped run continues from the start: baselines, then the search
-    let resumed = run_to_end(JobSpec::Resume { dir: dir.clone(), device: DeviceChoice::Cpu, model: None, evaluations: None });
+    let resumed = run_to_end(JobSpec::Resume { dir: dir.clone(), device: DeviceChoice::Cpu, memory_budget: None, model: None, evaluations: None });
     assert!(resumed.iter().any(|e| matches!(e, Event::Baselines { .. })));
     assert!(!final_front(&resumed).is_empty());
     assert_eq!(store::read_info(&dir).unwrap().status, store::Status::Finished);
@@ -450,7 +451,7 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
     }
     assert!(checked > 0);
     // a resumed run keeps healing its picks with the recorded samples
-    let resume = JobSpec::Resume { dir: out.clone(), device: DeviceChoice::Cpu, model: None, evaluations: Some(48) };
+    let resume = JobSpec::Resume { dir: out.clone(), device: DeviceChoice::Cpu, memory_budget: None, model: None, evaluations: Some(48) };
     let events = run_to_end(resume);
     assert!(matches!(events.last(), Some(Event::Done { .. })), "{:?}", events.last());
     assert_eq!(heal_picks::read(&out, &store::read_info(&out).unwrap()).unwrap(), Some(fit));
@@ -525,7 +526,7 @@ fn run_folders_written_before_objectives_and_healing_still_load_and_resume() {
     // the command line reprints it and writes its recipes, and the search resumes
     let out = gelaco_cmd(&["front", dir.to_str().unwrap(), "--recipes", f.root.join("old-recipes").to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let resumed = run_to_end(JobSpec::Resume { dir: dir.clone(), device: DeviceChoice::Cpu, model: None, evaluations: Some(36) });
+    let resumed = run_to_end(JobSpec::Resume { dir: dir.clone(), device: DeviceChoice::Cpu, memory_budget: None, model: None, evaluations: Some(36) });
     assert!(!final_front(&resumed).is_empty());
 }
 

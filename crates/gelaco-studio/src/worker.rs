@@ -30,6 +30,9 @@ pub struct ModelCard {
     pub types: String,
     pub file_bytes: u64,
     pub device: String,
+    /// What the model needs in memory, and the budget it runs under.
+    pub memory: String,
+    pub budget: Option<String>,
 }
 
 /// A request to the worker.
@@ -157,6 +160,7 @@ impl State {
                 let mut types: Vec<(String, usize)> = types.into_iter().collect();
                 types.sort_by(|a, b| b.1.cmp(&a.1));
                 let d = backend::select(*device)?;
+                let memory = gelaco::model::estimate_memory(&files, d.memory_budget, gelaco::model::available_memory());
                 Ok(Reply::Card(Ok(ModelCard {
                     path: model.clone(),
                     architecture: c.arch.name().to_string(),
@@ -167,6 +171,8 @@ impl State {
                     types: types.iter().map(|(k, v)| format!("{k} ×{v}")).collect::<Vec<_>>().join(", "),
                     file_bytes: files.file_bytes(),
                     device: d.description,
+                    memory: memory.need_text(),
+                    budget: memory.budget_text(),
                 })))
             }
             Request::Perplexity { model, device, target, text, window, windows } => {

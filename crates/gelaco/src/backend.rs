@@ -51,6 +51,9 @@ pub struct ComputeDevice {
     pub description: String,
     /// A one-line notice for the user when `auto` fell back or chose something unexpected.
     pub notice: Option<String>,
+    /// The memory a loaded model may use, in bytes; `None`: what the machine reports
+    /// available, less a quarter (see [`crate::model::plan_memory`]).
+    pub memory_budget: Option<u64>,
 }
 
 /// One WGPU adapter as the system reports it.
@@ -145,6 +148,7 @@ fn cpu() -> ComputeDevice {
         backend: BackendKind::Cpu,
         description: "cpu: burn flex".into(),
         notice: None,
+        memory_budget: None,
     }
 }
 
@@ -166,6 +170,7 @@ pub fn select(choice: DeviceChoice) -> Result<ComputeDevice> {
                 backend: BackendKind::Wgpu,
                 description: format!("wgpu: {}", best.describe()),
                 notice: None,
+                memory_budget: None,
             })
         }
         DeviceChoice::Auto => {
@@ -178,6 +183,7 @@ pub fn select(choice: DeviceChoice) -> Result<ComputeDevice> {
                         backend: BackendKind::Wgpu,
                         description: format!("wgpu: {}", best.describe()),
                         notice: Some(format!("using GPU adapter {}", best.describe())),
+                        memory_budget: None,
                     })
                 }
                 None => {

@@ -30,6 +30,10 @@ pub enum Suite {
     /// How well each objective ranks random plans (1 to 15 layers removed) by held-out
     /// perplexity: Spearman correlations per size band, as a Markdown table.
     Objectives,
+    /// Random-weight GGUF models of real shapes (Llama 3.2 1B and 3B, Llama 2 7B, Llama 3
+    /// 8B, Mistral 7B) with `--model`'s vocabulary, written to `--scale-dir` where missing,
+    /// and what each needs in memory (`scripts/scale.sh` then runs them).
+    Scale,
 }
 
 #[derive(Args)]
@@ -57,9 +61,15 @@ pub struct BenchArgs {
     /// Timed repetitions per shape (after one warm-up).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// Seed of the random plans (`--suite objectives`).
+    /// Seed of the random plans (`--suite objectives`) and weights (`--suite scale`).
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Where `--suite scale` keeps its models.
+    #[arg(long, default_value = "runs/scale")]
+    scale_dir: PathBuf,
+    /// The shapes `--suite scale` writes (default: all).
+    #[arg(long, value_delimiter = ',')]
+    shapes: Vec<String>,
     #[arg(long)]
     json: bool,
 }
@@ -95,6 +105,7 @@ pub fn run(args: BenchArgs, device: Option<DeviceChoice>) -> Result<()> {
         Suite::MergeOps => return merge_ops(&args, devices[0]),
         Suite::Objectives => return objectives_bench(&args, devices[0]),
         Suite::Init => return init_bench(&args, devices[0]),
+        Suite::Scale => return super::scale::write_models(&args.model, &args.scale_dir, &args.shapes, args.seed, args.json),
         Suite::Prefill => {}
     }
     let mut rows = Vec::new();

@@ -17,6 +17,7 @@ mod baseline;
 mod bench;
 mod fitness;
 mod judge;
+mod scale;
 mod search;
 pub mod words;
 
@@ -39,6 +40,27 @@ pub struct Common {
     /// Show timing spans and debug messages on stderr.
     #[arg(long, short, global = true)]
     pub verbose: bool,
+    /// The memory a model may use (e.g. 4G, 512M, 16GiB; binary units): its layers'
+    /// weights stay as the file stores them and only as many are kept dequantised as fit,
+    /// the rest dequantised from the file each time they are used. Default: what the
+    /// machine reports available, less a quarter.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_budget)]
+    pub memory_budget: Option<u64>,
+}
+
+fn parse_budget(text: &str) -> std::result::Result<u64, String> {
+    match gelaco::model::parse_size(text) {
+        Some(0) => Err("a memory budget must be above zero".into()),
+        Some(b) => Ok(b),
+        None => Err(format!("'{text}' is not a size (write it as 4G, 512M or 16GiB)")),
+    }
+}
+
+/// The `--memory-budget` of this command, once parsed.
+static MEMORY_BUDGET: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
+pub fn memory_budget() -> Option<u64> {
+    MEMORY_BUDGET.get().copied().flatten()
 }
 
 #[derive(Subcommand)]
@@ -171,7 +193,8 @@ pub fn init_logging(verbose: bool) {
 }
 
 pub fn choose_device(choice: DeviceChoice) -> Result<ComputeDevice> {
-    let d = backend::select(choice)?;
+    let mut d = backend::select(choice)?;
+    d.memory_budget = memory_budget();
     if let Some(n) = &d.notice {
         eprintln!("note: {n}");
     }
@@ -238,6 +261,7 @@ fn dispatch() -> Result<()> {
     let cli = Cli::parse();
     let common = cli.common;
     init_logging(common.verbose);
+    let _ = MEMORY_BUDGET.set(common.memory_budget);
     let device = common.device.unwrap_or_default();
     let Some(command) = cli.command else {
         return gui(GuiArgs::default(), common.device);
@@ -387,6 +411,7 @@ fn inspect(path: &Path, json_out: bool) -> Result<()> {
     let (storage, types) = files.storage_summary();
     let tokenizer = model::load_tokenizer(&files).ok();
     let params = c.total_params();
+    let memory = model::estimate_memory(&files, memory_budget(), model::available_memory());
     if json_out {
         print_json(&json!({
             "path": path,
@@ -410,6 +435,7 @@ fn inspect(path: &Path, json_out: bool) -> Result<()> {
             "file_type": storage,
             "file_bytes": files.file_bytes(),
             "quantization_types": types,
+            "memory": memory,
             "tokenizer": tokenizer.as_ref().map(|t| json!({
                 "source": t.source, "vocab_size": t.vocab_size(), "bos_id": t.bos_id, "eos_ids": t.eos_ids, "add_bos": t.add_bos,
             })),
@@ -432,6 +458,10 @@ fn inspect(path: &Path, json_out: bool) -> Result<()> {
         println!("file          {} , {:.1} MB", storage, files.file_bytes() as f64 / 1e6);
         let t: Vec<String> = types.iter().map(|(k, v)| format!("{k} x{v}")).collect();
         println!("tensor types  {}", t.join(", "));
+        println!("memory        {}", memory.need_text());
+        if let Some(b) = memory.budget_text() {
+            println!("budget        {b}");
+        }
         if let Some(t) = &tokenizer {
             println!("tokenizer     {} tokens, from {}", t.vocab_size(), t.source);
         }

@@ -219,6 +219,7 @@ pub fn search(a: SearchArgs, device: DeviceChoice) -> Result<()> {
     let spec = JobSpec::New {
         model: a.model.clone(),
         device,
+        memory_budget: super::memory_budget(),
         calib: gelaco::fitness::calibration::CalibSource::parse(&a.calib.calib),
         calib_options: a.calib.options(a.seed),
         engine: a.calib.engine_options(MergeSettings { keep_base_norms: a.keep_norms }),
@@ -234,7 +235,7 @@ pub fn search(a: SearchArgs, device: DeviceChoice) -> Result<()> {
 }
 
 pub fn resume(a: ResumeArgs, device: DeviceChoice) -> Result<()> {
-    let spec = JobSpec::Resume { dir: a.dir.clone(), device, model: a.model.clone(), evaluations: a.evaluations };
+    let spec = JobSpec::Resume { dir: a.dir.clone(), device, memory_budget: super::memory_budget(), model: a.model.clone(), evaluations: a.evaluations };
     drive(job::spawn(spec, None), a.json)
 }
 

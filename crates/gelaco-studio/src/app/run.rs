@@ -120,6 +120,7 @@ impl App {
         let spec = JobSpec::New {
             model,
             device: s.device,
+            memory_budget: None,
             calib,
             calib_options: CalibOptions {
                 samples: s.samples.max(1),
@@ -154,7 +155,7 @@ impl App {
         }
         self.load_run(&dir);
         let model = self.model_path().filter(|p| p.exists());
-        self.spawn(JobSpec::Resume { dir, device: self.settings.device, model, evaluations: None });
+        self.spawn(JobSpec::Resume { dir, device: self.settings.device, memory_budget: None, model, evaluations: None });
     }
 
     /// Show a run folder's evaluations, front and baselines (without running it).

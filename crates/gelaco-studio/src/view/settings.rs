@@ -52,6 +52,10 @@ pub(super) fn model_card(app: &mut App, ui: &mut Ui) {
                 row(ui, "tensor types", c.types.clone());
                 row(ui, "file size", format!("{:.1} MB", c.file_bytes as f64 / 1e6));
                 row(ui, "compute", c.device.clone());
+                row(ui, "memory", c.memory.clone());
+                if let Some(b) = &c.budget {
+                    row(ui, "budget", b.clone());
+                }
             });
         }
     }

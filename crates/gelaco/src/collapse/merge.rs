@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::Plan;
 use crate::model::llama::{Layer, Llama, ParamTensor};
+use crate::model::stored::Weight;
 use crate::model::weights::LayerParam;
 
 /// The operator used when none is named, chosen by measurement on the demo model (README).
@@ -93,7 +94,7 @@ pub fn merge_layers(layers: &[Arc<Layer>], op: MergeOp, settings: MergeSettings)
         }
         combine(parts(param).filter_map(|t| if let ParamTensor::Vector(v) = t { Some(v) } else { None }).collect(), op)
     };
-    let matrix = |param: LayerParam, _: &Tensor<2>| {
+    let matrix = |param: LayerParam, _: &Weight| {
         combine(parts(param).filter_map(|t| if let ParamTensor::Matrix(m) = t { Some(m) } else { None }).collect(), op)
     };
     Arc::new(base.map(vector, matrix))

@@ -25,6 +25,7 @@ use super::{EngineOptions, FitnessEngine, Objective};
 use crate::collapse::{MergeSettings, Plan};
 use crate::error::{Error, Result};
 use crate::model::llama::{Layer, Llama, download};
+use crate::model::stored::Weight;
 
 /// How a compressed model is healed after its layers are collapsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -152,7 +153,7 @@ fn add(acc: &mut Option<Tensor<2>>, x: Tensor<2>) {
 /// The layer with `T` folded into its down projection.
 fn fold(layer: &Layer, t: Tensor<2>) -> Layer {
     let mut healed = layer.clone();
-    healed.mlp.down.weight_t = layer.mlp.down.weight_t.clone().matmul(t.clone());
+    healed.mlp.down.weight = Weight::Dense(layer.mlp.down.weight_t().matmul(t.clone()));
     healed.mlp.down.bias = layer.mlp.down.bias.clone().map(|b| b.unsqueeze_dim::<2>(0).matmul(t).squeeze_dim::<1>(0));
     healed
 }

@@ -17,7 +17,7 @@ fn copy<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
 
 /// A deep copy of the model: every tensor read back and written again.
 pub fn deep_copy(model: &Llama) -> Llama {
-    let layers = model.layers.iter().map(|l| std::sync::Arc::new(l.map(|_, t| copy(t), |_, t| copy(t)))).collect();
+    let layers = model.layers.iter().map(|l| std::sync::Arc::new(l.map(|_, t| copy(t), |_, w| copy(&w.dense_t())))).collect();
     let mut m = model.with_layers(layers);
     m.embed = copy(&model.embed);
     m.norm = copy(&model.norm);

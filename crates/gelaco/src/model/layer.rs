@@ -7,22 +7,30 @@ use burn::tensor::Tensor;
 
 use super::config::ModelConfig;
 use super::llama::download;
+pub use super::stored::Weight;
 use super::weights::{HostTensor, LAYER_TENSORS, LayerParam, LayerTensor};
 use crate::error::{Error, Result};
 
-/// A linear projection: weight stored transposed `[in, out]`, optional bias `[out]`.
+/// A linear projection: weight `[in, out]` (on the device, or as the model file stores it),
+/// optional bias `[out]`.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    pub weight_t: Tensor<2>,
+    pub weight: Weight,
     pub bias: Option<Tensor<1>>,
 }
 
 impl Linear {
+    /// The weight transposed, `[in, out]`, on the device.
+    pub fn weight_t(&self) -> Tensor<2> {
+        self.weight.dense_t()
+    }
+
     /// `x`: `[batch, seq, in]` -> `[batch, seq, out]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, s, i] = x.dims();
-        let out = self.weight_t.dims()[1];
-        let y = x.reshape([b * s, i]).matmul(self.weight_t.clone());
+        let w = self.weight.dense_t();
+        let out = w.dims()[1];
+        let y = x.reshape([b * s, i]).matmul(w);
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze_dim::<2>(0),
             None => y,
@@ -173,7 +181,7 @@ impl Layer {
         let (a, m) = (&self.attention, &self.mlp);
         let vector = |t: &Tensor<1>| Some(ParamTensor::Vector(t.clone()));
         let optional = |t: &Option<Tensor<1>>| t.clone().map(ParamTensor::Vector);
-        let matrix = |l: &Linear| Some(ParamTensor::Matrix(l.weight_t.clone()));
+        let matrix = |l: &Linear| Some(ParamTensor::Matrix(l.weight_t()));
         match param {
             LayerParam::InputNorm => vector(&self.input_norm),
             LayerParam::PostAttnNorm => vector(&self.post_attn_norm),
@@ -195,12 +203,31 @@ impl Layer {
     /// One parameter downloaded to the host, in Hugging Face layout; `None` where this
     /// layer has no such parameter (biases, q/k norms).
     pub fn param(&self, param: LayerParam) -> Result<Option<HostTensor>> {
+        if let Some(l) = self.linear(param) {
+            return l.weight.host().map(Some);
+        }
         self.tensor(param)
             .map(|t| match t {
                 ParamTensor::Vector(v) => download(v),
                 ParamTensor::Matrix(w) => download(w.transpose()),
+                ParamTensor::Stored(w) => w.host(),
             })
             .transpose()
+    }
+
+    /// The projection a matrix parameter belongs to.
+    fn linear(&self, param: LayerParam) -> Option<&Linear> {
+        let (a, m) = (&self.attention, &self.mlp);
+        Some(match param {
+            LayerParam::Q => &a.q,
+            LayerParam::K => &a.k,
+            LayerParam::V => &a.v,
+            LayerParam::O => &a.o,
+            LayerParam::Gate => &m.gate,
+            LayerParam::Up => &m.up,
+            LayerParam::Down => &m.down,
+            _ => return None,
+        })
     }
 
     /// A layer made from its parameters, asked for in [`LAYER_TENSORS`] order: `make`
@@ -228,11 +255,12 @@ impl Layer {
     }
 
     /// A layer of the same structure whose every parameter is mapped: `vector` for norms
-    /// and biases, `matrix` for the projections' weights (transposed, `[in, out]`).
+    /// and biases, `matrix` for the projections' weights (to device tensors, transposed
+    /// `[in, out]`).
     pub fn map(
         &self,
         mut vector: impl FnMut(LayerParam, &Tensor<1>) -> Tensor<1>,
-        mut matrix: impl FnMut(LayerParam, &Tensor<2>) -> Tensor<2>,
+        mut matrix: impl FnMut(LayerParam, &Weight) -> Tensor<2>,
     ) -> Layer {
         use LayerParam as P;
         let (a, m) = (&self.attention, &self.mlp);
@@ -241,7 +269,7 @@ impl Layer {
         let q_norm = a.q_norm.as_ref().map(|t| vector(P::QNorm, t));
         let k_norm = a.k_norm.as_ref().map(|t| vector(P::KNorm, t));
         let mut linear = |w: LayerParam, bias: Option<LayerParam>, l: &Linear| Linear {
-            weight_t: matrix(w, &l.weight_t),
+            weight: Weight::Dense(matrix(w, &l.weight)),
             bias: bias.and_then(|b| l.bias.as_ref().map(|t| vector(b, t))),
         };
         Layer {
@@ -261,11 +289,13 @@ impl Layer {
 }
 
 /// A layer parameter on the device: a vector (a norm or a bias) or a projection's weight,
-/// stored transposed `[in, out]`.
+/// stored transposed `[in, out]`; [`Layer::from_params`] also takes a weight as the model
+/// file stores it.
 #[derive(Clone, Debug)]
 pub enum ParamTensor {
     Vector(Tensor<1>),
     Matrix(Tensor<2>),
+    Stored(Weight),
 }
 
 /// The parameters given to [`Layer::from_params`], taken out one by one.
@@ -280,7 +310,9 @@ impl Params {
         match self.take(param) {
             None => Ok(None),
             Some(ParamTensor::Vector(t)) => Ok(Some(t)),
-            Some(ParamTensor::Matrix(_)) => Err(Error::Invalid(format!("layer parameter {param:?} is a matrix where a vector belongs"))),
+            Some(ParamTensor::Matrix(_) | ParamTensor::Stored(_)) => {
+                Err(Error::Invalid(format!("layer parameter {param:?} is a matrix where a vector belongs")))
+            }
         }
     }
 
@@ -290,7 +322,8 @@ impl Params {
 
     fn linear(&mut self, weight: LayerParam, bias: Option<LayerParam>) -> Result<Linear> {
         let weight_t = match self.take(weight) {
-            Some(ParamTensor::Matrix(t)) => t,
+            Some(ParamTensor::Matrix(t)) => Weight::Dense(t),
+            Some(ParamTensor::Stored(w)) => w,
             Some(ParamTensor::Vector(_)) => return Err(Error::Invalid(format!("layer parameter {weight:?} is a vector where a matrix belongs"))),
             None => return Err(missing(weight)),
         };
@@ -298,7 +331,7 @@ impl Params {
             Some(b) => self.vector(b)?,
             None => None,
         };
-        Ok(Linear { weight_t, bias })
+        Ok(Linear { weight: weight_t, bias })
     }
 }
 

@@ -12,6 +12,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use super::config::{ModelConfig, RopeScaling};
 use super::layer::rms_norm;
 pub use super::layer::{Attention, Layer, LayerTaps, Linear, Mlp, ParamTensor};
+pub use super::stored::upload_transposed;
+use super::stored::{Resident, ResidentStats, Weight};
 use super::weights::{HostTensor, ModelFiles};
 use crate::error::{Error, Result};
 
@@ -19,20 +21,6 @@ use crate::error::{Error, Result};
 pub fn upload<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
     Tensor::<D>::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
 }
-
-/// Upload the transpose of a 2-D host matrix `[rows, cols]` as `[cols, rows]`, so that
-/// `x.matmul(w)` computes `x @ W^T` as PyTorch's `Linear` does.
-fn upload_transposed(t: &HostTensor, device: &Device) -> Tensor<2> {
-    let (r, c) = (t.shape[0], t.shape[1]);
-    let mut out = vec![0f32; r * c];
-    for i in 0..r {
-        for j in 0..c {
-            out[j * r + i] = t.data[i * c + j];
-        }
-    }
-    Tensor::<2>::from_data(TensorData::new(out, [c, r]), device)
-}
-
 
 /// Read a device tensor back to the host.
 pub fn download<const D: usize>(t: Tensor<D>) -> Result<HostTensor> {
@@ -188,6 +176,8 @@ pub struct Llama {
     pub head_t: Tensor<2>,
     inv_freq: Vec<f64>,
     pub device: Device,
+    /// The dequantised projection weights of the model file's layers, within the budget.
+    resident: Arc<Resident>,
 }
 
 
@@ -208,8 +198,11 @@ fn causal_mask(s: usize, past: usize, window: Option<usize>, device: &Device) ->
 }
 
 impl Llama {
-    /// Load every tensor of `files` onto `device`.
-    pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
+    /// Load `files` onto `device`: embeddings, norms, biases and the head as device tensors,
+    /// the layers' projection weights as the file stores them, dequantised when used and
+    /// kept within `resident_budget` bytes (see [`super::stored`]).
+    pub fn load(files: &ModelFiles, device: &Device, resident_budget: u64) -> Result<Self> {
+        let resident = Resident::new(resident_budget);
         let cfg = files.config.clone();
         let t = |name: &str| files.tensor(name);
         let vec1 = |name: &str| -> Result<Tensor<1>> { Ok(upload::<1>(&t(name)?, device)) };
@@ -227,12 +220,14 @@ impl Llama {
                 if !tensor.param.present(&cfg) {
                     return Ok(None);
                 }
-                let host = t(&format!("model.layers.{l}.{}", tensor.hf))?;
-                Ok(Some(if tensor.param.is_matrix() {
-                    ParamTensor::Matrix(upload_transposed(&host, device))
-                } else {
-                    ParamTensor::Vector(upload::<1>(&host, device))
-                }))
+                let name = format!("model.layers.{l}.{}", tensor.hf);
+                if tensor.param.is_matrix() {
+                    if let Some(stored) = files.stored_matrix(&name, &resident, device)? {
+                        return Ok(Some(ParamTensor::Stored(Weight::Stored(Arc::new(stored)))));
+                    }
+                    return Ok(Some(ParamTensor::Matrix(upload_transposed(&t(&name)?, device))));
+                }
+                Ok(Some(ParamTensor::Vector(upload::<1>(&t(&name)?, device))))
             })?;
             layers.push(Arc::new(layer));
         }
@@ -246,7 +241,13 @@ impl Llama {
             head_t,
             inv_freq,
             device: device.clone(),
+            resident,
         })
+    }
+
+    /// What the set of dequantised layer weights has done so far.
+    pub fn resident_stats(&self) -> ResidentStats {
+        self.resident.stats()
     }
 
     /// A model with the same embeddings, norm and head but another list of layers

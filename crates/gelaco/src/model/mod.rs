@@ -4,6 +4,8 @@ pub mod config;
 pub mod gguf;
 pub mod layer;
 pub mod llama;
+pub mod stored;
+pub mod synth;
 pub mod tokenizer;
 pub mod weights;
 
@@ -23,6 +25,7 @@ pub struct LoadedModel {
     pub model: Llama,
     pub tokenizer: Tokenizer,
     pub device: ComputeDevice,
+    pub memory: MemoryPlan,
 }
 
 /// The tokenizer that goes with a model: `tokenizer.json` beside a Hugging Face model,
@@ -41,9 +44,130 @@ pub fn load_tokenizer(files: &ModelFiles) -> Result<Tokenizer> {
     }
 }
 
-/// Bytes a loaded model holds: every parameter as f32.
+/// Bytes a loaded model holds with every parameter as f32.
 pub fn load_bytes(files: &ModelFiles) -> u64 {
     files.config.total_params() as u64 * 4
+}
+
+/// What a model needs in memory, and how much of its layers' weights may stay dequantised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryPlan {
+    /// The model file(s): the stored weights, memory-mapped.
+    pub file_bytes: u64,
+    /// Embeddings, head, norms and biases, as f32 tensors on the device.
+    pub fixed_bytes: u64,
+    /// Every layer's projection weights dequantised to f32.
+    pub layers_bytes: u64,
+    /// One layer's.
+    pub layer_bytes: u64,
+    /// The memory budget, and whether it was given (or is the default: what the machine
+    /// reports available, less a quarter for activations and everything else).
+    pub budget: u64,
+    pub given: bool,
+    /// What the budget leaves for dequantised layer weights.
+    pub resident_budget: u64,
+}
+
+impl MemoryPlan {
+    /// The least budget that runs the model: the fixed tensors and one layer.
+    pub fn minimum(&self) -> u64 {
+        self.fixed_bytes + self.layer_bytes
+    }
+
+    /// Whether the layers' weights do not all fit, so that some are dequantised each time
+    /// they are used (streamed from the file).
+    pub fn streams(&self) -> bool {
+        self.resident_budget < self.layers_bytes
+    }
+
+    /// What the model needs, in words: "at least 1.23 GiB (...); all layers dequantised ...".
+    pub fn need_text(&self) -> String {
+        format!(
+            "at least {} (embeddings, head and norms {}, one layer {}); all layers dequantised {}",
+            gib(self.minimum()),
+            gib(self.fixed_bytes),
+            gib(self.layer_bytes),
+            gib(self.layers_bytes)
+        )
+    }
+
+    /// The budget and what it means for this model, in words; `None` where no budget is
+    /// known (no flag, and the machine does not report its memory).
+    pub fn budget_text(&self) -> Option<String> {
+        if self.budget == u64::MAX {
+            return None;
+        }
+        let effect = if self.budget < self.minimum() {
+            "too small to run it".to_string()
+        } else if self.streams() {
+            format!(
+                "{:.0}% of the layers' weights stay dequantised, the rest are read from the file when used",
+                100.0 * self.resident_budget as f64 / self.layers_bytes.max(1) as f64
+            )
+        } else {
+            "every layer's weights stay dequantised".to_string()
+        };
+        let source = if self.given { "the memory budget" } else { "available memory, less a quarter" };
+        Some(format!("{} ({source}): {effect}", gib(self.budget)))
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// The memory plan of `files` under `budget` (bytes; `None`: the default from `available`),
+/// or an error with the numbers when even the fixed tensors and one layer do not fit.
+pub fn plan_memory(files: &ModelFiles, budget: Option<u64>, available: Option<u64>) -> Result<MemoryPlan> {
+    let plan = estimate_memory(files, budget, available);
+    let c = &files.config;
+    let what = format!(
+        "running it needs at least {} (embeddings, head and norms {} as f32, and one layer's weights {}; all {} layers dequantised would take {})",
+        gib(plan.minimum()),
+        gib(plan.fixed_bytes),
+        gib(plan.layer_bytes),
+        c.num_layers,
+        gib(plan.layers_bytes)
+    );
+    if plan.given && plan.budget < plan.minimum() {
+        return Err(Error::setting("memory_budget", format!("{} is too small for {}: {what}", gib(plan.budget), files.path.display())));
+    }
+    if let Some(have) = available.filter(|&a| !plan.given && plan.minimum() > a) {
+        return Err(Error::weights(&files.path, format!("{what}, more than the {} of memory available", gib(have))));
+    }
+    Ok(plan)
+}
+
+/// The memory plan of `files` under `budget`, whether or not the model fits.
+pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Option<u64>) -> MemoryPlan {
+    let c = &files.config;
+    let embed = (c.vocab_size * c.hidden_size) as u64 * 4;
+    let matrices = c.layer_params() as u64 - layer_vector_params(c);
+    let layer_bytes = matrices * 4;
+    let fixed_bytes = 2 * embed + (c.hidden_size as u64 + c.num_layers as u64 * layer_vector_params(c)) * 4;
+    let given = budget.is_some();
+    let budget = budget.unwrap_or_else(|| available.map(|a| a / 4 * 3).unwrap_or(u64::MAX));
+    MemoryPlan {
+        file_bytes: files.file_bytes(),
+        fixed_bytes,
+        layers_bytes: layer_bytes * c.num_layers as u64,
+        layer_bytes,
+        budget,
+        given,
+        resident_budget: budget.saturating_sub(fixed_bytes),
+    }
+}
+
+fn layer_vector_params(c: &ModelConfig) -> u64 {
+    let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    let mut n = 2 * c.hidden_size;
+    if c.attention_bias {
+        n += q + 2 * kv;
+    }
+    if c.qk_norm {
+        n += 2 * c.head_dim;
+    }
+    n as u64
 }
 
 /// Memory this process may use, in bytes: what the system reports available, or
@@ -64,9 +188,18 @@ pub fn available_memory() -> Option<u64> {
     }
 }
 
-/// `123`, `64K`, `512M`, `16G` (binary units) as bytes.
+/// `123`, `64K`, `512M`, `16G`, `4GB`, `4GiB` (binary units, a trailing `B` or `iB`
+/// optional) as bytes.
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
+    let upper = t.to_ascii_uppercase();
+    let t = if upper.ends_with("IB") && t.len() > 2 {
+        &t[..t.len() - 2]
+    } else if upper.ends_with('B') && t.len() > 1 && t[..t.len() - 1].ends_with(|c: char| c.is_ascii_alphabetic()) {
+        &t[..t.len() - 1]
+    } else {
+        t
+    };
     let (digits, unit) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_uppercase()),
         _ => (t, 'B'),
@@ -82,35 +215,21 @@ pub fn parse_size(text: &str) -> Option<u64> {
     digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
-/// Refuse, with the numbers, a model that cannot fit in `available` bytes (before any of
-/// it is loaded, instead of an allocation failure that aborts the process).
-pub fn check_memory(files: &ModelFiles, available: Option<u64>) -> Result<()> {
-    let need = load_bytes(files);
-    match available {
-        Some(have) if need > have => Err(Error::weights(
-            &files.path,
-            format!(
-                "loading it needs about {:.2} GiB ({} parameters as f32), more than the {:.2} GiB of memory available",
-                need as f64 / (1u64 << 30) as f64,
-                files.config.total_params(),
-                have as f64 / (1u64 << 30) as f64
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Open, validate and load a model onto `device`.
+/// Open, validate and load a model onto `device`, within its memory budget.
 pub fn load(path: &Path, device: ComputeDevice) -> Result<LoadedModel> {
     let files = ModelFiles::open(path)?;
-    check_memory(&files, available_memory())?;
+    let plan = plan_memory(&files, device.memory_budget, available_memory())?;
+    if plan.streams() {
+        tracing::info!(budget = plan.budget, layers = plan.layers_bytes, "the layers' weights do not all fit: streaming them from the file");
+    }
     let tokenizer = load_tokenizer(&files)?;
-    let model = Llama::load(&files, &device.device)?;
+    let model = Llama::load(&files, &device.device, plan.resident_budget)?;
     Ok(LoadedModel {
         files,
         model,
         tokenizer,
         device,
+        memory: plan,
     })
 }
 
@@ -124,6 +243,12 @@ mod tests {
         assert_eq!(parse_size("64K"), Some(64 << 10));
         assert_eq!(parse_size(" 16g "), Some(16 << 30));
         assert_eq!(parse_size("2T"), Some(2 << 40));
+        assert_eq!(parse_size("4GB"), Some(4 << 30));
+        assert_eq!(parse_size("4GiB"), Some(4 << 30));
+        assert_eq!(parse_size("512mb"), Some(512 << 20));
+        assert_eq!(parse_size("100B"), Some(100));
+        assert_eq!(parse_size("B"), None);
+        assert_eq!(parse_size("4 GB x"), None);
         assert_eq!(parse_size("12Q"), None);
         assert_eq!(parse_size("G"), None);
         assert_eq!(parse_size("99999999999T"), None);

@@ -8,12 +8,15 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use burn::tensor::Device;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use super::config::{self, Arch, ModelConfig};
 use super::gguf::{GgmlType, GgufFile};
+use super::stored::{MappedBytes, Resident, StoredMatrix};
 use crate::error::{Error, Result};
 
 /// A dense f32 host tensor in row-major order.
@@ -190,7 +193,7 @@ pub fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec
 
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
 }
 
 enum Source {
@@ -285,7 +288,7 @@ impl ModelFiles {
             for name in st.names() {
                 index.insert(name.to_string(), i);
             }
-            shards.push(Shard { path: p.clone(), mmap });
+            shards.push(Shard { path: p.clone(), mmap: Arc::new(mmap) });
         }
         let this = ModelFiles {
             path: dir.to_path_buf(),
@@ -445,6 +448,48 @@ impl ModelFiles {
                 Ok(HostTensor::new(v.shape().to_vec(), data))
             }
         }
+    }
+
+    /// A layer's projection weight (Hugging Face name) as the file stores it, to be
+    /// dequantised when used; `None` for a safetensors type that is not 32 or 16 bits.
+    pub fn stored_matrix(&self, name: &str, resident: &Arc<Resident>, device: &Device) -> Result<Option<StoredMatrix>> {
+        let missing = || Error::weights(&self.path, format!("required tensor '{name}' is missing"));
+        let (kind, bytes, shape, heads, file) = match &self.source {
+            Source::Gguf(g) => {
+                let gname = hf_to_gguf(name).ok_or_else(missing)?;
+                let info = g.tensor(&gname).ok_or_else(missing)?;
+                let heads = if !self.gguf_permuted() {
+                    None
+                } else if gname.ends_with("attn_q.weight") {
+                    Some(self.config.num_heads)
+                } else if gname.ends_with("attn_k.weight") {
+                    Some(self.config.num_kv_heads)
+                } else {
+                    None
+                };
+                (info.kind, g.mapped(info), info.shape(), heads, g.path.clone())
+            }
+            Source::Safetensors { shards, index } => {
+                let shard = &shards[*index.get(name).ok_or_else(missing)?];
+                let st = SafeTensors::deserialize(&shard.mmap).map_err(|e| Error::format(&shard.path, e.to_string()))?;
+                let v = st.tensor(name).map_err(|e| Error::weights(&shard.path, format!("tensor '{name}': {e}")))?;
+                let kind = match v.dtype() {
+                    Dtype::F32 => GgmlType::F32,
+                    Dtype::F16 => GgmlType::F16,
+                    Dtype::BF16 => GgmlType::BF16,
+                    _ => return Ok(None),
+                };
+                let start = v.data().as_ptr() as usize - shard.mmap.as_ptr() as usize;
+                let bytes = MappedBytes::new(shard.mmap.clone(), start..start + v.data().len());
+                (kind, bytes, v.shape().to_vec(), None, shard.path.clone())
+            }
+        };
+        let [rows, cols] = shape[..] else {
+            return Err(Error::weights(file, format!("tensor '{name}' has shape {shape:?}, not a matrix")));
+        };
+        StoredMatrix::new(name.to_string(), kind, bytes, rows, cols, heads, resident, device)
+            .map(Some)
+            .map_err(|m| Error::weights(file, m))
     }
 
     /// The stored bytes of a safetensors tensor (Hugging Face name): type, shape, data.

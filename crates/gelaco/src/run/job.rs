@@ -102,6 +102,9 @@ pub enum JobSpec {
     New {
         model: PathBuf,
         device: DeviceChoice,
+        /// The memory the model may use, in bytes (`None`: what the machine has available,
+        /// less a quarter).
+        memory_budget: Option<u64>,
         calib: CalibSource,
         calib_options: CalibOptions,
         engine: EngineOptions,
@@ -123,6 +126,7 @@ pub enum JobSpec {
     Resume {
         dir: PathBuf,
         device: DeviceChoice,
+        memory_budget: Option<u64>,
         /// Use the model at this path instead of the one recorded (it must be the same file).
         model: Option<PathBuf>,
         /// New limits for the continued run.
@@ -253,11 +257,12 @@ struct Opened {
 }
 
 fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicBool) -> Result<()> {
-    let (device_choice, resumed) = match &spec {
-        JobSpec::New { device, .. } => (*device, false),
-        JobSpec::Resume { device, .. } => (*device, true),
+    let (device_choice, memory_budget, resumed) = match &spec {
+        JobSpec::New { device, memory_budget, .. } => (*device, *memory_budget, false),
+        JobSpec::Resume { device, memory_budget, .. } => (*device, *memory_budget, true),
     };
-    let device = backend::select(device_choice)?;
+    let mut device = backend::select(device_choice)?;
+    device.memory_budget = memory_budget;
     let description = device.description.clone();
     let Opened { m, store, mut info, calibration, fidelity, validation, heal_calibration, logged, checkpoint, imports } = open(spec, device, out)?;
     let layers = m.model.num_layers();

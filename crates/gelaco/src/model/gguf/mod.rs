@@ -8,10 +8,12 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::model::stored::MappedBytes;
 
 pub mod blocks;
 pub mod write;
@@ -274,7 +276,7 @@ pub struct GgufFile {
     pub tensors: Vec<TensorInfo>,
     pub alignment: u64,
     pub data_offset: u64,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
 }
 
 struct Cursor<'a> {
@@ -476,7 +478,7 @@ impl GgufFile {
             tensors,
             alignment,
             data_offset,
-            mmap,
+            mmap: Arc::new(mmap),
         })
     }
 
@@ -492,6 +494,13 @@ impl GgufFile {
     pub fn raw(&self, info: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + info.offset) as usize;
         &self.mmap[start..start + info.size as usize]
+    }
+
+    /// The raw bytes of a tensor as a shared handle on the file's memory map, for weights
+    /// that stay as the file stores them.
+    pub fn mapped(&self, info: &TensorInfo) -> MappedBytes {
+        let start = (self.data_offset + info.offset) as usize;
+        MappedBytes::new(self.mmap.clone(), start..start + info.size as usize)
     }
 
     /// The tensor dequantised to f32, in row-major order.

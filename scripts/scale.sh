@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The scale benchmark: random-weight GGUF models of real shapes (written by
+# `gelaco bench --suite scale`), each run through inspect, fitness (16 x 64 tokens) and a
+# 2-generation search, with peak memory (resident set) and wall time per command.
+#   SHAPES="llama-3.2-1b llama-2-7b"  the shapes (default: all five)
+#   DEVICES="cpu gpu"                 the backends (default: cpu)
+#   DIR=runs/scale                    where the models and runs go
+#   SEARCH=0                          skip the searches
+#   BUDGET_SHAPE=llama-3-8b BUDGET=4G also run fitness of that shape under that budget
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=$(bash scripts/setup.sh | tail -1)
+command -v /usr/bin/time >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+cargo build --release --locked -q
+bin=target/release/gelaco
+DIR=${DIR:-runs/scale}
+SHAPES=${SHAPES:-"llama-3.2-1b llama-3.2-3b llama-2-7b llama-3-8b mistral-7b"}
+DEVICES=${DEVICES:-cpu}
+SEARCH=${SEARCH:-1}
+calib=assets/data/wiki.valid.raw
+mkdir -p "$DIR"
+"$bin" bench --suite scale --model "$model" --scale-dir "$DIR" --shapes "$(echo $SHAPES | tr ' ' ',')"
+echo
+echo "| shape | device | command | peak memory | wall time | result |"
+echo "|---|---|---|---|---|---|"
+measure() { # shape device label command...
+  local shape=$1 device=$2 label=$3; shift 3
+  local log=$DIR/$shape-$device-$label.log
+  if /usr/bin/time -f "%M %e" -o "$log.time" "$@" >"$log" 2>&1; then ok=1; else ok=0; fi
+  read -r kb secs <"$log.time" || true
+  local result
+  if [ $ok = 1 ]; then result=$(grep -Eo '"fitness": [0-9.e-]+' "$log" | head -1 || true); else result="failed: $(grep -m1 error: "$log" || tail -1 "$log")"; fi
+  printf '| %s | %s | %s | %s GiB | %s s | %s |\n' "$shape" "$device" "$label" "$(awk -v k="${kb:-0}" 'BEGIN { printf "%.2f", k / 1048576 }')" "${secs:-?}" "${result:-ok}"
+}
+for shape in $SHAPES; do
+  m=$DIR/$shape.gguf
+  for device in $DEVICES; do
+    measure "$shape" "$device" inspect "$bin" inspect --model "$m" --device "$device"
+    measure "$shape" "$device" fitness "$bin" fitness --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --merges 20:24 --device "$device" --json
+    if [ "$SEARCH" = 1 ]; then
+      rm -rf "$DIR/search-$shape-$device"
+      measure "$shape" "$device" "search (2 generations)" "$bin" search --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --generations 2 --population 8 --validation none --heal-picks none --out "$DIR/search-$shape-$device" --device "$device" --json
+    fi
+    if [ "${BUDGET_SHAPE:-}" = "$shape" ]; then
+      measure "$shape" "$device" "fitness --memory-budget ${BUDGET:-4G}" "$bin" fitness --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --merges 20:24 --device "$device" --memory-budget "${BUDGET:-4G}" --json
+    fi
+  done
+done
