@@ -6,7 +6,7 @@
 #   DEVICES="cpu gpu"                 the backends (default: cpu)
 #   DIR=runs/scale                    where the models and runs go
 #   SEARCH=0                          skip the searches
-#   BUDGET_SHAPE=llama-3-8b BUDGET=4G also run fitness of that shape under that budget
+#   BUDGETS="llama-3-8b=4G"          also run fitness of these shapes under these budgets
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$(bash scripts/setup.sh | tail -1)
@@ -27,22 +27,26 @@ measure() { # shape device label command...
   local shape=$1 device=$2 label=$3; shift 3
   local log=$DIR/$shape-$device-$label.log
   if /usr/bin/time -f "%M %e" -o "$log.time" "$@" >"$log" 2>&1; then ok=1; else ok=0; fi
-  read -r kb secs <"$log.time" || true
+  read -r kb secs < <(tail -1 "$log.time") || true
   local result
   if [ $ok = 1 ]; then result=$(grep -Eo '"fitness": [0-9.e-]+' "$log" | head -1 || true); else result="failed: $(grep -m1 error: "$log" || tail -1 "$log")"; fi
   printf '| %s | %s | %s | %s GiB | %s s | %s |\n' "$shape" "$device" "$label" "$(awk -v k="${kb:-0}" 'BEGIN { printf "%.2f", k / 1048576 }')" "${secs:-?}" "${result:-ok}"
 }
 for shape in $SHAPES; do
   m=$DIR/$shape.gguf
+  layers=$("$bin" inspect --model "$m" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["layers"])')
+  merges="$((layers / 2)):$((layers / 2 + 2))"
   for device in $DEVICES; do
     measure "$shape" "$device" inspect "$bin" inspect --model "$m" --device "$device"
-    measure "$shape" "$device" fitness "$bin" fitness --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --merges 20:24 --device "$device" --json
+    measure "$shape" "$device" fitness "$bin" fitness --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --merges "$merges" --device "$device" --json
     if [ "$SEARCH" = 1 ]; then
       rm -rf "$DIR/search-$shape-$device"
       measure "$shape" "$device" "search (2 generations)" "$bin" search --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --generations 2 --population 8 --validation none --heal-picks none --out "$DIR/search-$shape-$device" --device "$device" --json
     fi
-    if [ "${BUDGET_SHAPE:-}" = "$shape" ]; then
-      measure "$shape" "$device" "fitness --memory-budget ${BUDGET:-4G}" "$bin" fitness --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --merges 20:24 --device "$device" --memory-budget "${BUDGET:-4G}" --json
-    fi
+    for pair in ${BUDGETS:-}; do
+      [ "${pair%%=*}" = "$shape" ] || continue
+      budget=${pair#*=}
+      measure "$shape" "$device" "fitness --memory-budget $budget" "$bin" fitness --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --merges "$merges" --device "$device" --memory-budget "$budget" --json
+    done
   done
 done

@@ -172,7 +172,7 @@ pub struct Llama {
     pub embed: Tensor<2>,
     pub layers: Vec<Arc<Layer>>,
     pub norm: Tensor<1>,
-    /// LM head, transposed `[hidden, vocab]`; shares the embedding when tied.
+    /// LM head, transposed `[hidden, vocab]`; the embedding's own memory when tied.
     pub head_t: Tensor<2>,
     inv_freq: Vec<f64>,
     pub device: Device,
@@ -207,13 +207,9 @@ impl Llama {
         let t = |name: &str| files.tensor(name);
         let vec1 = |name: &str| -> Result<Tensor<1>> { Ok(upload::<1>(&t(name)?, device)) };
         let embed_host = t("model.embed_tokens.weight")?;
-        let embed = upload::<2>(&embed_host, device);
-        let head_t = if cfg.tie_word_embeddings {
-            upload_transposed(&embed_host, device)
-        } else {
-            upload_transposed(&t("lm_head.weight")?, device)
-        };
-        drop(embed_host);
+        let embed = Tensor::<2>::from_data(TensorData::new(embed_host.data, embed_host.shape), device);
+        // a tied head is the embedding matrix itself, read transposed (matmul takes strides)
+        let head_t = if cfg.tie_word_embeddings { embed.clone().transpose() } else { upload_transposed(&t("lm_head.weight")?, device) };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let layer = Layer::from_params(|tensor| {

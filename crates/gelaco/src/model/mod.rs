@@ -69,9 +69,10 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// The least budget that runs the model: the fixed tensors and one layer.
+    /// The least budget that runs the model: the fixed tensors, one layer and the room
+    /// kept for activations.
     pub fn minimum(&self) -> u64 {
-        self.fixed_bytes + self.layer_bytes
+        self.fixed_bytes + self.layer_bytes + ACTIVATIONS_RESERVE
     }
 
     /// Whether the layers' weights do not all fit, so that some are dequantised each time
@@ -83,10 +84,11 @@ impl MemoryPlan {
     /// What the model needs, in words: "at least 1.23 GiB (...); all layers dequantised ...".
     pub fn need_text(&self) -> String {
         format!(
-            "at least {} (embeddings, head and norms {}, one layer {}); all layers dequantised {}",
+            "at least {} (embeddings, head and norms {}, one layer {}, activations {}); all layers dequantised {}",
             gib(self.minimum()),
             gib(self.fixed_bytes),
             gib(self.layer_bytes),
+            gib(ACTIVATIONS_RESERVE),
             gib(self.layers_bytes)
         )
     }
@@ -122,10 +124,11 @@ pub fn plan_memory(files: &ModelFiles, budget: Option<u64>, available: Option<u6
     let plan = estimate_memory(files, budget, available);
     let c = &files.config;
     let what = format!(
-        "running it needs at least {} (embeddings, head and norms {} as f32, and one layer's weights {}; all {} layers dequantised would take {})",
+        "running it needs at least {} (embeddings, head and norms {} as f32, one layer's weights {} and {} for activations; all {} layers dequantised would take {})",
         gib(plan.minimum()),
         gib(plan.fixed_bytes),
         gib(plan.layer_bytes),
+        gib(ACTIVATIONS_RESERVE),
         c.num_layers,
         gib(plan.layers_bytes)
     );
@@ -144,7 +147,8 @@ pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Optio
     let embed = (c.vocab_size * c.hidden_size) as u64 * 4;
     let matrices = c.layer_params() as u64 - layer_vector_params(c);
     let layer_bytes = matrices * 4;
-    let fixed_bytes = 2 * embed + (c.hidden_size as u64 + c.num_layers as u64 * layer_vector_params(c)) * 4;
+    let heads = if c.tie_word_embeddings { 1 } else { 2 };
+    let fixed_bytes = heads * embed + (c.hidden_size as u64 + c.num_layers as u64 * layer_vector_params(c)) * 4;
     let given = budget.is_some();
     let budget = budget.unwrap_or_else(|| available.map(|a| a / 4 * 3).unwrap_or(u64::MAX));
     MemoryPlan {
@@ -154,9 +158,14 @@ pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Optio
         layer_bytes,
         budget,
         given,
-        resident_budget: budget.saturating_sub(fixed_bytes),
+        resident_budget: budget.saturating_sub(fixed_bytes + ACTIVATIONS_RESERVE),
     }
 }
+
+/// What a budget keeps apart for a forward pass's activations (logits, hidden states and
+/// the reference cache's working set), so that the budget bounds the whole process and not
+/// only its weights.
+pub const ACTIVATIONS_RESERVE: u64 = 512 << 20;
 
 fn layer_vector_params(c: &ModelConfig) -> u64 {
     let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
