@@ -6,6 +6,7 @@
 #   DEVICES="cpu gpu"                 the backends (default: cpu)
 #   DIR=runs/scale                    where the models and runs go
 #   SEARCH=0                          skip the searches
+#   PLAIN=0                           skip fitness under the default budget
 #   BUDGETS="llama-3-8b=4G"          also run fitness of these shapes under these budgets
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +39,7 @@ for shape in $SHAPES; do
   merges="$((layers / 2)):$((layers / 2 + 2))"
   for device in $DEVICES; do
     measure "$shape" "$device" inspect "$bin" inspect --model "$m" --device "$device"
-    measure "$shape" "$device" fitness "$bin" fitness --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --merges "$merges" --device "$device" --json
+    [ "${PLAIN:-1}" = 0 ] || measure "$shape" "$device" fitness "$bin" fitness --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --merges "$merges" --device "$device" --json
     if [ "$SEARCH" = 1 ]; then
       rm -rf "$DIR/search-$shape-$device"
       measure "$shape" "$device" "search (2 generations)" "$bin" search --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --generations 2 --population 8 --validation none --heal-picks none --out "$DIR/search-$shape-$device" --device "$device" --json

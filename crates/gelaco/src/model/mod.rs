@@ -69,10 +69,15 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// The least budget that runs the model: the fixed tensors, one layer and the room
-    /// kept for activations.
+    /// What a budget keeps apart beside the weights it holds dequantised: the forward
+    /// pass's activations, and one more layer being dequantised while another is used.
+    pub fn reserve(&self) -> u64 {
+        ACTIVATIONS_RESERVE + self.layer_bytes
+    }
+
+    /// The least budget that runs the model: the fixed tensors, one layer and the reserve.
     pub fn minimum(&self) -> u64 {
-        self.fixed_bytes + self.layer_bytes + ACTIVATIONS_RESERVE
+        self.fixed_bytes + self.layer_bytes + self.reserve()
     }
 
     /// Whether the layers' weights do not all fit, so that some are dequantised each time
@@ -84,11 +89,11 @@ impl MemoryPlan {
     /// What the model needs, in words: "at least 1.23 GiB (...); all layers dequantised ...".
     pub fn need_text(&self) -> String {
         format!(
-            "at least {} (embeddings, head and norms {}, one layer {}, activations {}); all layers dequantised {}",
+            "at least {} (embeddings, head and norms {}, one layer {}, activations and dequantisation {}); all layers dequantised {}",
             gib(self.minimum()),
             gib(self.fixed_bytes),
             gib(self.layer_bytes),
-            gib(ACTIVATIONS_RESERVE),
+            gib(self.reserve()),
             gib(self.layers_bytes)
         )
     }
@@ -124,11 +129,11 @@ pub fn plan_memory(files: &ModelFiles, budget: Option<u64>, available: Option<u6
     let plan = estimate_memory(files, budget, available);
     let c = &files.config;
     let what = format!(
-        "running it needs at least {} (embeddings, head and norms {} as f32, one layer's weights {} and {} for activations; all {} layers dequantised would take {})",
+        "running it needs at least {} (embeddings, head and norms {} as f32, one layer's weights {} and {} for activations and dequantisation; all {} layers dequantised would take {})",
         gib(plan.minimum()),
         gib(plan.fixed_bytes),
         gib(plan.layer_bytes),
-        gib(ACTIVATIONS_RESERVE),
+        gib(plan.reserve()),
         c.num_layers,
         gib(plan.layers_bytes)
     );
@@ -151,20 +156,22 @@ pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Optio
     let fixed_bytes = heads * embed + (c.hidden_size as u64 + c.num_layers as u64 * layer_vector_params(c)) * 4;
     let given = budget.is_some();
     let budget = budget.unwrap_or_else(|| available.map(|a| a / 4 * 3).unwrap_or(u64::MAX));
-    MemoryPlan {
+    let mut plan = MemoryPlan {
         file_bytes: files.file_bytes(),
         fixed_bytes,
         layers_bytes: layer_bytes * c.num_layers as u64,
         layer_bytes,
         budget,
         given,
-        resident_budget: budget.saturating_sub(fixed_bytes + ACTIVATIONS_RESERVE),
-    }
+        resident_budget: 0,
+    };
+    plan.resident_budget = budget.saturating_sub(fixed_bytes + plan.reserve());
+    plan
 }
 
 /// What a budget keeps apart for a forward pass's activations (logits, hidden states and
-/// the reference cache's working set), so that the budget bounds the whole process and not
-/// only its weights.
+/// the reference cache's working set), beside a layer's room for dequantisation, so that
+/// the budget bounds the whole process and not only its weights.
 pub const ACTIVATIONS_RESERVE: u64 = 512 << 20;
 
 fn layer_vector_params(c: &ModelConfig) -> u64 {
