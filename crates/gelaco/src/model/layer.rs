@@ -178,25 +178,20 @@ impl Layer {
     /// One parameter's device tensor (a shared handle); `None` where this layer has no such
     /// parameter (biases, q/k norms).
     pub fn tensor(&self, param: LayerParam) -> Option<ParamTensor> {
-        let (a, m) = (&self.attention, &self.mlp);
-        let vector = |t: &Tensor<1>| Some(ParamTensor::Vector(t.clone()));
+        if let Some(l) = self.linear(param) {
+            return Some(ParamTensor::Matrix(l.weight_t()));
+        }
+        let a = &self.attention;
         let optional = |t: &Option<Tensor<1>>| t.clone().map(ParamTensor::Vector);
-        let matrix = |l: &Linear| Some(ParamTensor::Matrix(l.weight_t()));
         match param {
-            LayerParam::InputNorm => vector(&self.input_norm),
-            LayerParam::PostAttnNorm => vector(&self.post_attn_norm),
-            LayerParam::Q => matrix(&a.q),
-            LayerParam::K => matrix(&a.k),
-            LayerParam::V => matrix(&a.v),
-            LayerParam::O => matrix(&a.o),
+            LayerParam::InputNorm => Some(ParamTensor::Vector(self.input_norm.clone())),
+            LayerParam::PostAttnNorm => Some(ParamTensor::Vector(self.post_attn_norm.clone())),
             LayerParam::QBias => optional(&a.q.bias),
             LayerParam::KBias => optional(&a.k.bias),
             LayerParam::VBias => optional(&a.v.bias),
             LayerParam::QNorm => optional(&a.q_norm),
             LayerParam::KNorm => optional(&a.k_norm),
-            LayerParam::Gate => matrix(&m.gate),
-            LayerParam::Up => matrix(&m.up),
-            LayerParam::Down => matrix(&m.down),
+            LayerParam::Q | LayerParam::K | LayerParam::V | LayerParam::O | LayerParam::Gate | LayerParam::Up | LayerParam::Down => None,
         }
     }
 

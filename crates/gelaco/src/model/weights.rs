@@ -407,19 +407,10 @@ impl ModelFiles {
                     .ok_or_else(|| Error::weights(&self.path, format!("required tensor '{gname}' is missing")))?;
                 let shape = info.shape();
                 let mut data = g.dequantize(info)?;
-                if self.gguf_permuted() {
-                    let heads = if gname.ends_with("attn_q.weight") || gname.ends_with("attn_q.bias") {
-                        Some(self.config.num_heads)
-                    } else if gname.ends_with("attn_k.weight") || gname.ends_with("attn_k.bias") {
-                        Some(self.config.num_kv_heads)
-                    } else {
-                        None
-                    };
-                    if let Some(heads) = heads {
-                        let rows = shape[0];
-                        let cols = if shape.len() > 1 { shape[1] } else { 1 };
-                        data = unpermute_rows(&data, rows, cols, heads);
-                    }
+                if let Some(heads) = self.permuted_heads(&gname) {
+                    let rows = shape[0];
+                    let cols = if shape.len() > 1 { shape[1] } else { 1 };
+                    data = unpermute_rows(&data, rows, cols, heads);
                 }
                 Ok(HostTensor::new(shape, data))
             }
@@ -458,16 +449,7 @@ impl ModelFiles {
             Source::Gguf(g) => {
                 let gname = hf_to_gguf(name).ok_or_else(missing)?;
                 let info = g.tensor(&gname).ok_or_else(missing)?;
-                let heads = if !self.gguf_permuted() {
-                    None
-                } else if gname.ends_with("attn_q.weight") {
-                    Some(self.config.num_heads)
-                } else if gname.ends_with("attn_k.weight") {
-                    Some(self.config.num_kv_heads)
-                } else {
-                    None
-                };
-                (info.kind, g.mapped(info), info.shape(), heads, g.path.clone())
+                (info.kind, g.mapped(info), info.shape(), self.permuted_heads(&gname), g.path.clone())
             }
             Source::Safetensors { shards, index } => {
                 let shard = &shards[*index.get(name).ok_or_else(missing)?];
@@ -502,6 +484,20 @@ impl ModelFiles {
                 let v = st.tensor(name).ok()?;
                 Some((v.dtype(), v.shape().to_vec(), v.data()))
             }
+        }
+    }
+
+    /// The heads over which llama.cpp permuted the rows of this GGUF tensor (the q and k
+    /// weights and biases of `llama` models), to be undone on reading.
+    fn permuted_heads(&self, gguf_name: &str) -> Option<usize> {
+        if !self.gguf_permuted() {
+            None
+        } else if gguf_name.ends_with("attn_q.weight") || gguf_name.ends_with("attn_q.bias") {
+            Some(self.config.num_heads)
+        } else if gguf_name.ends_with("attn_k.weight") || gguf_name.ends_with("attn_k.bias") {
+            Some(self.config.num_kv_heads)
+        } else {
+            None
         }
     }
 
