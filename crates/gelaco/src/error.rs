@@ -60,6 +60,10 @@ pub enum Error {
     /// Numerical failure (NaN or infinity) where a finite value is required.
     #[error("numerical error: {0}")]
     Numerical(String),
+    /// The message broker of a distributed search could not be reached or used; `server` is
+    /// its address without credentials.
+    #[error("NATS at {server}: {message}")]
+    Broker { server: String, message: String },
     /// The caller asked a long computation to stop.
     #[error("cancelled")]
     Cancelled,
@@ -114,7 +118,7 @@ impl Error {
     /// True when the error comes from the user's input (a file, a flag) rather than from
     /// the machine; the command line maps it to exit code 2.
     pub fn is_input_error(&self) -> bool {
-        !matches!(self, Error::Device(_) | Error::Numerical(_) | Error::Cancelled | Error::Panicked { .. })
+        !matches!(self, Error::Device(_) | Error::Numerical(_) | Error::Cancelled | Error::Panicked { .. } | Error::Broker { .. })
     }
 }
 

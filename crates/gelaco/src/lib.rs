@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod collapse;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod export;

@@ -19,6 +19,7 @@ mod fitness;
 mod judge;
 mod scale;
 mod search;
+mod worker;
 pub mod words;
 
 #[derive(Parser)]
@@ -133,6 +134,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// List the WGPU adapters of this machine and what --device auto would choose.
     Devices,
+    /// Evaluate jobs of distributed searches (`gelaco search --nats URL`) pulled from a NATS
+    /// JetStream server, on this machine's device, until stopped (SIGTERM or Ctrl-C finish
+    /// the current job first).
+    Worker(worker::WorkerArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -384,6 +389,7 @@ fn dispatch() -> Result<()> {
         Command::Fitness(args) => fitness::run(args, device),
         Command::Search(args) => search::search(args, device),
         Command::Resume(args) => search::resume(args, device),
+        Command::Worker(args) => worker::run(args, device),
         Command::Front(args) => search::front(args),
         Command::Baseline { method } => baseline::baseline(method, device),
         Command::Eval(args) => judge::eval(args, device),

@@ -54,6 +54,8 @@ pub struct SearchArgs {
     model: PathBuf,
     #[command(flatten)]
     calib: CalibArgs,
+    #[command(flatten)]
+    nats: super::worker::NatsArgs,
     #[arg(long, value_enum, default_value_t = ModeArg::Nsga2)]
     mode: ModeArg,
     /// Layers to remove (single mode).
@@ -144,6 +146,8 @@ pub struct SearchArgs {
 pub struct ResumeArgs {
     /// The run folder to continue.
     dir: PathBuf,
+    #[command(flatten)]
+    nats: super::worker::NatsArgs,
     /// The model, when it has moved since the run started (it must be the same file).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -216,6 +220,7 @@ pub fn search(a: SearchArgs, device: DeviceChoice) -> Result<()> {
         fidelity: Some(a.fidelity.clone()),
     };
     settings.validate(layers)?;
+    let nats = a.nats.settings()?;
     let spec = JobSpec::New {
         model: a.model.clone(),
         device,
@@ -231,12 +236,13 @@ pub fn search(a: SearchArgs, device: DeviceChoice) -> Result<()> {
         heal_picks: Some(HealPicks { method: a.heal_picks, samples: a.heal_samples }),
         import: a.import.clone(),
     };
-    drive(job::spawn(spec, None), a.json)
+    drive(job::spawn_on(spec, nats, None), a.json)
 }
 
 pub fn resume(a: ResumeArgs, device: DeviceChoice) -> Result<()> {
+    let nats = a.nats.settings()?;
     let spec = JobSpec::Resume { dir: a.dir.clone(), device, memory_budget: super::memory_budget(), model: a.model.clone(), evaluations: a.evaluations };
-    drive(job::spawn(spec, None), a.json)
+    drive(job::spawn_on(spec, nats, None), a.json)
 }
 
 /// Follow a job: a progress bar (or JSON lines), Ctrl-C stops it cleanly.
@@ -310,6 +316,11 @@ fn drive(handle: JobHandle, json: bool) -> Result<()> {
                 bar.finish_and_clear();
                 failure = Some(std::sync::Arc::try_unwrap(error).unwrap_or_else(|shared| gelaco::Error::Invalid(shared.to_string())));
             }
+            Event::Workers { workers } => {
+                if !json {
+                    bar.suspend(|| print_workers(&workers));
+                }
+            }
             Event::Evaluated { .. } | Event::Generation { .. } => {}
         }
     }
@@ -324,6 +335,15 @@ fn drive(handle: JobHandle, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The workers of a distributed search, one line each.
+fn print_workers(workers: &[gelaco::dist::WorkerStatus]) {
+    eprintln!("workers: {}", if workers.is_empty() { "none connected".to_string() } else { workers.len().to_string() });
+    for w in workers {
+        eprintln!("  {} on {}: {}, {} evaluations, {:.2} eval/s{}", w.name, w.device, w.state, w.evaluations, w.rate,
+            if w.refused.is_empty() { String::new() } else { format!("; refused {}", w.refused.join("; ")) });
+    }
 }
 
 /// One table row: fitness, size, validation perplexity of the solution's model (`h`:

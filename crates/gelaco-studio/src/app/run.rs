@@ -24,6 +24,7 @@ impl App {
                 self.run.baselines = solutions;
             }
             Event::Evaluated { evaluation } => self.add_point(&evaluation),
+            Event::Workers { .. } => {}
             Event::Progress(p) => {
                 self.run.stage = None;
                 self.run.paused = p.paused;

@@ -79,6 +79,8 @@ pub enum Event {
     /// The baselines; sent again whenever validation changes what is recommended or healed.
     Baselines { solutions: Vec<BaselineSolution> },
     Evaluated { evaluation: EvaluatedPlan },
+    /// The workers of a distributed search (see [`crate::dist`]), whenever they change.
+    Workers { workers: Vec<crate::dist::WorkerStatus> },
     Progress(Progress),
     Generation { generation: usize, evaluations: usize, front: Vec<FrontEntry>, population: Vec<[f64; 2]>, hypervolume: f64 },
     /// The search ended: its front, and the other plans validation picked from (the
@@ -169,6 +171,11 @@ impl JobHandle {
 
 /// Start a job; `repaint` is called after every event (the GUI asks for a new frame).
 pub fn spawn(spec: JobSpec, repaint: Option<Arc<dyn Fn() + Send + Sync>>) -> JobHandle {
+    spawn_on(spec, None, repaint)
+}
+
+/// Start a job whose evaluations are farmed out through NATS (`None`: all done here).
+pub fn spawn_on(spec: JobSpec, nats: Option<crate::dist::NatsSettings>, repaint: Option<Arc<dyn Fn() + Send + Sync>>) -> JobHandle {
     let (ctx, crx) = channel();
     let (etx, erx) = channel();
     let stop = Arc::new(AtomicBool::new(false));
@@ -181,7 +188,7 @@ pub fn spawn(spec: JobSpec, repaint: Option<Arc<dyn Fn() + Send + Sync>>) -> Job
                 JobSpec::New { out, .. } => Some(out.clone()),
                 JobSpec::Resume { dir, .. } => Some(dir.clone()),
             };
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, &out, &crx, &flag)));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, nats.as_ref(), &out, &crx, &flag)));
             let error = match result {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
@@ -256,7 +263,7 @@ struct Opened {
     imports: Vec<Import>,
 }
 
-fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicBool) -> Result<()> {
+fn run(spec: JobSpec, nats: Option<&crate::dist::NatsSettings>, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicBool) -> Result<()> {
     let (device_choice, memory_budget, resumed) = match &spec {
         JobSpec::New { device, memory_budget, .. } => (*device, *memory_budget, false),
         JobSpec::Resume { device, memory_budget, .. } => (*device, *memory_budget, true),
@@ -300,10 +307,37 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         out.send(Event::Baselines { solutions: baselines.clone() });
     }
 
+    let farm = match nats {
+        Some(nats) => {
+            out.send(Event::Stage { message: format!("connecting to NATS at {}", nats.server()) });
+            let spec = crate::dist::RunSpec {
+                run: crate::dist::run_id(&info.model.sha256, &engine.calibration.hash, &engine.options, &info.settings),
+                model_sha256: info.model.sha256.clone(),
+                model_path: info.model.path.clone(),
+                layers,
+                calibration_hash: engine.calibration.hash.clone(),
+                samples: engine.calibration.samples.clone(),
+                engine: engine.options,
+                ack_wait_seconds: nats.ack_wait.as_secs_f64(),
+            };
+            let run = spec.run.clone();
+            let farm = crate::dist::coordinator::NatsFarm::open(nats, &engine, spec, Box::new(|w| out.send(Event::Workers { workers: w.to_vec() })))?;
+            out.send(Event::Stage { message: format!("evaluating through NATS at {} as run {run}{}", farm.server(), if nats.local { ", here too" } else { "" }) });
+            Some(farm)
+        }
+        None => None,
+    };
+    let farmed = |farm: &Option<crate::dist::coordinator::NatsFarm>| {
+        if let Some(f) = farm {
+            let s = f.stats();
+            out.send(Event::Stage { message: s.summary() });
+        }
+    };
     let settings = info.settings.clone();
     let session = Session::new(store, &settings, checkpoint.as_ref(), out, commands, stop);
     let mut problem = PlanProblem::new(&engine, settings.encoding(layers), settings.mode, Box::new(|e: &EvaluatedPlan| session.record(e)));
     problem.fidelity = fidelity;
+    problem.farm = farm.as_ref().map(|f| f as &dyn crate::search::problem::Farm);
     problem.vary_repeats = settings.init != Init::Paper;
     for e in &logged {
         problem.preload_logged(e);
@@ -326,6 +360,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         let size = start.len().max(settings.population).min(settings.evaluations);
         out.send(Event::Stage { message: format!("evaluating the first population ({size})") });
         if algo.initialize(&mut problem, start, Some(settings.evaluations), &|| session.should_stop())? == StepOutcome::Interrupted {
+            farmed(&farm);
             return session.finish(&problem, picker.as_mut(), &mut baselines, &mut info);
         }
         session.generation_done(&algo, &problem, picker.as_mut(), &mut baselines)?;
@@ -337,6 +372,7 @@ fn run(spec: JobSpec, out: &Outbox, commands: &Receiver<Command>, stop: &AtomicB
         }
         session.generation_done(&algo, &problem, picker.as_mut(), &mut baselines)?;
     }
+    farmed(&farm);
     session.finish(&problem, picker.as_mut(), &mut baselines, &mut info)
 }
 

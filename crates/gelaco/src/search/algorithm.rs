@@ -48,6 +48,12 @@ pub trait Problem {
     fn vary(&self, _x: &[f64], _rng: &mut StdRng) -> Option<Vec<f64>> {
         None
     }
+    /// Called with the candidates a generation is about to evaluate one by one, in order,
+    /// so that a problem can evaluate them together (elsewhere, in parallel) first; `false`
+    /// when the stop check fired. By default nothing.
+    fn prepare(&mut self, _xs: &[Vec<f64>], _generation: usize, _should_stop: &dyn Fn() -> bool) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// How many times an offspring that repeats a known solution is varied before it is let
@@ -260,12 +266,17 @@ impl Algorithm {
         if let Some(b) = budget {
             xs.truncate(b.max(1));
         }
+        for x in xs.iter_mut() {
+            problem.bounds().repair(x);
+        }
+        if !problem.prepare(&xs, 0, should_stop)? {
+            return Ok(StepOutcome::Interrupted);
+        }
         let mut pool = Vec::with_capacity(xs.len());
-        for mut x in xs {
+        for x in xs {
             if should_stop() {
                 return Ok(StepOutcome::Interrupted);
             }
-            problem.bounds().repair(&mut x);
             let eval = problem.evaluate(&x, 0)?;
             pool.push(Individual { x, eval, rank: 0, crowding: 0.0 });
         }
@@ -303,8 +314,12 @@ impl Algorithm {
         let Some(chosen) = problem.screen(&offspring, generation, should_stop)? else {
             return Ok(StepOutcome::Interrupted);
         };
+        let chosen: Vec<Vec<f64>> = offspring.into_iter().zip(chosen).filter(|(_, keep)| *keep).map(|(x, _)| x).collect();
+        if !problem.prepare(&chosen, generation, should_stop)? {
+            return Ok(StepOutcome::Interrupted);
+        }
         let mut pool = self.state.population.clone();
-        for (x, _) in offspring.into_iter().zip(chosen).filter(|(_, keep)| *keep) {
+        for x in chosen {
             if should_stop() {
                 return Ok(StepOutcome::Interrupted);
             }

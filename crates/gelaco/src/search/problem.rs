@@ -141,6 +141,24 @@ pub fn vary_plan(encoding: &Encoding, x: &[f64], rng: &mut StdRng) -> Option<Vec
     Some(genes)
 }
 
+/// One evaluation to farm out: the plan (the first of its generation to build its model),
+/// its model key, and the calibration tokens it is scored on (`None`: all of them; else a
+/// multi-fidelity screening on the first chunks holding that many).
+#[derive(Debug, Clone, Copy)]
+pub struct FarmJob<'a> {
+    pub plan: &'a Plan,
+    pub key: &'a str,
+    pub tokens: Option<usize>,
+}
+
+/// Evaluations done elsewhere (other processes, other machines: see [`crate::dist`]), a
+/// batch at a time, with the same engine settings as the search's own: each batch's results
+/// come back in the order of its jobs, so a search gives the same evaluations however many
+/// evaluate them and in whatever order they finish. `None` when the stop check fired first.
+pub trait Farm {
+    fn evaluate(&self, jobs: &[FarmJob<'_>], should_stop: &dyn Fn() -> bool) -> Result<Option<Vec<FitnessResult>>>;
+}
+
 /// The problem handed to the algorithm.
 pub struct PlanProblem<'e> {
     engine: &'e FitnessEngine,
@@ -163,6 +181,10 @@ pub struct PlanProblem<'e> {
     /// Offspring that repeat an evaluated model are varied ([`Problem::vary`]); off for the
     /// paper's search, whose operators are SBX and polynomial mutation only.
     pub vary_repeats: bool,
+    /// Where evaluations are done when not here (see [`Problem::prepare`]).
+    pub farm: Option<&'e dyn Farm>,
+    /// Results the farm computed for the plans about to be evaluated, by model key.
+    farmed: HashMap<String, Arc<FitnessResult>>,
     on_evaluated: Box<dyn FnMut(&EvaluatedPlan) -> Result<()> + 'e>,
 }
 
@@ -187,6 +209,8 @@ impl<'e> PlanProblem<'e> {
             fidelity: None,
             screened: 0,
             vary_repeats: true,
+            farm: None,
+            farmed: HashMap::new(),
             on_evaluated,
         }
     }
@@ -286,7 +310,10 @@ impl<'e> PlanProblem<'e> {
             self.cache_hits += 1;
             return Ok((r.clone(), true));
         }
-        let r = Arc::new(self.engine.evaluate(plan)?);
+        let r = match self.farmed.remove(&key) {
+            Some(r) => r,
+            None => Arc::new(self.engine.evaluate(plan)?),
+        };
         self.cache.insert(key, r.clone());
         Ok((r, false))
     }
@@ -342,6 +369,31 @@ impl Problem for PlanProblem<'_> {
         vary_plan(&self.encoding, x, rng)
     }
 
+    /// With a farm: the models of `xs` not evaluated yet (each once, the first plan that
+    /// builds it) are evaluated there, together, and then taken in order as if computed here.
+    fn prepare(&mut self, xs: &[Vec<f64>], _generation: usize, should_stop: &dyn Fn() -> bool) -> Result<bool> {
+        let Some(farm) = self.farm else { return Ok(true) };
+        let mut keys = HashSet::new();
+        let plans: Vec<(Plan, String)> = xs
+            .iter()
+            .map(|x| self.encoding.decode(x))
+            .map(|p| {
+                let key = p.model_key();
+                (p, key)
+            })
+            .filter(|(_, key)| !self.cache.contains_key(key) && !self.farmed.contains_key(key) && keys.insert(key.clone()))
+            .collect();
+        if plans.is_empty() {
+            return Ok(true);
+        }
+        let jobs: Vec<FarmJob> = plans.iter().map(|(plan, key)| FarmJob { plan, key, tokens: None }).collect();
+        let Some(results) = farm.evaluate(&jobs, should_stop)? else { return Ok(false) };
+        for ((_, key), r) in plans.into_iter().zip(results) {
+            self.farmed.insert(key, Arc::new(r));
+        }
+        Ok(true)
+    }
+
     fn screen(&mut self, offspring: &[Vec<f64>], _generation: usize, should_stop: &dyn Fn() -> bool) -> Result<Option<Vec<bool>>> {
         let n = offspring.len();
         let Some(fidelity) = self.fidelity.clone() else { return Ok(Some(vec![true; n])) };
@@ -358,6 +410,22 @@ impl Problem for PlanProblem<'_> {
                 break;
             }
             let mut seen: HashMap<String, Evaluation> = HashMap::new();
+            if let Some(farm) = self.farm {
+                // the step's distinct models, scored together elsewhere
+                let mut firsts: Vec<(usize, String)> = Vec::new();
+                for &i in &alive {
+                    let key = plans[i].model_key();
+                    if !firsts.iter().any(|(_, k)| *k == key) {
+                        firsts.push((i, key));
+                    }
+                }
+                let jobs: Vec<FarmJob> = firsts.iter().map(|(i, key)| FarmJob { plan: &plans[*i], key, tokens: Some(step.tokens) }).collect();
+                let Some(results) = farm.evaluate(&jobs, should_stop)? else { return Ok(None) };
+                for ((_, key), r) in firsts.into_iter().zip(results) {
+                    self.screened += 1;
+                    seen.insert(key, self.objectives(&r));
+                }
+            }
             let mut pool = Vec::with_capacity(alive.len());
             for &i in &alive {
                 let key = plans[i].model_key();

@@ -1,0 +1,314 @@
+//! A worker: pulls evaluation jobs of every run described on the broker, evaluates them on
+//! its device with the engine a local search uses, publishes each result and only then
+//! acknowledges its job.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::{Connection, JobMessage, MAX_JOB_BYTES, NatsSettings, RUNS_STREAM, RunSpec, WORKERS_STREAM, WorkerStatus, check_job, decode};
+use crate::backend::DeviceChoice;
+use crate::error::{Error, Result};
+use crate::fitness::FitnessEngine;
+use crate::fitness::calibration::{CalibOptions, CalibSource, Calibration};
+use crate::model::LoadedModel;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub nats: NatsSettings,
+    pub device: DeviceChoice,
+    pub memory_budget: Option<u64>,
+    /// How it is named in statuses and results (default: host and device).
+    pub name: Option<String>,
+    /// Model files it may use, found by SHA-256 (a run's own path is tried otherwise).
+    pub models: Vec<PathBuf>,
+}
+
+/// What a worker reports as it goes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    Connected { server: String, name: String, device: String },
+    /// A job taken.
+    Job { run: String, key: String, tokens: Option<usize>, delivered: i64 },
+    /// A job's result published, and the job acknowledged.
+    Evaluated { run: String, key: String, tokens: Option<usize>, seconds: f64 },
+    /// A run this worker cannot serve (its model differs, or is not there); its jobs are
+    /// left to other workers.
+    Refused { run: String, reason: String },
+    /// A message that was not a usable job, and why; it is not delivered again.
+    Rejected { reason: String },
+    /// The worker ended (asked to stop, after finishing its job).
+    Stopped { evaluations: usize },
+}
+
+/// A run this worker serves.
+struct Served {
+    spec: RunSpec,
+    jobs: jetstream::consumer::PullConsumer,
+    /// Jobs waiting, as last seen.
+    pending: u64,
+}
+
+/// The model it holds, and the engines built on it by calibration hash.
+struct Loaded {
+    sha256: String,
+    model: LoadedModel,
+    engines: HashMap<String, FitnessEngine>,
+}
+
+/// Serve jobs until `stop` is set; a job taken is finished (result published, job
+/// acknowledged) before the worker ends.
+pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(WorkerEvent)) -> Result<()> {
+    let mut device = crate::backend::select(options.device)?;
+    device.memory_budget = options.memory_budget;
+    let description = device.description.clone();
+    let name = options.name.clone().unwrap_or_else(|| format!("{} {}", super::coordinator::hostname(), options.device));
+    let conn = Connection::open(&options.nats, &format!("gelaco worker {name}"))?;
+    let status = Arc::new(Mutex::new(WorkerStatus {
+        name: name.clone(),
+        device: description.clone(),
+        state: "idle".into(),
+        run: None,
+        evaluations: 0,
+        rate: 0.0,
+        refused: Vec::new(),
+    }));
+    let status_subject = super::worker_subject(&status_key(&name));
+    let reporter = {
+        let status = status.clone();
+        let subject = status_subject.clone();
+        let js = conn.js.clone();
+        conn.rt.spawn(async move {
+            let mut interval = tokio::time::interval(super::STATUS_EVERY);
+            loop {
+                interval.tick().await;
+                let bytes = serde_json::to_vec(&*status.lock().unwrap_or_else(|e| e.into_inner())).unwrap_or_default();
+                if let Err(e) = js.publish(subject.clone(), bytes.into()).await {
+                    tracing::debug!("worker status: {e}");
+                }
+            }
+        })
+    };
+    on_event(WorkerEvent::Connected { server: conn.server.clone(), name: name.clone(), device: description });
+    let mut served: Vec<Served> = Vec::new();
+    let mut refused: HashMap<String, String> = HashMap::new();
+    let mut known: HashMap<PathBuf, String> = HashMap::new();
+    let mut loaded: Option<Loaded> = None;
+    let mut looked = None::<Instant>;
+    let mut busy = 0.0f64;
+    let mut done = 0usize;
+    let mut turn = 0usize;
+    let set = |f: &dyn Fn(&mut WorkerStatus)| f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
+    let outcome = (|| -> Result<()> {
+        while !stop.load(Ordering::SeqCst) {
+            if looked.is_none_or(|t: Instant| t.elapsed() > Duration::from_millis(500)) {
+                looked = Some(Instant::now());
+                discover(&conn, &mut served, &refused)?;
+            }
+            // the next run with jobs waiting
+            let Some(next) = (1..=served.len()).map(|k| (turn + k) % served.len()).find(|&i| served[i].pending > 0) else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            turn = next;
+            let Some(message) = fetch(&conn, &served[turn].jobs, Duration::from_millis(200))? else {
+                served[turn].pending = 0;
+                continue;
+            };
+            let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+            let (message, acker) = message.split();
+            let acker = Arc::new(acker);
+            let spec = served[turn].spec.clone();
+            let job = match decode::<JobMessage>(&message.payload, MAX_JOB_BYTES, "job").and_then(|j| check_job(&j, &spec).map(|_| j)) {
+                Ok(j) => j,
+                Err(reason) => {
+                    tracing::warn!("refused {reason}");
+                    let _ = conn.rt.block_on(acker.ack_with(jetstream::AckKind::Term));
+                    on_event(WorkerEvent::Rejected { reason });
+                    continue;
+                }
+            };
+            // the run's model, by hash
+            if loaded.as_ref().is_none_or(|l| l.sha256 != spec.model_sha256) {
+                set(&|s| s.state = "loading".into());
+                loaded = None;
+                match load_model(&spec, &options.models, &mut known, &device) {
+                    Ok(l) => loaded = Some(l),
+                    Err(reason) => {
+                        // left to the other workers
+                        let _ = conn.rt.block_on(acker.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1)))));
+                        refused.insert(spec.run.clone(), reason.clone());
+                        served.retain(|s| s.spec.run != spec.run);
+                        set(&|s| {
+                            s.refused.push(format!("{}: {reason}", spec.run));
+                            s.state = "idle".into();
+                        });
+                        on_event(WorkerEvent::Refused { run: spec.run.clone(), reason });
+                        continue;
+                    }
+                }
+            }
+            let l = loaded.as_mut().expect("loaded above");
+            if !l.engines.contains_key(&spec.calibration_hash) {
+                set(&|s| s.state = "loading".into());
+                let calibration = Calibration::from_samples(spec.samples.clone(), CalibSource::SelfGenerated, CalibOptions::default());
+                if calibration.hash != spec.calibration_hash {
+                    let reason = format!("run {} describes calibration tokens whose hash is not the one it names", spec.run);
+                    let _ = conn.rt.block_on(acker.ack_with(jetstream::AckKind::Term));
+                    on_event(WorkerEvent::Rejected { reason });
+                    continue;
+                }
+                let engine = {
+                    let acker = acker.clone();
+                    super::with_progress(&conn, &acker, ack_every(&spec), || FitnessEngine::new(&l.model.model, calibration, spec.engine))
+                }?;
+                l.engines.insert(spec.calibration_hash.clone(), engine);
+            }
+            let engine = &l.engines[&spec.calibration_hash];
+            set(&|s| {
+                s.state = "evaluating".into();
+                s.run = Some(spec.run.clone());
+            });
+            on_event(WorkerEvent::Job { run: spec.run.clone(), key: job.key.clone(), tokens: job.tokens, delivered });
+            let start = Instant::now();
+            let outcome = super::with_progress(&conn, &acker, ack_every(&spec), || super::evaluate_job(engine, &job));
+            let seconds = start.elapsed().as_secs_f64();
+            let result = super::result_message(&spec, &job, &name, seconds, outcome);
+            conn.rt.block_on(super::publish_result(&conn, &result, &acker))?;
+            busy += seconds;
+            done += 1;
+            set(&|s| {
+                s.state = "idle".into();
+                s.evaluations = done;
+                s.rate = if busy > 0.0 { done as f64 / busy } else { 0.0 };
+            });
+            on_event(WorkerEvent::Evaluated { run: spec.run.clone(), key: job.key.clone(), tokens: job.tokens, seconds });
+        }
+        Ok(())
+    })();
+    reporter.abort();
+    // the worker's status goes with it
+    conn.rt.block_on(conn.forget(WORKERS_STREAM, &status_subject));
+    outcome?;
+    on_event(WorkerEvent::Stopped { evaluations: done });
+    Ok(())
+}
+
+/// Progress reports at a third of the run's acknowledgement wait.
+fn ack_every(spec: &RunSpec) -> Duration {
+    Duration::from_secs_f64((spec.ack_wait_seconds / 3.0).clamp(0.2, 3600.0))
+}
+
+/// A key-value key for a worker's name (letters, digits, `-` and `_` kept).
+fn status_key(name: &str) -> String {
+    let key: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    format!("{key}-{}", std::process::id())
+}
+
+/// Take in the runs described on the broker that this worker does not serve yet.
+fn discover(conn: &Connection, served: &mut Vec<Served>, refused: &HashMap<String, String>) -> Result<()> {
+    conn.rt.block_on(async {
+        let runs = match conn.last_values(RUNS_STREAM, "gelaco.runs.*").await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("runs: {e}");
+                return Ok(());
+            }
+        };
+        for s in served.iter_mut() {
+            s.pending = match s.jobs.get_info().await {
+                // jobs held by workers count too: they come back when a worker dies
+                Ok(info) => info.num_pending + info.num_ack_pending as u64,
+                Err(e) => {
+                    tracing::debug!("run {}: {e}", s.spec.run);
+                    0
+                }
+            };
+        }
+        for (subject, bytes) in runs {
+            let run = subject.trim_start_matches("gelaco.runs.").to_string();
+            if served.iter().any(|s| s.spec.run == run) || refused.contains_key(&run) {
+                continue;
+            }
+            let spec: RunSpec = match serde_json::from_slice(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("run {run}: a malformed description: {e}");
+                    continue;
+                }
+            };
+            if spec.run != run {
+                tracing::warn!("run {run}: its description names run {}", spec.run);
+                continue;
+            }
+            let Ok(stream) = conn.js.get_stream(super::JOBS_STREAM).await else { continue };
+            match stream.get_consumer::<pull::Config>(&format!("jobs-{run}")).await {
+                Ok(jobs) => {
+                    let pending = jobs.cached_info().num_pending + jobs.cached_info().num_ack_pending as u64;
+                    served.push(Served { spec, jobs, pending })
+                }
+                Err(e) => tracing::debug!("run {run}: no job consumer yet: {e}"),
+            }
+        }
+        Ok::<_, Error>(())
+    })
+}
+
+fn fetch(conn: &Connection, jobs: &jetstream::consumer::PullConsumer, wait: Duration) -> Result<Option<jetstream::Message>> {
+    conn.rt.block_on(async {
+        let mut batch = match jobs.fetch().max_messages(1).expires(wait).messages().await {
+            Ok(b) => b,
+            Err(e) => {
+                // the server may be restarting: try again shortly
+                tracing::debug!("fetching a job: {e}");
+                tokio::time::sleep(wait).await;
+                return Ok(None);
+            }
+        };
+        match batch.next().await {
+            Some(Ok(m)) => Ok(Some(m)),
+            Some(Err(e)) => {
+                tracing::debug!("fetching a job: {e}");
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    })
+}
+
+/// The run's model: a given file of its SHA-256, else its own path when that file has it.
+fn load_model(spec: &RunSpec, models: &[PathBuf], known: &mut HashMap<PathBuf, String>, device: &crate::backend::ComputeDevice) -> std::result::Result<Loaded, String> {
+    let mut candidates: Vec<PathBuf> = models.to_vec();
+    candidates.push(spec.model_path.clone());
+    let mut why = Vec::new();
+    for path in candidates {
+        let sha = match known.get(&path) {
+            Some(s) => s.clone(),
+            None => match crate::model::weights::ModelFiles::open(&path).and_then(|f| f.sha256()) {
+                Ok(s) => {
+                    known.insert(path.clone(), s.clone());
+                    s
+                }
+                Err(e) => {
+                    why.push(e.to_string());
+                    continue;
+                }
+            },
+        };
+        if sha != spec.model_sha256 {
+            why.push(format!("{} has SHA-256 {}, not the run's {}", path.display(), crate::util::short_hash(&sha), crate::util::short_hash(&spec.model_sha256)));
+            continue;
+        }
+        let model = crate::model::load(&path, device.clone()).map_err(|e| e.to_string())?;
+        return Ok(Loaded { sha256: sha, model, engines: HashMap::new() });
+    }
+    Err(why.join("; "))
+}

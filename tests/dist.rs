@@ -1,0 +1,259 @@
+//! Distributed searches through a real NATS JetStream server (`nats-server`, started here
+//! on a free loopback port) and real `gelaco worker` processes: the same front and the same
+//! evaluation log as a local search, through a worker killed mid-evaluation, one that joins
+//! late, one with another model file, and messages that are not what they claim.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use common::Tiny;
+
+/// A NATS server with JetStream for one test, stopped when dropped.
+struct Broker {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")]).map(|d| d.join("nats-server")).find(|p| p.is_file())
+}
+
+/// `None` (with a message naming the package) where nats-server is not installed.
+fn broker() -> Option<Broker> {
+    let Some(bin) = nats_server() else {
+        eprintln!("SKIPPED: nats-server is not installed (Debian package nats-server; scripts/setup.sh installs it)");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", dir.path().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Broker { child, url: format!("nats://127.0.0.1:{port}"), _dir: dir })
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    model: PathBuf,
+    calib: PathBuf,
+}
+
+/// A model whose evaluations take a noticeable time (so that a worker can be killed in the
+/// middle of one), and its calibration text.
+fn fixture() -> Fixture {
+    let tiny = Tiny { layers: 8, hidden: 384, ff: 1024, heads: 6, kv_heads: 2, ..Tiny::default() };
+    let (dir, model, _) = tiny.write_both();
+    let calib = dir.path().join("calib.txt");
+    let lines: String = (0..24).map(|i| format!("the thing and the hand number {i} went to the shop and the man said it was good to see them\n")).collect();
+    std::fs::write(&calib, lines).unwrap();
+    Fixture { dir, model, calib }
+}
+
+fn search_args(f: &Fixture, model: &Path, out: &Path) -> Vec<String> {
+    let s = |x: &Path| x.to_str().unwrap().to_string();
+    let mut v: Vec<String> = ["search", "--samples", "12", "--max-tokens", "64", "--population", "8", "--evaluations", "40", "--seed", "5"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend(["--heal-picks".into(), "none".into(), "--validation".into(), "none".into(), "--device".into(), "cpu".into()]);
+    v.extend(["--model".into(), s(model), "--calib".into(), s(&f.calib), "--out".into(), s(out)]);
+    v
+}
+
+fn gelaco(args: &[String]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gelaco"));
+    c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    c
+}
+
+/// A worker process and its JSON events, line by line.
+struct Worker {
+    child: Child,
+    events: Receiver<serde_json::Value>,
+}
+
+impl Worker {
+    fn start(url: &str, name: &str, models: &[&Path]) -> Worker {
+        let mut args = vec!["worker".to_string(), "--nats".into(), url.into(), "--name".into(), name.into(), "--device".into(), "cpu".into(), "--json".into()];
+        for m in models {
+            args.extend(["--model".into(), m.to_str().unwrap().to_string()]);
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gelaco")).args(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, events) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Worker { child, events }
+    }
+
+    /// The next event named `event`, waiting at most `limit`.
+    fn wait_for(&self, event: &str, limit: Duration) -> serde_json::Value {
+        let end = Instant::now() + limit;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) if v["event"] == event => return v,
+                Ok(_) => {}
+                Err(_) => panic!("no '{event}' event from the worker within {limit:?}"),
+            }
+        }
+    }
+
+    fn drain(&self) -> Vec<serde_json::Value> {
+        self.events.try_iter().collect()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn evaluations(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("evaluations.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            // what identifies an evaluation, and its outcome
+            v.as_object_mut().unwrap().retain(|k, _| ["index", "generation", "genes", "key", "cached", "result"].contains(&k.as_str()));
+            v
+        })
+        .collect()
+}
+
+fn local_run(f: &Fixture) -> PathBuf {
+    let dir = f.dir.path().join("local");
+    let out = gelaco(&search_args(f, &f.model, &dir)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+fn assert_same_search(a: &Path, b: &Path) {
+    assert_eq!(gelaco::run::store::read_front(a).unwrap(), gelaco::run::store::read_front(b).unwrap(), "fronts differ");
+    let (ea, eb) = (evaluations(a), evaluations(b));
+    assert_eq!(ea.len(), eb.len(), "evaluation logs differ in length");
+    for (x, y) in ea.iter().zip(&eb) {
+        assert_eq!(x, y, "evaluation logs differ");
+    }
+}
+
+#[test]
+fn a_distributed_search_gives_the_local_front_through_a_killed_worker_and_one_that_joins_late() {
+    let Some(broker) = broker() else { return };
+    let f = fixture();
+    let local = local_run(&f);
+
+    let dir = f.dir.path().join("farmed");
+    let mut args = search_args(&f, &f.model, &dir);
+    args.extend(["--nats".into(), broker.url.clone(), "--no-local-evaluation".into(), "--nats-ack-wait".into(), "2".into()]);
+    let mut search = gelaco(&args).spawn().unwrap();
+
+    // the first worker takes a job and is killed in the middle of evaluating it
+    let first = Worker::start(&broker.url, "first", &[]);
+    first.wait_for("connected", Duration::from_secs(60));
+    let taken = first.wait_for("job", Duration::from_secs(120));
+    unsafe_kill(&first.child);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !first.drain().iter().any(|e| e["event"] == "evaluated" && e["key"] == taken["key"] && e["tokens"] == taken["tokens"]),
+        "the first worker finished its job before it was killed"
+    );
+    // a second worker does the rest, the killed job included, once its acknowledgement
+    // wait runs out; a third joins in the middle of the search
+    let second = Worker::start(&broker.url, "second", &[]);
+    let redelivered = second.wait_for("job", Duration::from_secs(120));
+    let mut seen = vec![redelivered];
+    let third = Worker::start(&broker.url, "third", &[]);
+    let status = search.wait().unwrap();
+    let stderr = {
+        use std::io::Read;
+        let mut s = String::new();
+        search.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+        s
+    };
+    assert!(status.success(), "{stderr}");
+    seen.extend(second.drain());
+    let third_events = third.drain();
+    seen.extend(third_events.iter().cloned());
+    assert!(
+        seen.iter().any(|e| e["event"] == "job" && e["key"] == taken["key"] && e["tokens"] == taken["tokens"] && e["delivered"].as_i64().unwrap() >= 2),
+        "the killed worker's job was not delivered again to another worker: {taken}"
+    );
+    assert!(third_events.iter().any(|e| e["event"] == "evaluated"), "the worker that joined late evaluated nothing: {third_events:?}");
+    assert!(stderr.contains("through NATS"), "{stderr}");
+    assert_same_search(&local, &dir);
+}
+
+fn unsafe_kill(child: &Child) {
+    // SIGKILL: no chance to finish or release the job
+    let status = Command::new("kill").args(["-KILL", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_worker_with_another_model_file_is_refused_and_the_run_goes_on_with_the_right_one() {
+    let Some(broker) = broker() else { return };
+    let f = fixture();
+    let local = local_run(&f);
+
+    // the search runs on a copy of the model, which is then replaced by another model's
+    // file: a worker that finds the run's path finds another model there
+    let copy = f.dir.path().join("copy.gguf");
+    std::fs::copy(&f.model, &copy).unwrap();
+    let dir = f.dir.path().join("farmed");
+    let mut args = search_args(&f, &copy, &dir);
+    args.extend(["--nats".into(), broker.url.clone(), "--no-local-evaluation".into()]);
+    let mut search = gelaco(&args).stderr(Stdio::null()).spawn().unwrap();
+    // once the run folder records the model's hash
+    let start = Instant::now();
+    while !dir.join("calibration.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the search did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let other = Tiny { layers: 8, hidden: 384, ff: 1024, heads: 6, kv_heads: 2, seed: 99, ..Tiny::default() };
+    let staged = f.dir.path().join("other.gguf");
+    other.write_gguf(&staged);
+    std::fs::rename(&staged, &copy).unwrap();
+
+    let wrong = Worker::start(&broker.url, "wrong", &[]);
+    let refused = wrong.wait_for("refused", Duration::from_secs(120));
+    assert!(refused["reason"].as_str().unwrap().contains("SHA-256"), "{refused}");
+    // a worker given the right file by hash serves the run
+    let right = Worker::start(&broker.url, "right", &[&f.model]);
+    right.wait_for("evaluated", Duration::from_secs(120));
+    assert!(search.wait().unwrap().success());
+    assert!(!wrong.drain().iter().any(|e| e["event"] == "evaluated"));
+    assert_same_search(&local, &dir);
+}
