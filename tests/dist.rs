@@ -17,7 +17,33 @@ use common::Tiny;
 struct Broker {
     child: Child,
     url: String,
-    _dir: tempfile::TempDir,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn spawn(port: u16, store: &Path) -> Child {
+        let child = Command::new(nats_server().unwrap())
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", store.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    /// Kill the server (SIGKILL) and start it again on the same port and storage.
+    fn restart(&mut self, down: Duration) {
+        unsafe_kill(&self.child);
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Broker::spawn(self.port, self.dir.path());
+    }
 }
 
 impl Drop for Broker {
@@ -40,18 +66,9 @@ fn broker() -> Option<Broker> {
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", dir.path().to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(Broker { child, url: format!("nats://127.0.0.1:{port}"), _dir: dir })
+    let _ = bin;
+    let child = Broker::spawn(port, dir.path());
+    Some(Broker { child, url: format!("nats://127.0.0.1:{port}"), port, dir })
 }
 
 struct Fixture {
@@ -255,5 +272,115 @@ fn a_worker_with_another_model_file_is_refused_and_the_run_goes_on_with_the_righ
     right.wait_for("evaluated", Duration::from_secs(120));
     assert!(search.wait().unwrap().success());
     assert!(!wrong.drain().iter().any(|e| e["event"] == "evaluated"));
+    assert_same_search(&local, &dir);
+}
+
+/// Publish raw messages with the NATS text protocol (JetStream keeps what is published on a
+/// stream's subjects), as a misbehaving or hostile client would.
+fn publish_raw(url: &str, messages: &[(String, Vec<u8>)]) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("nats://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let _ = s.read(&mut buf).unwrap(); // INFO
+    s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n").unwrap();
+    for (subject, payload) in messages {
+        s.write_all(format!("PUB {subject} {}\r\n", payload.len()).as_bytes()).unwrap();
+        s.write_all(payload).unwrap();
+        s.write_all(b"\r\n").unwrap();
+    }
+    s.write_all(b"PING\r\n").unwrap();
+    let mut seen = String::new();
+    while !seen.contains("PONG") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the server closed the connection: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[test]
+fn a_killed_coordinator_resumes_with_what_workers_published_meanwhile_and_bad_messages_change_nothing() {
+    let Some(broker) = broker() else { return };
+    let f = fixture();
+    let local = local_run(&f);
+    let dir = f.dir.path().join("farmed");
+    let mut args = search_args(&f, &f.model, &dir);
+    args.extend(["--nats".into(), broker.url.clone(), "--no-local-evaluation".into(), "--json".into()]);
+    let mut search = Command::new(env!("CARGO_BIN_EXE_gelaco")).args(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    // the run's name on the broker, from the search's events
+    let mut lines = BufReader::new(search.stdout.take().unwrap()).lines();
+    let run = loop {
+        let line = lines.next().expect("the search ended before it connected").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(m) = v["message"].as_str().and_then(|m| m.split(" as run ").nth(1)) {
+            break m.split(|c: char| !c.is_ascii_alphanumeric()).next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let worker = Worker::start(&broker.url, "only", &[]);
+    // jobs and results that are not what they claim: rejected, ignored, logged
+    let result_of_another_run = serde_json::json!({
+        "run": "0000000000000000", "model_sha256": "x", "calibration_hash": "y", "key": "g|", "tokens": null,
+        "worker": "intruder", "seconds": 0.1, "error": "nothing"
+    });
+    publish_raw(&broker.url, &[
+        (format!("gelaco.jobs.{run}"), b"{\"run\": 3}".to_vec()),
+        (format!("gelaco.jobs.{run}"), vec![b'x'; 300 * 1024]),
+        (format!("gelaco.results.{run}"), serde_json::to_vec(&result_of_another_run).unwrap()),
+        (format!("gelaco.results.{run}"), b"not json".to_vec()),
+    ]);
+    // the coordinator dies with jobs out; the worker goes on publishing their results
+    let start = Instant::now();
+    while std::fs::read_to_string(dir.join("evaluations.jsonl")).map(|s| s.lines().count()).unwrap_or(0) < 12 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the search made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    unsafe_kill(&search);
+    let _ = search.wait();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = gelaco(&["resume".to_string(), dir.to_str().unwrap().to_string(), "--device".into(), "cpu".into(), "--nats".into(), broker.url.clone(), "--no-local-evaluation".into()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_same_search(&local, &dir);
+    let events = worker.drain();
+    let rejected: Vec<_> = events.iter().filter(|e| e["event"] == "rejected").collect();
+    assert_eq!(rejected.len(), 2, "{events:?}");
+    assert!(rejected.iter().any(|e| e["reason"].as_str().unwrap().contains("bytes")), "{rejected:?}");
+    // nothing evaluated twice: each job once, though the coordinator died in between
+    let mut done: Vec<(String, String)> = events.iter().filter(|e| e["event"] == "evaluated").map(|e| (e["key"].to_string(), e["tokens"].to_string())).collect();
+    let n = done.len();
+    done.sort();
+    done.dedup();
+    assert_eq!(done.len(), n, "a job was evaluated twice");
+}
+
+#[test]
+fn a_search_goes_on_through_a_broker_restart_with_its_queue_kept() {
+    let Some(mut broker) = broker() else { return };
+    let f = fixture();
+    let local = local_run(&f);
+    let dir = f.dir.path().join("farmed");
+    let mut args = search_args(&f, &f.model, &dir);
+    args.extend(["--nats".into(), broker.url.clone(), "--no-local-evaluation".into()]);
+    let mut search = gelaco(&args).spawn().unwrap();
+    let worker = Worker::start(&broker.url, "only", &[]);
+    let start = Instant::now();
+    while std::fs::read_to_string(dir.join("evaluations.jsonl")).map(|s| s.lines().count()).unwrap_or(0) < 10 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the search made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    broker.restart(Duration::from_secs(2));
+    let status = search.wait().unwrap();
+    let stderr = {
+        use std::io::Read;
+        let mut s = String::new();
+        search.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+        s
+    };
+    assert!(status.success(), "{stderr}");
+    assert!(worker.drain().iter().any(|e| e["event"] == "evaluated"));
     assert_same_search(&local, &dir);
 }

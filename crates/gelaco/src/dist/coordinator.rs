@@ -200,7 +200,6 @@ impl<'e> NatsFarm<'e> {
             return Ok(());
         }
         self.conn.rt.block_on(async {
-            let mut acks = Vec::with_capacity(missing.len());
             for j in &missing {
                 let message = JobMessage {
                     run: self.spec.run.clone(),
@@ -211,11 +210,7 @@ impl<'e> NatsFarm<'e> {
                     plan: j.plan.clone(),
                 };
                 let payload = serde_json::to_vec(&message).map_err(|e| self.conn.broker("cannot write a job", e))?;
-                let publish = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(job_id(&self.spec.run, j.tokens, j.key));
-                acks.push(self.conn.js.send_publish(jobs_subject(&self.spec.run), publish).await.map_err(|e| self.conn.broker("cannot publish a job", e))?);
-            }
-            for ack in acks {
-                ack.await.map_err(|e| self.conn.broker("the server did not keep a job", e))?;
+                super::publish_kept(&self.conn, jobs_subject(&self.spec.run), &job_id(&self.spec.run, j.tokens, j.key), payload, "a job").await?;
             }
             Ok::<_, Error>(())
         })?;
@@ -226,7 +221,15 @@ impl<'e> NatsFarm<'e> {
     /// Take one of the run's jobs and evaluate it here; `false` when none was waiting.
     fn evaluate_one_here(&self) -> Result<bool> {
         let message = self.conn.rt.block_on(async {
-            let mut batch = self.jobs.fetch().max_messages(1).expires(Duration::from_millis(100)).messages().await.map_err(|e| self.conn.broker("cannot fetch a job", e))?;
+            let mut batch = match self.jobs.fetch().max_messages(1).expires(Duration::from_millis(100)).messages().await {
+                Ok(b) => b,
+                Err(e) => {
+                    // the server may be restarting: the wait goes on
+                    tracing::debug!("fetching a job: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return Ok(None);
+                }
+            };
             match batch.next().await {
                 Some(Ok(m)) => Ok::<_, Error>(Some(m)),
                 Some(Err(e)) => {

@@ -539,14 +539,43 @@ pub(crate) fn result_message(spec: &RunSpec, job: &JobMessage, worker: &str, sec
     }
 }
 
+/// How long a message that cannot be published (the server restarting, a network cut) is
+/// tried again before the failure counts.
+pub const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Publish `payload` on `subject` with message id `id` until the server confirms it keeps
+/// it (the id makes a message published twice count once), trying again for [`RETRY_FOR`].
+pub(crate) async fn publish_kept(conn: &Connection, subject: String, id: &str, payload: Vec<u8>, what: &str) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let publish = jetstream::message::PublishMessage::build().payload(payload.clone().into()).message_id(id);
+        let outcome = match conn.js.send_publish(subject.clone(), publish).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) if start.elapsed() < RETRY_FOR => {
+                tracing::warn!("cannot publish {what} yet ({e}); trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(conn.broker(&format!("cannot publish {what}"), e)),
+        }
+    }
+}
+
 /// Publish a result and wait for the server to have it; then acknowledge its job (and wait
-/// for the server to confirm), so a job is acknowledged only once its result is kept.
+/// for the server to confirm), so a job is acknowledged only once its result is kept. An
+/// acknowledgement that does not get through leaves the job to be delivered again; its
+/// second result is the same and counts once.
 pub(crate) async fn publish_result(conn: &Connection, result: &ResultMessage, acker: &jetstream::message::Acker) -> Result<()> {
     let payload = serde_json::to_vec(result).map_err(|e| conn.broker("cannot write a result", e))?;
-    let publish = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(job_id(&result.run, result.tokens, &result.key));
-    let ack = conn.js.send_publish(results_subject(&result.run), publish).await.map_err(|e| conn.broker("cannot publish a result", e))?;
-    ack.await.map_err(|e| conn.broker("the server did not keep a result", e))?;
-    acker.double_ack().await.map_err(|e| conn.broker("cannot acknowledge a job", e))
+    let id = job_id(&result.run, result.tokens, &result.key);
+    publish_kept(conn, results_subject(&result.run), &id, payload, "a result").await?;
+    if let Err(e) = acker.double_ack().await {
+        tracing::warn!("cannot acknowledge a job whose result is published ({e}); it may be delivered again");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
