@@ -285,6 +285,7 @@ fn run_folder(dir: &Path, layers: usize) {
         baselines: false,
         validation: None,
         heal_picks: Some(HealPicksInfo::of(gelaco::fitness::Heal::Linear, &healing)),
+        nonce: None,
     };
     let store = RunStore::create(dir, &info, &calibration).unwrap();
     drop(store);

@@ -399,14 +399,21 @@ pub struct WorkerStatus {
     pub refused: Vec<String>,
 }
 
-/// The identity of a run on the broker: its model, its calibration, what the engine
-/// computes and the settings that decide which plans are proposed (not the limits), so a
-/// resumed run finds its own jobs and results, and two runs that would evaluate the same
-/// plans alike share them.
-pub fn run_id(model_sha256: &str, calibration_hash: &str, engine: &EngineOptions, settings: &crate::search::SearchSettings) -> String {
+/// A name for a new run, different from every other run's.
+pub fn nonce() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let text = format!("{} {} {}", now.as_nanos(), std::process::id(), coordinator::hostname());
+    crate::util::sha256_hex(text.as_bytes())[..16].to_string()
+}
+
+/// The name of a run on the broker: its nonce (see [`nonce`]), its model, its calibration,
+/// what the engine computes and the settings that decide which plans are proposed (not the
+/// limits, which a resumed run may change), so a resumed run finds its own jobs and results.
+pub fn run_id(model_sha256: &str, calibration_hash: &str, engine: &EngineOptions, settings: &crate::search::SearchSettings, nonce: Option<&str>) -> String {
     let settings = crate::search::SearchSettings { evaluations: 0, generations: None, max_seconds: None, ..settings.clone() };
     let text = format!(
-        "{model_sha256}\n{calibration_hash}\n{}\n{}",
+        "{}\n{model_sha256}\n{calibration_hash}\n{}\n{}",
+        nonce.unwrap_or_default(),
         serde_json::to_string(engine).unwrap_or_default(),
         serde_json::to_string(&settings).unwrap_or_default()
     );

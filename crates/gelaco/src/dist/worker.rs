@@ -64,6 +64,37 @@ struct Loaded {
     engines: HashMap<String, FitnessEngine>,
 }
 
+/// The model files whose hashes are known, and the model held with its engines.
+struct Holding {
+    known: HashMap<PathBuf, String>,
+    loaded: Option<Loaded>,
+}
+
+impl Holding {
+    /// The run's model loaded and its engine built (`Err`: why this worker cannot serve it).
+    fn ready(&mut self, spec: &RunSpec, models: &[PathBuf], device: &crate::backend::ComputeDevice) -> std::result::Result<(), String> {
+        if self.loaded.as_ref().is_none_or(|l| l.sha256 != spec.model_sha256) {
+            self.loaded = None;
+            self.loaded = Some(load_model(spec, models, &mut self.known, device)?);
+        }
+        let l = self.loaded.as_mut().expect("loaded above");
+        if !l.engines.contains_key(&spec.calibration_hash) {
+            let calibration = Calibration::from_samples(spec.samples.clone(), CalibSource::SelfGenerated, CalibOptions::default());
+            if calibration.hash != spec.calibration_hash {
+                return Err(format!("run {} describes calibration tokens whose hash is not the one it names", spec.run));
+            }
+            let engine = FitnessEngine::new(&l.model.model, calibration, spec.engine).map_err(|e| e.to_string())?;
+            l.engines.insert(spec.calibration_hash.clone(), engine);
+        }
+        Ok(())
+    }
+
+    /// The engine of a run made [`Holding::ready`].
+    fn engine(&self, spec: &RunSpec) -> &FitnessEngine {
+        &self.loaded.as_ref().expect("ready").engines[&spec.calibration_hash]
+    }
+}
+
 /// Serve jobs until `stop` is set; a job taken is finished (result published, job
 /// acknowledged) before the worker ends.
 pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(WorkerEvent)) -> Result<()> {
@@ -100,33 +131,66 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(
     on_event(WorkerEvent::Connected { server: conn.server.clone(), name: name.clone(), device: description });
     let mut served: Vec<Served> = Vec::new();
     let mut refused: HashMap<String, String> = HashMap::new();
-    let mut known: HashMap<PathBuf, String> = HashMap::new();
-    let mut loaded: Option<Loaded> = None;
+    let mut state = Holding { known: HashMap::new(), loaded: None };
     let mut looked = None::<Instant>;
     let mut busy = 0.0f64;
     let mut done = 0usize;
     let mut turn = 0usize;
+    // the run whose jobs are being taken: fetched with a long wait, which returns as soon
+    // as a job comes
+    let mut active: Option<(String, Instant)> = None;
     let set = |f: &dyn Fn(&mut WorkerStatus)| f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
+    let refuse = |served: &mut Vec<Served>, refused: &mut HashMap<String, String>, run: &str, reason: String, on_event: &mut dyn FnMut(WorkerEvent)| {
+        refused.insert(run.to_string(), reason.clone());
+        served.retain(|s| s.spec.run != run);
+        set(&|s| {
+            s.refused.push(format!("{run}: {reason}"));
+            s.state = "idle".into();
+        });
+        on_event(WorkerEvent::Refused { run: run.to_string(), reason });
+    };
     let outcome = (|| -> Result<()> {
         while !stop.load(Ordering::SeqCst) {
-            if looked.is_none_or(|t: Instant| t.elapsed() > Duration::from_millis(500)) {
+            if looked.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(1)) {
                 looked = Some(Instant::now());
-                discover(&conn, &mut served, &refused)?;
+                let new = discover(&conn, &mut served, &refused)?;
+                // a new run's model and reference activations are made ready before its
+                // first job is taken
+                for run in new {
+                    let Some(spec) = served.iter().find(|s| s.spec.run == run && s.pending > 0).map(|s| s.spec.clone()) else { continue };
+                    set(&|s| s.state = "loading".into());
+                    if let Err(reason) = state.ready(&spec, &options.models, &device) {
+                        refuse(&mut served, &mut refused, &run, reason, on_event);
+                    }
+                    set(&|s| s.state = "idle".into());
+                }
             }
-            // the next run with jobs waiting
-            let Some(next) = (1..=served.len()).map(|k| (turn + k) % served.len()).find(|&i| served[i].pending > 0) else {
+            // another run with jobs waiting first, else a long wait on the run of the last job
+            // (for a minute after it), which returns as soon as the next one comes
+            let waiting = (1..=served.len()).map(|k| (turn + k) % served.len()).find(|&i| served[i].pending > 0);
+            let recent = active
+                .as_ref()
+                .filter(|(_, at)| at.elapsed() < Duration::from_secs(60))
+                .and_then(|(run, _)| served.iter().position(|s| &s.spec.run == run));
+            let index = match (waiting, recent) {
+                (Some(i), _) => Some((i, Duration::from_millis(200))),
+                (None, Some(i)) => Some((i, Duration::from_millis(500))),
+                (None, None) => None,
+            };
+            let Some((i, wait)) = index else {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             };
-            turn = next;
-            let Some(message) = fetch(&conn, &served[turn].jobs, Duration::from_millis(200))? else {
-                served[turn].pending = 0;
+            turn = i;
+            let Some(message) = fetch(&conn, &served[i].jobs, wait)? else {
+                served[i].pending = 0;
                 continue;
             };
+            active = Some((served[i].spec.run.clone(), Instant::now()));
             let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
             let (message, acker) = message.split();
             let acker = Arc::new(acker);
-            let spec = served[turn].spec.clone();
+            let spec = served[i].spec.clone();
             let job = match decode::<JobMessage>(&message.payload, MAX_JOB_BYTES, "job").and_then(|j| check_job(&j, &spec).map(|_| j)) {
                 Ok(j) => j,
                 Err(reason) => {
@@ -136,43 +200,16 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(
                     continue;
                 }
             };
-            // the run's model, by hash
-            if loaded.as_ref().is_none_or(|l| l.sha256 != spec.model_sha256) {
-                set(&|s| s.state = "loading".into());
-                loaded = None;
-                match load_model(&spec, &options.models, &mut known, &device) {
-                    Ok(l) => loaded = Some(l),
-                    Err(reason) => {
-                        // left to the other workers
-                        let _ = conn.rt.block_on(acker.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1)))));
-                        refused.insert(spec.run.clone(), reason.clone());
-                        served.retain(|s| s.spec.run != spec.run);
-                        set(&|s| {
-                            s.refused.push(format!("{}: {reason}", spec.run));
-                            s.state = "idle".into();
-                        });
-                        on_event(WorkerEvent::Refused { run: spec.run.clone(), reason });
-                        continue;
-                    }
-                }
+            set(&|s| s.state = "loading".into());
+            let ready = super::with_progress(&conn, &acker, ack_every(&spec), || state.ready(&spec, &options.models, &device));
+            if let Err(reason) = ready {
+                // left to the other workers
+                let _ = conn.rt.block_on(acker.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1)))));
+                active = None;
+                refuse(&mut served, &mut refused, &spec.run, reason, on_event);
+                continue;
             }
-            let l = loaded.as_mut().expect("loaded above");
-            if !l.engines.contains_key(&spec.calibration_hash) {
-                set(&|s| s.state = "loading".into());
-                let calibration = Calibration::from_samples(spec.samples.clone(), CalibSource::SelfGenerated, CalibOptions::default());
-                if calibration.hash != spec.calibration_hash {
-                    let reason = format!("run {} describes calibration tokens whose hash is not the one it names", spec.run);
-                    let _ = conn.rt.block_on(acker.ack_with(jetstream::AckKind::Term));
-                    on_event(WorkerEvent::Rejected { reason });
-                    continue;
-                }
-                let engine = {
-                    let acker = acker.clone();
-                    super::with_progress(&conn, &acker, ack_every(&spec), || FitnessEngine::new(&l.model.model, calibration, spec.engine))
-                }?;
-                l.engines.insert(spec.calibration_hash.clone(), engine);
-            }
-            let engine = &l.engines[&spec.calibration_hash];
+            let engine = state.engine(&spec);
             set(&|s| {
                 s.state = "evaluating".into();
                 s.run = Some(spec.run.clone());
@@ -214,13 +251,15 @@ fn status_key(name: &str) -> String {
 }
 
 /// Take in the runs described on the broker that this worker does not serve yet.
-fn discover(conn: &Connection, served: &mut Vec<Served>, refused: &HashMap<String, String>) -> Result<()> {
+/// The runs taken in, by name.
+fn discover(conn: &Connection, served: &mut Vec<Served>, refused: &HashMap<String, String>) -> Result<Vec<String>> {
     conn.rt.block_on(async {
+        let mut new = Vec::new();
         let runs = match conn.last_values(RUNS_STREAM, "gelaco.runs.*").await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!("runs: {e}");
-                return Ok(());
+                return Ok(new);
             }
         };
         for s in served.iter_mut() {
@@ -253,12 +292,13 @@ fn discover(conn: &Connection, served: &mut Vec<Served>, refused: &HashMap<Strin
             match stream.get_consumer::<pull::Config>(&format!("jobs-{run}")).await {
                 Ok(jobs) => {
                     let pending = jobs.cached_info().num_pending + jobs.cached_info().num_ack_pending as u64;
-                    served.push(Served { spec, jobs, pending })
+                    served.push(Served { spec, jobs, pending });
+                    new.push(run);
                 }
                 Err(e) => tracing::debug!("run {run}: no job consumer yet: {e}"),
             }
         }
-        Ok::<_, Error>(())
+        Ok::<_, Error>(new)
     })
 }
 

@@ -311,7 +311,7 @@ fn run(spec: JobSpec, nats: Option<&crate::dist::NatsSettings>, out: &Outbox, co
         Some(nats) => {
             out.send(Event::Stage { message: format!("connecting to NATS at {}", nats.server()) });
             let spec = crate::dist::RunSpec {
-                run: crate::dist::run_id(&info.model.sha256, &engine.calibration.hash, &engine.options, &info.settings),
+                run: crate::dist::run_id(&info.model.sha256, &engine.calibration.hash, &engine.options, &info.settings, info.nonce.as_deref()),
                 model_sha256: info.model.sha256.clone(),
                 model_path: info.model.path.clone(),
                 layers,
@@ -433,6 +433,7 @@ fn open(spec: JobSpec, device: ComputeDevice, out: &Outbox) -> Result<Opened> {
         baselines,
         validation: validation.as_ref().map(|v| ValidationInfo { source: v.source.clone(), hash: v.hash.clone(), tokens: v.tokens() }),
         heal_picks: heal_calibration.as_ref().map(|(method, c)| HealPicksInfo::of(*method, c)),
+        nonce: Some(crate::dist::nonce()),
     };
     let store = RunStore::create(&dir, &info, &calibration)?;
     if let Some(v) = &validation {

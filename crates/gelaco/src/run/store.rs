@@ -98,6 +98,11 @@ pub struct RunInfo {
     /// Healing of the picks (absent: not healed; runs written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heal_picks: Option<super::heal_picks::HealPicksInfo>,
+    /// A name made when the run began, which tells its jobs and results apart on a message
+    /// broker from those of another run with the same settings (absent from runs written
+    /// before it existed: the broker name is then made from the settings alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// Identity of a run's validation text (its windows are in `validation.json`).

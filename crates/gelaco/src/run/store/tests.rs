@@ -46,6 +46,7 @@ fn run_folder() -> (tempfile::TempDir, PathBuf) {
         baselines: true,
         validation: None,
         heal_picks: None,
+        nonce: None,
     };
     let mut store = RunStore::create(&dir, &info, &calibration).unwrap();
     let (bounds, _) = info.shape();
