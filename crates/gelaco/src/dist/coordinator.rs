@@ -93,16 +93,13 @@ impl<'e> NatsFarm<'e> {
         let conn = Connection::open(settings, &name)?;
         let description = serde_json::to_vec(&spec).map_err(|e| conn.broker("cannot describe the run", e))?;
         if description.len() > conn.max_payload() {
-            return Err(Error::setting(
-                "calibration",
-                format!(
-                    "of {} tokens makes a run description of {} bytes, more than the {} the NATS server at {} takes in one message (its max_payload); use fewer calibration tokens or raise max_payload",
-                    engine.total_tokens(),
-                    description.len(),
-                    conn.max_payload(),
-                    conn.server
-                ),
-            ));
+            return Err(Error::Invalid(format!(
+                "the calibration set ({} tokens) makes a run description of {} bytes, more than the {} bytes the NATS server at {} takes in one message (its max_payload): use fewer calibration samples or tokens, or raise the server's max_payload",
+                engine.total_tokens(),
+                description.len(),
+                conn.max_payload(),
+                conn.server
+            )));
         }
         let inbox: Arc<(Mutex<Inbox>, Condvar)> = Arc::default();
         let (jobs, reader, pending) = conn.rt.block_on(async {
@@ -130,7 +127,7 @@ impl<'e> NatsFarm<'e> {
             state = cv.wait_timeout(state, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
         }
         drop(state);
-        Ok(NatsFarm {
+        let farm = NatsFarm {
             conn,
             engine,
             spec,
@@ -142,14 +139,18 @@ impl<'e> NatsFarm<'e> {
             on_workers,
             workers: Mutex::new((None, Vec::new())),
             stats: Mutex::new(FarmStats::default()),
-        })
+        };
+        farm.refresh_workers(true);
+        Ok(farm)
     }
 
     pub fn server(&self) -> &str {
         &self.conn.server
     }
 
+    /// What the farm did; the workers' list is brought up to date first.
     pub fn stats(&self) -> FarmStats {
+        self.refresh_workers(true);
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         s.rejected = self.inbox.0.lock().unwrap_or_else(|e| e.into_inner()).rejected;
         s

@@ -55,6 +55,9 @@ struct Served {
     jobs: jetstream::consumer::PullConsumer,
     /// Jobs waiting, as last seen.
     pending: u64,
+    /// Its job consumer was made within the last hour (a run that is starting, rather than
+    /// one that ended days ago).
+    fresh: bool,
 }
 
 /// The model it holds, and the engines built on it by calibration hash.
@@ -78,7 +81,11 @@ impl Holding {
             self.loaded = Some(load_model(spec, models, &mut self.known, device)?);
         }
         let l = self.loaded.as_mut().expect("loaded above");
+        if l.model.model.num_layers() != spec.layers {
+            return Err(format!("run {} describes a model of {} layers where its file has {}", spec.run, spec.layers, l.model.model.num_layers()));
+        }
         if !l.engines.contains_key(&spec.calibration_hash) {
+            spec.engine.check().map_err(|m| format!("run {} describes engine settings that cannot be used: {m}", spec.run))?;
             let calibration = Calibration::from_samples(spec.samples.clone(), CalibSource::SelfGenerated, CalibOptions::default());
             if calibration.hash != spec.calibration_hash {
                 return Err(format!("run {} describes calibration tokens whose hash is not the one it names", spec.run));
@@ -157,7 +164,7 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(
                 // a new run's model and reference activations are made ready before its
                 // first job is taken
                 for run in new {
-                    let Some(spec) = served.iter().find(|s| s.spec.run == run && s.pending > 0).map(|s| s.spec.clone()) else { continue };
+                    let Some(spec) = served.iter().find(|s| s.spec.run == run && (s.pending > 0 || s.fresh)).map(|s| s.spec.clone()) else { continue };
                     set(&|s| s.state = "loading".into());
                     if let Err(reason) = state.ready(&spec, &options.models, &device) {
                         refuse(&mut served, &mut refused, &run, reason, on_event);
@@ -241,7 +248,8 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(
 
 /// Progress reports at a third of the run's acknowledgement wait.
 fn ack_every(spec: &RunSpec) -> Duration {
-    Duration::from_secs_f64((spec.ack_wait_seconds / 3.0).clamp(0.2, 3600.0))
+    let wait = if spec.ack_wait_seconds.is_finite() { spec.ack_wait_seconds } else { super::DEFAULT_ACK_WAIT.as_secs_f64() };
+    Duration::from_secs_f64((wait / 3.0).clamp(0.2, 3600.0))
 }
 
 /// A key-value key for a worker's name (letters, digits, `-` and `_` kept).
@@ -291,8 +299,11 @@ fn discover(conn: &Connection, served: &mut Vec<Served>, refused: &HashMap<Strin
             let Ok(stream) = conn.js.get_stream(super::JOBS_STREAM).await else { continue };
             match stream.get_consumer::<pull::Config>(&format!("jobs-{run}")).await {
                 Ok(jobs) => {
-                    let pending = jobs.cached_info().num_pending + jobs.cached_info().num_ack_pending as u64;
-                    served.push(Served { spec, jobs, pending });
+                    let info = jobs.cached_info();
+                    let pending = info.num_pending + info.num_ack_pending as u64;
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+                    let fresh = now - info.created.unix_timestamp() < 3600;
+                    served.push(Served { spec, jobs, pending, fresh });
                     new.push(run);
                 }
                 Err(e) => tracing::debug!("run {run}: no job consumer yet: {e}"),
@@ -351,4 +362,37 @@ fn load_model(spec: &RunSpec, models: &[PathBuf], known: &mut HashMap<PathBuf, S
         return Ok(Loaded { sha256: sha, model, engines: HashMap::new() });
     }
     Err(why.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(ack_wait_seconds: f64) -> RunSpec {
+        RunSpec {
+            run: "r".into(),
+            model_sha256: String::new(),
+            model_path: PathBuf::new(),
+            layers: 2,
+            calibration_hash: String::new(),
+            samples: Vec::new(),
+            engine: crate::fitness::EngineOptions::default(),
+            ack_wait_seconds,
+        }
+    }
+
+    #[test]
+    fn progress_is_reported_at_a_third_of_the_wait_whatever_a_run_describes() {
+        assert_eq!(ack_every(&spec(30.0)), Duration::from_secs(10));
+        assert_eq!(ack_every(&spec(f64::NAN)), Duration::from_secs(10));
+        assert_eq!(ack_every(&spec(-5.0)), Duration::from_millis(200));
+        assert_eq!(ack_every(&spec(f64::INFINITY)), Duration::from_secs(10));
+        assert_eq!(ack_every(&spec(1e12)), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn status_subjects_hold_only_safe_characters() {
+        let key = status_key("gpu box.1 > *");
+        assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "{key}");
+    }
 }
