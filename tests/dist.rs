@@ -11,65 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use common::Tiny;
-
-/// A NATS server with JetStream for one test, stopped when dropped.
-struct Broker {
-    child: Child,
-    url: String,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Broker {
-    fn spawn(port: u16, store: &Path) -> Child {
-        let child = Command::new(nats_server().unwrap())
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", store.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child
-    }
-
-    /// Kill the server (SIGKILL) and start it again on the same port and storage.
-    fn restart(&mut self, down: Duration) {
-        unsafe_kill(&self.child);
-        let _ = self.child.wait();
-        std::thread::sleep(down);
-        self.child = Broker::spawn(self.port, self.dir.path());
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats_server() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")]).map(|d| d.join("nats-server")).find(|p| p.is_file())
-}
-
-/// `None` (with a message naming the package) where nats-server is not installed.
-fn broker() -> Option<Broker> {
-    let Some(bin) = nats_server() else {
-        eprintln!("SKIPPED: nats-server is not installed (Debian package nats-server; scripts/setup.sh installs it)");
-        return None;
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let _ = bin;
-    let child = Broker::spawn(port, dir.path());
-    Some(Broker { child, url: format!("nats://127.0.0.1:{port}"), port, dir })
-}
+use common::{Tiny, broker, unsafe_kill};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -195,7 +137,7 @@ fn a_distributed_search_gives_the_local_front_through_a_killed_worker_and_one_th
     let dir = f.dir.path().join("farmed");
     let mut args = search_args(&f, &f.model, &dir);
     args.extend(["--nats".into(), broker.url.clone(), "--no-local-evaluation".into(), "--nats-ack-wait".into(), "2".into()]);
-    let mut search = gelaco(&args).spawn().unwrap();
+    let search = gelaco(&args).spawn().unwrap();
 
     // the first worker takes a job and is killed in the middle of evaluating it
     let first = Worker::start(&broker.url, "first", &[]);
@@ -213,14 +155,7 @@ fn a_distributed_search_gives_the_local_front_through_a_killed_worker_and_one_th
     let redelivered = second.wait_for("job", Duration::from_secs(120));
     let mut seen = vec![redelivered];
     let third = Worker::start(&broker.url, "third", &[]);
-    let status = search.wait().unwrap();
-    let stderr = {
-        use std::io::Read;
-        let mut s = String::new();
-        search.stderr.take().unwrap().read_to_string(&mut s).unwrap();
-        s
-    };
-    assert!(status.success(), "{stderr}");
+    let stderr = succeeded(search);
     seen.extend(second.drain());
     let third_events = third.drain();
     seen.extend(third_events.iter().cloned());
@@ -233,11 +168,15 @@ fn a_distributed_search_gives_the_local_front_through_a_killed_worker_and_one_th
     assert_same_search(&local, &dir);
 }
 
-fn unsafe_kill(child: &Child) {
-    // SIGKILL: no chance to finish or release the job
-    let status = Command::new("kill").args(["-KILL", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
+/// Wait for a process whose standard error is piped; its standard error, once it succeeded.
+fn succeeded(mut child: Child) -> String {
+    use std::io::Read;
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(child.wait().unwrap().success(), "{stderr}");
+    stderr
 }
+
 
 #[test]
 fn a_worker_with_another_model_file_is_refused_and_the_run_goes_on_with_the_right_one() {
@@ -365,7 +304,7 @@ fn a_search_goes_on_through_a_broker_restart_with_its_queue_kept() {
     let dir = f.dir.path().join("farmed");
     let mut args = search_args(&f, &f.model, &dir);
     args.extend(["--nats".into(), broker.url.clone(), "--no-local-evaluation".into()]);
-    let mut search = gelaco(&args).spawn().unwrap();
+    let search = gelaco(&args).spawn().unwrap();
     let worker = Worker::start(&broker.url, "only", &[]);
     let start = Instant::now();
     while std::fs::read_to_string(dir.join("evaluations.jsonl")).map(|s| s.lines().count()).unwrap_or(0) < 10 {
@@ -373,14 +312,7 @@ fn a_search_goes_on_through_a_broker_restart_with_its_queue_kept() {
         std::thread::sleep(Duration::from_millis(5));
     }
     broker.restart(Duration::from_secs(2));
-    let status = search.wait().unwrap();
-    let stderr = {
-        use std::io::Read;
-        let mut s = String::new();
-        search.stderr.take().unwrap().read_to_string(&mut s).unwrap();
-        s
-    };
-    assert!(status.success(), "{stderr}");
+    let stderr = succeeded(search);
     assert!(worker.drain().iter().any(|e| e["event"] == "evaluated"));
     assert_same_search(&local, &dir);
 }

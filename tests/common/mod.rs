@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use gelaco::model::gguf::{self, GgmlType, TensorOut, Value};
 use gelaco::model::weights::{hf_to_gguf, permute_rows};
@@ -387,4 +389,67 @@ pub fn write_sharded_f16(tiny: &Tiny, dir: &Path) {
     }
     std::fs::remove_file(dir.join("model.safetensors")).ok();
     std::fs::write(dir.join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+}
+
+/// A NATS server with JetStream for one test, stopped when dropped.
+pub struct Broker {
+    child: Child,
+    pub url: String,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn spawn(port: u16, store: &Path) -> Child {
+        let child = Command::new(nats_server().unwrap())
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", store.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    /// Kill the server (SIGKILL) and start it again on the same port and storage.
+    pub fn restart(&mut self, down: Duration) {
+        unsafe_kill(&self.child);
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Broker::spawn(self.port, self.dir.path());
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")]).map(|d| d.join("nats-server")).find(|p| p.is_file())
+}
+
+/// `None` (with a message naming the package) where nats-server is not installed.
+pub fn broker() -> Option<Broker> {
+    if nats_server().is_none() {
+        eprintln!("SKIPPED: nats-server is not installed (Debian package nats-server; scripts/setup.sh installs it)");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let child = Broker::spawn(port, dir.path());
+    Some(Broker { child, url: format!("nats://127.0.0.1:{port}"), port, dir })
+}
+
+/// SIGKILL: no chance to finish or release anything.
+pub fn unsafe_kill(child: &Child) {
+    let status = Command::new("kill").args(["-KILL", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
 }

@@ -126,3 +126,46 @@ fn a_failing_worker_shows_an_error_and_the_window_stays_usable() {
     step_until(&mut h, "the second search to end", 120, |a| !a.running());
     assert_eq!(h.state().searches_started, 2);
 }
+
+#[test]
+fn a_search_through_nats_lists_its_workers_and_an_address_is_asked_for() {
+    let (dir, model, calib) = fixture();
+    let launch = Launch { model: Some(model), ephemeral: true, out: Some(dir.path().join("farmed")), ..Launch::default() };
+    let app = App::new(&egui::Context::default(), Some(settings(dir.path(), &calib)), launch);
+    let mut h = harness(app);
+    step_until(&mut h, "the model card", 60, |a| matches!(a.card, Some(Ok(_))));
+    // NATS chosen without an address: the window says what is missing
+    h.get_by_label("this machine");
+    h.get_by_label("NATS");
+    h.state_mut().settings.use_nats = true;
+    h.step();
+    h.get_by_label("▶ Run").click();
+    step_until(&mut h, "the error", 10, |a| a.banner.as_ref().is_some_and(|(e, t)| *e && t.contains("NATS server's address")));
+    assert!(!h.state().running());
+
+    let Some(broker) = common::broker() else { return };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        let options = gelaco::dist::worker::WorkerOptions {
+            nats: gelaco::dist::NatsSettings::new(broker.url.clone()),
+            device: DeviceChoice::Cpu,
+            memory_budget: None,
+            name: Some("helper".into()),
+            models: Vec::new(),
+        };
+        std::thread::spawn(move || gelaco::dist::worker::run(&options, &stop, &mut |_| {}))
+    };
+    h.state_mut().settings.nats_url = broker.url.clone();
+    h.get_by_label("▶ Run").click();
+    step_until(&mut h, "the worker listed", 120, |a| a.run.workers.iter().any(|w| w.name == "helper"));
+    h.get_by_label_contains("helper on ");
+    step_until(&mut h, "evaluated points", 120, |a| !a.run.points.is_empty());
+    if h.state().running() {
+        h.get_by_label("⏹ Stop").click();
+    }
+    step_until(&mut h, "the search to end", 120, |a| !a.running());
+    assert!(h.state().log.iter().any(|l| l.text.contains("through NATS")), "{:?}", h.state().log);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    worker.join().unwrap().unwrap();
+}

@@ -24,7 +24,7 @@ impl App {
                 self.run.baselines = solutions;
             }
             Event::Evaluated { evaluation } => self.add_point(&evaluation),
-            Event::Workers { .. } => {}
+            Event::Workers { workers } => self.run.workers = workers,
             Event::Progress(p) => {
                 self.run.stage = None;
                 self.run.paused = p.paused;
@@ -72,6 +72,7 @@ impl App {
         self.run.candidates.clear();
         self.run.baselines.clear();
         self.run.hypervolume.clear();
+        self.run.workers.clear();
         self.selected = None;
         self.run.progress = None;
         self.run.stage = None;
@@ -144,10 +145,17 @@ impl App {
     }
 
     pub(super) fn spawn(&mut self, spec: JobSpec) {
+        let nats = match self.settings.nats() {
+            Ok(n) => n,
+            Err(e) => return self.error(e),
+        };
         let ctx = self.ctx.clone();
         self.searches_started += 1;
-        self.run.stage = Some("starting".into());
-        self.job = Some(job::spawn(spec, Some(Arc::new(move || ctx.request_repaint()))));
+        self.run.stage = Some(match &nats {
+            Some(n) => format!("starting, evaluating through NATS at {}", n.server()),
+            None => "starting".into(),
+        });
+        self.job = Some(job::spawn_on(spec, nats, Some(Arc::new(move || ctx.request_repaint()))));
     }
 
     pub(super) fn resume_run(&mut self, dir: PathBuf) {

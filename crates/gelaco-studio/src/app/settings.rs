@@ -44,6 +44,12 @@ pub struct Settings {
     /// Recipes taken in as baselines (and starting points of a warm or seeded search).
     pub imports: Vec<PathBuf>,
     pub runs_dir: String,
+    /// Evaluate through the NATS JetStream server at `nats_url` (workers on other machines
+    /// pull the jobs) rather than on this machine alone.
+    pub use_nats: bool,
+    /// The server's address; it may carry credentials, so it is not kept between launches.
+    #[serde(skip)]
+    pub nats_url: String,
     pub dark: bool,
     pub eval_text: String,
     pub eval_windows: usize,
@@ -81,6 +87,8 @@ impl Default for Settings {
             baselines: true,
             imports: Vec::new(),
             runs_dir: home.join(".local/share/gelaco/runs").display().to_string(),
+            use_nats: false,
+            nats_url: String::new(),
             dark: true,
             eval_text: data.as_ref().map(|d| d.join("wiki.test.head.raw").display().to_string()).unwrap_or_default(),
             eval_windows: 4,
@@ -88,6 +96,20 @@ impl Default for Settings {
             prompt: "The three most important things about compressing a language model are".into(),
             max_new_tokens: 40,
         }
+    }
+}
+
+impl Settings {
+    /// Where evaluations go: `None` on this machine alone.
+    pub fn nats(&self) -> Result<Option<gelaco::dist::NatsSettings>, String> {
+        if !self.use_nats {
+            return Ok(None);
+        }
+        let url = self.nats_url.trim();
+        if url.is_empty() {
+            return Err("Workers: give the NATS server's address (nats://host:4222), or choose this machine".into());
+        }
+        Ok(Some(gelaco::dist::NatsSettings::new(url)))
     }
 }
 

@@ -21,6 +21,8 @@ pub struct RunView {
     pub candidates: Vec<FrontEntry>,
     pub baselines: Vec<BaselineSolution>,
     pub hypervolume: Vec<[f64; 2]>,
+    /// The workers of a distributed search, as last reported.
+    pub workers: Vec<gelaco::dist::WorkerStatus>,
 }
 
 /// The model lab: generated text, measurements (perplexity, benchmarks) and the models

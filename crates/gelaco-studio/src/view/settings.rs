@@ -189,6 +189,24 @@ pub(super) fn run_settings(app: &mut App, ui: &mut Ui) {
             .response
             .labelled_by(l.id);
             ui.end_row();
+            ui.label("Workers");
+            ui.vertical(|ui| {
+                ui.horizontal(|ui| {
+                    tip(ui.radio_value(&mut s.use_nats, false, "this machine"), "Every evaluation on this machine's device");
+                    tip(
+                        ui.radio_value(&mut s.use_nats, true, "NATS"),
+                        "Farm evaluations out through a NATS JetStream server to `gelaco worker` processes on other devices and machines (this machine evaluates too); the same seed gives the same front as here",
+                    );
+                });
+                if s.use_nats {
+                    let secret = s.nats_url.contains('@');
+                    tip(
+                        ui.add(egui::TextEdit::singleline(&mut s.nats_url).desired_width(180.0).hint_text("nats://host:4222").password(secret)),
+                        "The server's address: nats://[user:password@|token@]host:port or tls://…; not kept between launches",
+                    );
+                }
+            });
+            ui.end_row();
             ui.label("Baselines");
             tip(ui.checkbox(&mut s.baselines, "LaCo and ShortGPT"), "Compute the two baselines first and show them on the plot");
             ui.end_row();
@@ -258,6 +276,16 @@ pub(super) fn run_controls(app: &mut App, ui: &mut Ui) {
             if p.paused { "  ·  paused" } else { "" }
         ));
         ui.label(format!("front {} solutions  ·  best fitness {:.4}  ·  hypervolume {:.4}", p.front_size, p.best_fitness, p.hypervolume));
+    }
+    if running && app.settings.use_nats || !app.run.workers.is_empty() {
+        ui.label(RichText::new(format!("Workers ({})", app.run.workers.len())).strong());
+        if app.run.workers.is_empty() {
+            ui.label("none connected yet: start `gelaco worker --nats URL` on the machines that evaluate");
+        }
+        for w in &app.run.workers {
+            let refused = if w.refused.is_empty() { String::new() } else { format!("  ·  refused {}", w.refused.join("; ")) };
+            ui.label(format!("{} on {}: {}  ·  {} evaluations  ·  {:.2} eval/s{refused}", w.name, w.device, w.state, w.evaluations, w.rate));
+        }
     }
     ui.add_space(6.0);
     ui.collapsing("Resume or open a run folder", |ui| {
