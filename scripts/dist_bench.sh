@@ -12,11 +12,7 @@
 # nats-server; scripts/setup.sh installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=${MODEL:-$(bash scripts/setup.sh | tail -n 1)}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --locked
-fi
-bin=${BIN:-$PWD/target/release/gelaco}
+. scripts/bench_env.sh
 server=$(command -v nats-server || echo /usr/sbin/nats-server)
 [ -x "$server" ] || { echo "dist_bench.sh: nats-server is not installed (Debian package nats-server)" >&2; exit 2; }
 out=${OUT:-runs/dist-bench-$(date +%Y%m%d-%H%M%S)}

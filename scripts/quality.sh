@@ -22,11 +22,7 @@
 # printed; every intermediate result (run folders, recipes, JSON) stays in OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=${MODEL:-$(bash scripts/setup.sh | tail -n 1)}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --locked
-fi
-bin=${BIN:-$PWD/target/release/gelaco}
+. scripts/bench_env.sh
 data=${GELACO_DATA:-../shared/data}
 calib=assets/data/wiki.valid.raw
 sizes=${SIZES:-3 6 9 12}

@@ -8,12 +8,12 @@
 #   SEARCH=0                          skip the searches
 #   PLAIN=0                           skip fitness under the default budget
 #   BUDGETS="llama-3-8b=4G"          also run fitness of these shapes under these budgets
+#   BIN, MODEL                        a gelaco binary and the vocabulary's model to use
+#                                     (default: a release build here, the demo model)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=$(bash scripts/setup.sh | tail -1)
 command -v /usr/bin/time >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-cargo build --release --locked -q
-bin=target/release/gelaco
+. scripts/bench_env.sh
 DIR=${DIR:-runs/scale}
 SHAPES=${SHAPES:-"llama-3.2-1b llama-3.2-3b llama-2-7b llama-3-8b mistral-7b"}
 DEVICES=${DEVICES:-cpu}
