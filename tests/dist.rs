@@ -312,7 +312,7 @@ fn a_search_goes_on_through_a_broker_restart_with_its_queue_kept() {
         std::thread::sleep(Duration::from_millis(5));
     }
     broker.restart(Duration::from_secs(2));
-    let stderr = succeeded(search);
+    succeeded(search);
     assert!(worker.drain().iter().any(|e| e["event"] == "evaluated"));
     assert_same_search(&local, &dir);
 }
