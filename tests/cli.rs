@@ -335,3 +335,29 @@ fn a_model_larger_than_memory_is_refused_with_the_numbers_before_loading() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn devices_are_numbered_as_device_gpu_n_names_them_and_a_missing_one_is_an_error() {
+    let out = gelaco(&["devices", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let adapters = v["adapters"].as_array().unwrap();
+    for (i, a) in adapters.iter().enumerate() {
+        assert_eq!(a["device"], format!("gpu:{i}"), "{v}");
+        assert!(a["name"].is_string() && a["api"].is_string() && a["hardware"].is_boolean(), "{v}");
+    }
+    assert!(v["auto"].is_string(), "{v}");
+    let text = String::from_utf8_lossy(&gelaco(&["devices"]).stdout).into_owned();
+    assert_eq!(text.lines().filter(|l| l.starts_with("gpu:")).count(), adapters.len(), "{text}");
+
+    let (_dir, model, _) = Tiny::default().write_both();
+    let past = format!("gpu:{}", adapters.len());
+    let out = gelaco(&["perplexity", "--model", model.to_str().unwrap(), "--text", "Cargo.toml", "--window", "16", "--device", &past]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("no WGPU adapter {past}")) && !stderr.contains("panicked"), "{stderr}");
+    for bad in ["gpu:", "gpu:x", "gpu:-1"] {
+        let out = gelaco(&["perplexity", "--model", model.to_str().unwrap(), "--text", "Cargo.toml", "--device", bad]);
+        assert_input_error(&out, &["--device", "gpu:N"]);
+    }
+}

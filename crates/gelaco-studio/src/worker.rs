@@ -85,6 +85,8 @@ impl Worker {
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = cancel.clone();
         let _ = std::thread::Builder::new().name("gelaco-tools".into()).spawn(move || {
+            // the device list of the run settings, found once away from the window's thread
+            let _ = std::panic::catch_unwind(gelaco::backend::adapters);
             let mut state = State { loaded: None, cancel: flag };
             let send = |r: Reply| {
                 let _ = ptx.send(r);

@@ -10,14 +10,15 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use burn::tensor::wgpu::wgpu;
+use burn::tensor::wgpu::{WgpuBackend, wgpu};
 use burn::tensor::{Device, DeviceKind};
 
 use crate::error::{Error, Result};
 
-/// The compute device a user asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// The compute device a user asks for, written `auto`, `gpu`, `cpu` or `gpu:N` (in
+/// settings files too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum DeviceChoice {
     /// A real GPU when one exists, else the CPU backend.
     #[default]
@@ -26,13 +27,60 @@ pub enum DeviceChoice {
     Gpu,
     /// burn's CPU backend.
     Cpu,
+    /// The WGPU adapter numbered so by [`adapters`] (and `gelaco devices`): one process per
+    /// GPU of a machine.
+    Adapter(u16),
 }
 
-crate::choice!(DeviceChoice {
-    Auto => "auto": "a real GPU when one exists, else the CPU backend",
-    Gpu => "gpu": "the best WGPU adapter, software adapters included",
-    Cpu => "cpu": "burn's CPU backend",
-});
+impl DeviceChoice {
+    /// The choices without a number, with what each means.
+    pub const NAMED: [(DeviceChoice, &'static str); 3] = [
+        (DeviceChoice::Auto, "a real GPU when one exists, else the CPU backend"),
+        (DeviceChoice::Gpu, "the best WGPU adapter, software adapters included"),
+        (DeviceChoice::Cpu, "burn's CPU backend"),
+    ];
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Gpu => f.write_str("gpu"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Adapter(n) => write!(f, "gpu:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let wrong = || format!("'{text}' is not a device: write auto, gpu, cpu or gpu:N (N as `gelaco devices` numbers the adapters)");
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "gpu" => Ok(DeviceChoice::Gpu),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            other => match other.strip_prefix("gpu:") {
+                Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n.parse().map(DeviceChoice::Adapter).map_err(|_| wrong()),
+                _ => Err(wrong()),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = String;
+    fn try_from(text: String) -> std::result::Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(choice: DeviceChoice) -> String {
+        choice.to_string()
+    }
+}
 
 /// The kind of backend a device runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -61,6 +109,7 @@ pub struct ComputeDevice {
 pub struct AdapterDesc {
     pub name: String,
     pub backend: String,
+    pub api: wgpu::Backend,
     pub device_type: wgpu::DeviceType,
     pub driver: String,
 }
@@ -89,10 +138,18 @@ impl AdapterDesc {
     }
 }
 
-/// The WGPU adapters of this machine (Vulkan, Metal, DX12), best kind first.
+static ADAPTERS: OnceLock<Vec<AdapterDesc>> = OnceLock::new();
+
+/// The adapters [`adapters`] found, when it has been asked (without asking the system:
+/// a window's frame never waits on it).
+pub fn known_adapters() -> Option<Vec<AdapterDesc>> {
+    ADAPTERS.get().cloned()
+}
+
+/// The WGPU adapters of this machine (Vulkan, Metal, DX12), best kind first; `gpu:N` is
+/// the Nth of them.
 pub fn adapters() -> Vec<AdapterDesc> {
-    static CACHE: OnceLock<Vec<AdapterDesc>> = OnceLock::new();
-    CACHE
+    ADAPTERS
         .get_or_init(|| {
             let backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12;
             let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
@@ -106,6 +163,7 @@ pub fn adapters() -> Vec<AdapterDesc> {
                     AdapterDesc {
                         name: info.name,
                         backend: format!("{:?}", info.backend),
+                        api: info.backend,
                         device_type: info.device_type,
                         driver: info.driver_info,
                     }
@@ -117,29 +175,61 @@ pub fn adapters() -> Vec<AdapterDesc> {
         .clone()
 }
 
-fn kind_for(adapter: &AdapterDesc) -> DeviceKind {
-    match adapter.device_type {
-        wgpu::DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu(0),
-        wgpu::DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu(0),
-        wgpu::DeviceType::VirtualGpu => DeviceKind::VirtualGpu(0),
+/// How burn addresses adapter `index` of `all`: its graphics API, and its kind numbered
+/// among the adapters of that kind and API before it.
+fn address(all: &[AdapterDesc], index: usize) -> (WgpuBackend, DeviceKind) {
+    let adapter = &all[index];
+    let n = all[..index].iter().filter(|a| a.device_type == adapter.device_type && a.api == adapter.api).count();
+    let kind = match adapter.device_type {
+        wgpu::DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu(n),
+        wgpu::DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu(n),
+        wgpu::DeviceType::VirtualGpu => DeviceKind::VirtualGpu(n),
         _ => DeviceKind::Cpu,
-    }
+    };
+    let api = match adapter.api {
+        wgpu::Backend::Vulkan => WgpuBackend::Vulkan,
+        wgpu::Backend::Metal => WgpuBackend::Metal,
+        wgpu::Backend::Dx12 => WgpuBackend::Dx12,
+        _ => WgpuBackend::Auto,
+    };
+    (api, kind)
 }
 
 /// Devices are created once per process: burn refuses to initialise a runtime twice.
-fn wgpu_device(kind: DeviceKind) -> Result<Device> {
-    static DEVICES: OnceLock<Mutex<HashMap<DeviceKind, Device>>> = OnceLock::new();
+fn wgpu_device(api: WgpuBackend, kind: DeviceKind) -> Result<Device> {
+    static DEVICES: OnceLock<Mutex<HashMap<(WgpuBackend, DeviceKind), Device>>> = OnceLock::new();
     let map = DEVICES.get_or_init(Default::default);
     let mut map = map.lock().map_err(|_| Error::Device("device registry poisoned".into()))?;
-    if let Some(d) = map.get(&kind) {
+    if let Some(d) = map.get(&(api, kind.clone())) {
         return Ok(d.clone());
     }
     let device = Device::wgpu_options()
+        .graphics_api(api)
         .device_kind(kind.clone())
         .init()
-        .map_err(|e| Error::Device(format!("could not start WGPU adapter {kind:?}: {e}")))?;
-    map.insert(kind, device.clone());
+        .map_err(|e| Error::Device(format!("could not start WGPU adapter {kind:?} on {api:?}: {e}")))?;
+    map.insert((api, kind), device.clone());
     Ok(device)
+}
+
+/// Adapter `index` of `all` as a compute device.
+fn adapter_device(all: &[AdapterDesc], index: usize, notice: Option<String>) -> Result<ComputeDevice> {
+    let adapter = &all[index];
+    let (api, kind) = address(all, index);
+    if kind == DeviceKind::Cpu && all[..index].iter().any(|a| !a.is_hardware() && a.api == adapter.api) {
+        return Err(Error::Device(format!(
+            "gpu:{index} ({}) is a second software adapter on {:?}, which burn cannot address; use an earlier one",
+            adapter.describe(),
+            adapter.api
+        )));
+    }
+    Ok(ComputeDevice {
+        device: wgpu_device(api, kind)?,
+        backend: BackendKind::Wgpu,
+        description: format!("wgpu gpu:{index}: {}", adapter.describe()),
+        notice,
+        memory_budget: None,
+    })
 }
 
 fn cpu() -> ComputeDevice {
@@ -158,34 +248,30 @@ pub fn select(choice: DeviceChoice) -> Result<ComputeDevice> {
         DeviceChoice::Cpu => Ok(cpu()),
         DeviceChoice::Gpu => {
             let all = adapters();
-            let best = all.first().ok_or_else(|| {
-                Error::Device(
+            if all.is_empty() {
+                return Err(Error::Device(
                     "no WGPU adapter found (on Linux without a GPU, install a software Vulkan driver: apt-get install mesa-vulkan-drivers)"
                         .into(),
-                )
-            })?;
-            let device = wgpu_device(kind_for(best))?;
-            Ok(ComputeDevice {
-                device,
-                backend: BackendKind::Wgpu,
-                description: format!("wgpu: {}", best.describe()),
-                notice: None,
-                memory_budget: None,
-            })
+                ));
+            }
+            adapter_device(&all, 0, None)
+        }
+        DeviceChoice::Adapter(n) => {
+            let all = adapters();
+            let index = usize::from(n);
+            if index >= all.len() {
+                return Err(Error::Device(match all.len() {
+                    0 => format!("there is no WGPU adapter gpu:{n}: this machine has none"),
+                    1 => format!("there is no WGPU adapter gpu:{n}: this machine has one, gpu:0 (`gelaco devices` lists it)"),
+                    k => format!("there is no WGPU adapter gpu:{n}: this machine has {k}, gpu:0 to gpu:{} (`gelaco devices` lists them)", k - 1),
+                }));
+            }
+            adapter_device(&all, index, None)
         }
         DeviceChoice::Auto => {
             let all = adapters();
-            match all.iter().find(|a| a.is_hardware()) {
-                Some(best) => {
-                    let device = wgpu_device(kind_for(best))?;
-                    Ok(ComputeDevice {
-                        device,
-                        backend: BackendKind::Wgpu,
-                        description: format!("wgpu: {}", best.describe()),
-                        notice: Some(format!("using GPU adapter {}", best.describe())),
-                        memory_budget: None,
-                    })
-                }
+            match all.iter().position(|a| a.is_hardware()) {
+                Some(best) => adapter_device(&all, best, Some(format!("using GPU adapter {}", all[best].describe()))),
                 None => {
                     let mut c = cpu();
                     c.notice = Some(if all.is_empty() {
@@ -200,5 +286,55 @@ pub fn select(choice: DeviceChoice) -> Result<ComputeDevice> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_choices_read_and_write_as_their_names() {
+        for (text, choice) in [("auto", DeviceChoice::Auto), ("gpu", DeviceChoice::Gpu), ("cpu", DeviceChoice::Cpu), ("gpu:3", DeviceChoice::Adapter(3))] {
+            assert_eq!(text.parse::<DeviceChoice>(), Ok(choice));
+            assert_eq!(choice.to_string(), text);
+            let json = serde_json::to_string(&choice).unwrap();
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<DeviceChoice>(&json).unwrap(), choice);
+        }
+        assert_eq!("GPU:1".parse::<DeviceChoice>(), Ok(DeviceChoice::Adapter(1)));
+        for bad in ["", "gpu:", "gpu:-1", "gpu:x", "gpu:99999", "gpu1", "tpu", "gpu: 1"] {
+            let e = bad.parse::<DeviceChoice>().unwrap_err();
+            assert!(e.contains("gpu:N"), "{bad}: {e}");
+            assert!(serde_json::from_str::<DeviceChoice>(&format!("\"{bad}\"")).is_err(), "{bad}");
+        }
+    }
+
+    fn adapter(name: &str, device_type: wgpu::DeviceType, api: wgpu::Backend) -> AdapterDesc {
+        AdapterDesc { name: name.into(), backend: format!("{api:?}"), api, device_type, driver: String::new() }
+    }
+
+    #[test]
+    fn adapters_are_addressed_by_kind_and_api_in_their_order() {
+        use wgpu::{Backend, DeviceType};
+        let all = [
+            adapter("a", DeviceType::DiscreteGpu, Backend::Vulkan),
+            adapter("b", DeviceType::DiscreteGpu, Backend::Dx12),
+            adapter("c", DeviceType::DiscreteGpu, Backend::Vulkan),
+            adapter("d", DeviceType::IntegratedGpu, Backend::Vulkan),
+            adapter("e", DeviceType::Cpu, Backend::Vulkan),
+        ];
+        assert_eq!(address(&all, 0), (WgpuBackend::Vulkan, DeviceKind::DiscreteGpu(0)));
+        assert_eq!(address(&all, 1), (WgpuBackend::Dx12, DeviceKind::DiscreteGpu(0)));
+        assert_eq!(address(&all, 2), (WgpuBackend::Vulkan, DeviceKind::DiscreteGpu(1)));
+        assert_eq!(address(&all, 3), (WgpuBackend::Vulkan, DeviceKind::IntegratedGpu(0)));
+        assert_eq!(address(&all, 4), (WgpuBackend::Vulkan, DeviceKind::Cpu));
+    }
+
+    #[test]
+    fn an_adapter_number_past_the_last_is_an_error_naming_the_range() {
+        let n = adapters().len();
+        let e = select(DeviceChoice::Adapter(n as u16)).unwrap_err().to_string();
+        assert!(e.contains(&format!("gpu:{n}")), "{e}");
     }
 }

@@ -56,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     max_windows: usize,
     /// Backends to measure, in order (default: cpu,gpu, or the one given with --device).
-    #[arg(long, value_parser = super::words::choice::<DeviceChoice>(), value_delimiter = ',')]
+    #[arg(long, value_parser = super::words::device, value_delimiter = ',')]
     devices: Vec<DeviceChoice>,
     /// Timed repetitions per shape (after one warm-up).
     #[arg(long, default_value_t = 3)]

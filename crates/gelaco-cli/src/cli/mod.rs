@@ -34,9 +34,10 @@ struct Cli {
 
 #[derive(Args, Clone)]
 pub struct Common {
-    /// Compute device: a real GPU when present (auto, the default), any WGPU adapter
-    /// including software ones (gpu), or the CPU backend (cpu).
-    #[arg(long, value_parser = words::choice::<DeviceChoice>(), global = true)]
+    /// Compute device: a real GPU when present (auto, the default), the best WGPU adapter
+    /// including software ones (gpu), adapter N as `gelaco devices` numbers them (gpu:N:
+    /// one worker per GPU of a machine), or the CPU backend (cpu).
+    #[arg(long, value_parser = words::device, global = true, value_name = "auto|gpu|gpu:N|cpu")]
     pub device: Option<DeviceChoice>,
     /// Show timing spans and debug messages on stderr.
     #[arg(long, short, global = true)]
@@ -132,12 +133,21 @@ enum Command {
     Gui(GuiArgs),
     /// Prefill throughput on each backend (batch 16 x 64 and 1 x 512 tokens).
     Bench(bench::BenchArgs),
-    /// List the WGPU adapters of this machine and what --device auto would choose.
-    Devices,
+    /// List the WGPU adapters of this machine, numbered as `--device gpu:N` names them, and
+    /// what --device auto would choose.
+    Devices(DevicesArgs),
     /// Evaluate jobs of distributed searches (`gelaco search --nats URL`) pulled from a NATS
     /// JetStream server, on this machine's device, until stopped (SIGTERM or Ctrl-C finish
     /// the current job first).
     Worker(worker::WorkerArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct DevicesArgs {
+    /// Print them as JSON: {"adapters": [{"device", "name", "api", "type", "driver",
+    /// "hardware"}], "auto"}.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug, Default)]
@@ -396,16 +406,33 @@ fn dispatch() -> Result<()> {
         Command::Compare(args) => judge::compare(args, device),
         Command::Export(args) => judge::export(args, device),
         Command::Bench(args) => bench::run(args, common.device),
-        Command::Devices => {
+        Command::Devices(a) => {
             let all = backend::adapters();
+            let auto = backend::select(DeviceChoice::Auto)?;
+            if a.json {
+                let adapters: Vec<serde_json::Value> = all
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        json!({
+                            "device": DeviceChoice::Adapter(i as u16).to_string(),
+                            "name": d.name,
+                            "api": d.backend,
+                            "type": format!("{:?}", d.device_type),
+                            "driver": d.driver,
+                            "hardware": d.is_hardware(),
+                        })
+                    })
+                    .collect();
+                return print_json(&json!({ "adapters": adapters, "auto": auto.description }));
+            }
             if all.is_empty() {
                 println!("no WGPU adapter");
             }
-            for a in &all {
-                println!("{}{}", a.describe(), if a.is_hardware() { "" } else { "  (software)" });
+            for (i, d) in all.iter().enumerate() {
+                println!("gpu:{i}  {}{}", d.describe(), if d.is_hardware() { "" } else { "  (software)" });
             }
-            let d = backend::select(DeviceChoice::Auto)?;
-            println!("--device auto -> {}", d.description);
+            println!("--device auto -> {}", auto.description);
             Ok(())
         }
     }

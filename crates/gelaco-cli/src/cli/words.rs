@@ -30,6 +30,11 @@ impl<T: Choice> TypedValueParser for ChoiceParser<T> {
     }
 }
 
+/// A `--device` value: auto, gpu, cpu or gpu:N.
+pub fn device(text: &str) -> Result<gelaco::backend::DeviceChoice, String> {
+    text.parse()
+}
+
 /// A core error in the command line's words: a setting by its flag, and the flag that
 /// answers the error where there is one.
 pub fn words(e: &gelaco::Error) -> String {

@@ -181,10 +181,15 @@ pub(super) fn run_settings(app: &mut App, ui: &mut Ui) {
             });
             ui.end_row();
             let l = ui.label("Device");
-            egui::ComboBox::from_id_salt("device").selected_text(format!("{:?}", s.device).to_lowercase()).show_ui(ui, |ui| {
+            egui::ComboBox::from_id_salt("device").selected_text(s.device.to_string()).show_ui(ui, |ui| {
                 tip(ui.selectable_value(&mut s.device, DeviceChoice::Auto, "auto"), "A real GPU when present, else the CPU");
-                tip(ui.selectable_value(&mut s.device, DeviceChoice::Gpu, "gpu"), "Any WGPU adapter (Vulkan, Metal, DX12), software ones included");
+                tip(ui.selectable_value(&mut s.device, DeviceChoice::Gpu, "gpu"), "The best WGPU adapter (Vulkan, Metal, DX12), software ones included");
                 tip(ui.selectable_value(&mut s.device, DeviceChoice::Cpu, "cpu"), "The CPU backend");
+                // one entry per adapter, as `gelaco devices` numbers them
+                for (i, a) in gelaco::backend::known_adapters().unwrap_or_default().iter().enumerate() {
+                    let choice = DeviceChoice::Adapter(i as u16);
+                    tip(ui.selectable_value(&mut s.device, choice, format!("{choice}  {}", a.name)), &a.describe());
+                }
             })
             .response
             .labelled_by(l.id);
