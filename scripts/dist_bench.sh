@@ -3,7 +3,8 @@
 # through a NATS JetStream server (started here on a free loopback port) with one worker and
 # with two (`gelaco worker`, the coordinator leaving every evaluation to them), on this
 # machine. Prints evaluations per second of each, the broker's overhead per evaluation (one
-# worker: the coordinator's waiting time less the workers' evaluation time, per result), and
+# worker: the coordinator's waiting time less the worker's evaluation and start-up time, per
+# result; the start-up, loading the model and computing reference activations, apart), and
 # whether each front and evaluation log equals the local run's.
 #
 # Settings (environment): EVALUATIONS (48), POPULATION (8), SAMPLES (16 calibration samples
@@ -88,10 +89,10 @@ for name, label in (("local", "local"), ("one", "1 worker"), ("two", "2 workers"
     r = runs[name]
     overhead = ""
     if name == "one" and r["farm"]:
-        m = re.search(r"through NATS: (\d+) results.*?; ([\d.]+) s waiting for ([\d.]+) s of evaluation", r["farm"])
+        m = re.search(r"through NATS: (\d+) results.*?; ([\d.]+) s waiting for ([\d.]+) s of evaluation and ([\d.]+) s of worker start-up", r["farm"])
         if m:
-            results, waiting, evaluating = int(m.group(1)), float(m.group(2)), float(m.group(3))
-            overhead = "%.1f ms" % (1000 * (waiting - evaluating) / max(results, 1))
+            results, waiting, evaluating, startup = int(m.group(1)), float(m.group(2)), float(m.group(3)), float(m.group(4))
+            overhead = "%.1f ms (and %.1f s of start-up, once)" % (1000 * (waiting - evaluating - startup) / max(results, 1), startup)
     same = "" if name == "local" else ("yes" if r["front"] == runs["local"]["front"] and r["log"] == runs["local"]["log"] else "NO")
     rows.append("| %s | %.1f s | %d | %.2f | %s | %s |" % (label, r["seconds"], r["computed"], r["computed"] / r["seconds"], overhead, same))
 text = "\n".join(rows) + "\n"

@@ -38,6 +38,9 @@ pub struct FarmStats {
     /// Seconds spent waiting for batches, and the evaluation seconds of their results.
     pub waiting_seconds: f64,
     pub evaluation_seconds: f64,
+    /// Seconds the workers spent making the run ready (model and reference activations),
+    /// once each, as their results say.
+    pub startup_seconds: f64,
     /// Results refused (malformed, another run's, impossible).
     pub rejected: usize,
     /// Workers that sent results, by name.
@@ -59,8 +62,8 @@ impl FarmStats {
         );
         if self.results > 0 {
             line.push_str(&format!(
-                "; {:.1} s waiting for {:.1} s of evaluation",
-                self.waiting_seconds, self.evaluation_seconds
+                "; {:.2} s waiting for {:.2} s of evaluation and {:.2} s of worker start-up",
+                self.waiting_seconds, self.evaluation_seconds, self.startup_seconds
             ));
         }
         if self.rejected > 0 {
@@ -254,7 +257,7 @@ impl<'e> NatsFarm<'e> {
         let start = Instant::now();
         let every = self.settings.ack_wait / 3;
         let outcome = super::with_progress(&self.conn, &acker, every, || super::evaluate_job(self.engine, &job));
-        let result = super::result_message(&self.spec, &job, &self.name, start.elapsed().as_secs_f64(), outcome);
+        let result = super::result_message(&self.spec, &job, &self.name, start.elapsed().as_secs_f64(), None, outcome);
         self.conn.rt.block_on(super::publish_result(&self.conn, &result, &acker))?;
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).here += 1;
         Ok(true)
@@ -278,6 +281,7 @@ impl Farm for NatsFarm<'_> {
                             return Err(Error::Invalid(format!("worker '{}' could not evaluate {}: {error}", r.worker, crate::util::short_text(&r.key, 60))));
                         }
                         stats.evaluation_seconds += r.seconds;
+                        stats.startup_seconds += r.ready_seconds.unwrap_or(0.0);
                         if !stats.workers.contains(&r.worker) {
                             stats.workers.push(r.worker.clone());
                         }

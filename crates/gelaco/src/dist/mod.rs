@@ -217,7 +217,7 @@ impl Connection {
                 options = options.require_tls(true);
             }
             let url = format!("{}://{}", if address.tls { "tls" } else { "nats" }, address.host);
-            options.connect(url).await.map_err(|e| broker(format!("cannot connect: {e}")))
+            options.connect(url).await.map_err(|e| broker(format!("cannot connect: {e}{}", connect_hint(&e.to_string()))))
         })?;
         let js = {
             let _inside = rt.enter();
@@ -373,6 +373,10 @@ pub struct ResultMessage {
     pub worker: String,
     /// Seconds the evaluation took.
     pub seconds: f64,
+    /// Seconds the worker spent making the run ready (loading its model, computing the
+    /// reference activations) before this job: on the first result of a run it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<FitnessResult>,
     /// Why the evaluation failed, where it did.
@@ -482,6 +486,9 @@ pub fn check_result(r: &ResultMessage, spec: &RunSpec) -> std::result::Result<()
     if !(r.seconds.is_finite() && r.seconds >= 0.0) {
         return Err(format!("a result from worker '{}' with a time of {} seconds", r.worker, r.seconds));
     }
+    if let Some(ready) = r.ready_seconds.filter(|s| !(s.is_finite() && *s >= 0.0)) {
+        return Err(format!("a result from worker '{}' with a start-up time of {ready} seconds", r.worker));
+    }
     match (&r.result, &r.error) {
         (Some(result), None) => {
             result.check(spec.layers).map_err(|m| format!("a result from worker '{}' that is not possible: {m}", r.worker))?;
@@ -493,6 +500,17 @@ pub fn check_result(r: &ResultMessage, spec: &RunSpec) -> std::result::Result<()
         }
         (None, Some(_)) => Ok(()),
         _ => Err(format!("a result from worker '{}' with neither a result nor an error", r.worker)),
+    }
+}
+
+/// What to do about a failed connection, where its message says.
+fn connect_hint(message: &str) -> &'static str {
+    if message.contains("UnknownIssuer") || message.contains("invalid peer certificate") {
+        " (the server's certificate is not signed by an authority this machine trusts: pass the authority's certificate with --nats-ca)"
+    } else if message.contains("authorization violation") {
+        " (the server wants other credentials: user:password@ or token@ in the address, or --nats-creds)"
+    } else {
+        ""
     }
 }
 
@@ -528,7 +546,7 @@ pub(crate) fn with_progress<T>(conn: &Connection, acker: &Arc<jetstream::message
 }
 
 /// The message of a finished job: its result or why it failed.
-pub(crate) fn result_message(spec: &RunSpec, job: &JobMessage, worker: &str, seconds: f64, outcome: Result<FitnessResult>) -> ResultMessage {
+pub(crate) fn result_message(spec: &RunSpec, job: &JobMessage, worker: &str, seconds: f64, ready_seconds: Option<f64>, outcome: Result<FitnessResult>) -> ResultMessage {
     let (result, error) = match outcome {
         Ok(r) => (Some(r), None),
         Err(e) => (None, Some(e.to_string())),
@@ -541,6 +559,7 @@ pub(crate) fn result_message(spec: &RunSpec, job: &JobMessage, worker: &str, sec
         tokens: job.tokens,
         worker: worker.to_string(),
         seconds,
+        ready_seconds,
         result,
         error,
     }

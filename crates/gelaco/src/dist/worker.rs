@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
 
 use super::{Connection, JobMessage, MAX_JOB_BYTES, NatsSettings, RUNS_STREAM, RunSpec, WORKERS_STREAM, WorkerStatus, check_job, decode};
@@ -74,9 +74,12 @@ struct Holding {
 }
 
 impl Holding {
-    /// The run's model loaded and its engine built (`Err`: why this worker cannot serve it).
-    fn ready(&mut self, spec: &RunSpec, models: &[PathBuf], device: &crate::backend::ComputeDevice) -> std::result::Result<(), String> {
+    /// The run's model loaded and its engine built (`Err`: why this worker cannot serve it);
+    /// `true` when either had to be done now.
+    fn ready(&mut self, spec: &RunSpec, models: &[PathBuf], device: &crate::backend::ComputeDevice) -> std::result::Result<bool, String> {
+        let mut work = false;
         if self.loaded.as_ref().is_none_or(|l| l.sha256 != spec.model_sha256) {
+            work = true;
             self.loaded = None;
             self.loaded = Some(load_model(spec, models, &mut self.known, device)?);
         }
@@ -92,6 +95,16 @@ impl Holding {
             }
             let engine = FitnessEngine::new(&l.model.model, calibration, spec.engine).map_err(|e| e.to_string())?;
             l.engines.insert(spec.calibration_hash.clone(), engine);
+            work = true;
+        }
+        Ok(work)
+    }
+
+    /// [`Holding::ready`], adding the time it took to `startup[run]` when it had work to do.
+    fn ready_timed(&mut self, spec: &RunSpec, models: &[PathBuf], device: &crate::backend::ComputeDevice, startup: &mut HashMap<String, f64>) -> std::result::Result<(), String> {
+        let start = Instant::now();
+        if self.ready(spec, models, device)? {
+            *startup.entry(spec.run.clone()).or_default() += start.elapsed().as_secs_f64();
         }
         Ok(())
     }
@@ -139,6 +152,10 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(
     let mut served: Vec<Served> = Vec::new();
     let mut refused: HashMap<String, String> = HashMap::new();
     let mut state = Holding { known: HashMap::new(), loaded: None };
+    // start-up seconds of each run not reported yet: they go with its next result
+    let mut startup: HashMap<String, f64> = HashMap::new();
+    // runs described (or described again, as a resumed one is) wake the worker at once
+    let mut announced = conn.rt.block_on(conn.client.subscribe(super::run_subject("*"))).map_err(|e| conn.broker("cannot follow the runs described", e))?;
     let mut looked = None::<Instant>;
     let mut busy = 0.0f64;
     let mut done = 0usize;
@@ -158,7 +175,8 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(
     };
     let outcome = (|| -> Result<()> {
         while !stop.load(Ordering::SeqCst) {
-            if looked.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(1)) {
+            let news = conn.rt.block_on(async { std::iter::from_fn(|| announced.next().now_or_never().flatten()).count() }) > 0;
+            if news || looked.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(1)) {
                 looked = Some(Instant::now());
                 let new = discover(&conn, &mut served, &refused)?;
                 // a new run's model and reference activations are made ready before its
@@ -166,7 +184,7 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(
                 for run in new {
                     let Some(spec) = served.iter().find(|s| s.spec.run == run && (s.pending > 0 || s.fresh)).map(|s| s.spec.clone()) else { continue };
                     set(&|s| s.state = "loading".into());
-                    if let Err(reason) = state.ready(&spec, &options.models, &device) {
+                    if let Err(reason) = state.ready_timed(&spec, &options.models, &device, &mut startup) {
                         refuse(&mut served, &mut refused, &run, reason, on_event);
                     }
                     set(&|s| s.state = "idle".into());
@@ -185,7 +203,9 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(
                 (None, None) => None,
             };
             let Some((i, wait)) = index else {
-                std::thread::sleep(Duration::from_millis(50));
+                if let Ok(Some(_)) = conn.rt.block_on(async { tokio::time::timeout(Duration::from_millis(50), announced.next()).await }) {
+                    looked = None;
+                }
                 continue;
             };
             turn = i;
@@ -208,7 +228,7 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(
                 }
             };
             set(&|s| s.state = "loading".into());
-            let ready = super::with_progress(&conn, &acker, ack_every(&spec), || state.ready(&spec, &options.models, &device));
+            let ready = super::with_progress(&conn, &acker, ack_every(&spec), || state.ready_timed(&spec, &options.models, &device, &mut startup));
             if let Err(reason) = ready {
                 // left to the other workers
                 let _ = conn.rt.block_on(acker.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1)))));
@@ -225,7 +245,7 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(
             let start = Instant::now();
             let outcome = super::with_progress(&conn, &acker, ack_every(&spec), || super::evaluate_job(engine, &job));
             let seconds = start.elapsed().as_secs_f64();
-            let result = super::result_message(&spec, &job, &name, seconds, outcome);
+            let result = super::result_message(&spec, &job, &name, seconds, startup.remove(&spec.run), outcome);
             conn.rt.block_on(super::publish_result(&conn, &result, &acker))?;
             busy += seconds;
             done += 1;
