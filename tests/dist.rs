@@ -316,3 +316,116 @@ fn a_search_goes_on_through_a_broker_restart_with_its_queue_kept() {
     assert!(worker.drain().iter().any(|e| e["event"] == "evaluated"));
     assert_same_search(&local, &dir);
 }
+
+/// A certificate authority and a server certificate for 127.0.0.1 made with `openssl`
+/// (in `dir`): the CA's file and the server's certificate and key; `None`, with a message
+/// naming the package, where openssl is not installed.
+fn tls_files(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let openssl = |args: &[&str]| Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if openssl(&["version"]).is_err() {
+        eprintln!("SKIPPED: openssl is not installed (Debian package openssl)");
+        return None;
+    }
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for args in [
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=gelaco test CA"][..],
+        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+        &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"],
+    ] {
+        assert!(openssl(args).unwrap().success(), "openssl {args:?} failed");
+    }
+    Some((dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key")))
+}
+
+/// Every file under `dir`, as text (lossy).
+fn all_text(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(all_text(&path));
+        } else {
+            out.push((path.clone(), String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_broker_that_asks_for_a_password_over_tls_is_used_and_the_password_shows_nowhere() {
+    let f = fixture();
+    let certs = f.dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let Some((ca, cert, key)) = tls_files(&certs) else { return };
+    let secret = "s3cr3t-Pa55word";
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let options: Vec<String> = ["--user", "alice", "--pass", secret, "--tls", "--tlscert", &s(&cert), "--tlskey", &s(&key)].iter().map(|x| x.to_string()).collect();
+    let Some(broker) = common::broker_with(&options) else { return };
+    let url = format!("tls://alice:{secret}@127.0.0.1:{}", broker.port);
+    let dir = f.dir.path().join("farmed");
+    let mut args = search_args(&f, &f.model, &dir);
+    if let Some(n) = args.iter_mut().skip_while(|a| *a != "--evaluations").nth(1) {
+        *n = "16".into();
+    }
+    args.extend(["--nats".into(), url.clone(), "--nats-ca".into(), s(&ca), "--verbose".into()]);
+
+    // a worker and the search, both through TLS with the password; their output kept
+    let worker_log = f.dir.path().join("worker.log");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_gelaco"))
+        .args(["worker", "--nats", &url, "--nats-ca", &s(&ca), "--name", "tls", "--device", "cpu", "--verbose"])
+        .stdout(std::fs::File::create(&worker_log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&worker_log).unwrap())
+        .spawn()
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gelaco")).args(&args).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("tls://127.0.0.1:{}", broker.port)), "{stderr}");
+    let _ = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
+    let _ = worker.wait();
+    let worker_text = std::fs::read_to_string(&worker_log).unwrap();
+    assert!(worker_text.contains(&format!("connected to tls://127.0.0.1:{}", broker.port)), "{worker_text}");
+    for (what, text) in [("the search's output", format!("{stdout}{stderr}")), ("the worker's output", worker_text)] {
+        assert!(!text.contains(secret), "{what} shows the password:\n{text}");
+    }
+    for (path, text) in all_text(&dir) {
+        assert!(!text.contains(secret) && !text.contains("alice"), "{} holds the credentials", path.display());
+    }
+
+    // a wrong password, a missing CA and no TLS: a clear error naming the server and what to
+    // do, never the password
+    let wrong = format!("tls://alice:wrong-{secret}@127.0.0.1:{}", broker.port);
+    let plain = format!("nats://alice:{secret}@127.0.0.1:{}", broker.port);
+    for (url, ca, hint) in [(wrong.as_str(), Some(&ca), "credentials"), (url.as_str(), None, "--nats-ca"), (plain.as_str(), None, "--nats-ca")] {
+        let mut args = vec!["worker".to_string(), "--nats".into(), url.into(), "--device".into(), "cpu".into()];
+        if let Some(ca) = ca {
+            args.extend(["--nats-ca".into(), s(ca)]);
+        }
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_gelaco")).args(&args).stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{url}: the error took {:?}", started.elapsed());
+        assert!(stderr.contains(&format!("127.0.0.1:{}", broker.port)) && stderr.contains(hint), "{url}: {stderr}");
+        assert!(!stderr.contains(secret) && !stderr.contains("panicked"), "{url}: {stderr}");
+    }
+    // a credentials file that is not there is named
+    let out = Command::new(env!("CARGO_BIN_EXE_gelaco")).args(["worker", "--nats", &broker.url, "--nats-creds", "/nonexistent/user.creds"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--nats-creds") && stderr.contains("/nonexistent/user.creds"), "{stderr}");
+
+    // a server that asks for a token: the token in the address reaches it, and shows nowhere
+    let token = "t0ken-Zq9";
+    let Some(tokened) = common::broker_with(&["--auth".to_string(), token.to_string()]) else { return };
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_gelaco"))
+        .args(["worker", "--nats", &format!("nats://{token}@127.0.0.1:{}", tokened.port), "--device", "cpu", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(worker.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(line.contains("\"connected\"") && !line.contains(token), "{line}");
+}

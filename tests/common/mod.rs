@@ -395,14 +395,17 @@ pub fn write_sharded_f16(tiny: &Tiny, dir: &Path) {
 pub struct Broker {
     child: Child,
     pub url: String,
-    port: u16,
+    pub port: u16,
     dir: tempfile::TempDir,
+    /// Server options beside the address and storage (authorisation, TLS).
+    options: Vec<String>,
 }
 
 impl Broker {
-    fn spawn(port: u16, store: &Path) -> Child {
+    fn spawn(port: u16, store: &Path, options: &[String]) -> Child {
         let child = Command::new(nats_server().unwrap())
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", store.to_str().unwrap()])
+            .args(options)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -420,7 +423,7 @@ impl Broker {
         unsafe_kill(&self.child);
         let _ = self.child.wait();
         std::thread::sleep(down);
-        self.child = Broker::spawn(self.port, self.dir.path());
+        self.child = Broker::spawn(self.port, self.dir.path(), &self.options);
     }
 }
 
@@ -438,14 +441,19 @@ pub fn nats_server() -> Option<PathBuf> {
 
 /// `None` (with a message naming the package) where nats-server is not installed.
 pub fn broker() -> Option<Broker> {
+    broker_with(&[])
+}
+
+/// [`broker`] with server options (e.g. `--user`, `--pass`, `--tls`).
+pub fn broker_with(options: &[String]) -> Option<Broker> {
     if nats_server().is_none() {
         eprintln!("SKIPPED: nats-server is not installed (Debian package nats-server; scripts/setup.sh installs it)");
         return None;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let child = Broker::spawn(port, dir.path());
-    Some(Broker { child, url: format!("nats://127.0.0.1:{port}"), port, dir })
+    let child = Broker::spawn(port, dir.path(), options);
+    Some(Broker { child, url: format!("nats://127.0.0.1:{port}"), port, dir, options: options.to_vec() })
 }
 
 /// SIGKILL: no chance to finish or release anything.
