@@ -3,8 +3,9 @@
 # through a NATS JetStream server (started here on a free loopback port) with one worker and
 # with two (`gelaco worker`, the coordinator leaving every evaluation to them), on this
 # machine. Prints evaluations per second of each, the broker's overhead per evaluation (one
-# worker: the coordinator's waiting time less the worker's evaluation and start-up time, per
-# result; the start-up, loading the model and computing reference activations, apart), and
+# worker: the coordinator's waiting time less the worker's evaluation time, per result, over
+# the batches after the worker's start-up, which is loading the model and computing the
+# reference activations, and is shown apart), and
 # whether each front and evaluation log equals the local run's.
 #
 # Settings (environment): EVALUATIONS (48), POPULATION (8), SAMPLES (16 calibration samples
@@ -89,10 +90,9 @@ for name, label in (("local", "local"), ("one", "1 worker"), ("two", "2 workers"
     r = runs[name]
     overhead = ""
     if name == "one" and r["farm"]:
-        m = re.search(r"through NATS: (\d+) results.*?; ([\d.]+) s waiting for ([\d.]+) s of evaluation and ([\d.]+) s of worker start-up", r["farm"])
+        m = re.search(r"([\d.]+) s of worker start-up; past start-up (-?[\d.]+) ms per result", r["farm"])
         if m:
-            results, waiting, evaluating, startup = int(m.group(1)), float(m.group(2)), float(m.group(3)), float(m.group(4))
-            overhead = "%.1f ms (and %.1f s of start-up, once)" % (1000 * (waiting - evaluating - startup) / max(results, 1), startup)
+            overhead = "%s ms (and %s s of start-up, once)" % (m.group(2), m.group(1))
     same = "" if name == "local" else ("yes" if r["front"] == runs["local"]["front"] and r["log"] == runs["local"]["log"] else "NO")
     rows.append("| %s | %.1f s | %d | %.2f | %s | %s |" % (label, r["seconds"], r["computed"], r["computed"] / r["seconds"], overhead, same))
 text = "\n".join(rows) + "\n"

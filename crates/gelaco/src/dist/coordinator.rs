@@ -32,7 +32,8 @@ struct Inbox {
 pub struct FarmStats {
     /// Jobs published (jobs whose result was already on the broker are not).
     pub published: usize,
-    /// Results used, and of them those evaluated by this process.
+    /// Results taken in (each once, however many batches use it), and of them those
+    /// evaluated by this process.
     pub results: usize,
     pub here: usize,
     /// Seconds spent waiting for batches, and the evaluation seconds of their results.
@@ -41,6 +42,9 @@ pub struct FarmStats {
     /// Seconds the workers spent making the run ready (model and reference activations),
     /// once each, as their results say.
     pub startup_seconds: f64,
+    /// The batches without a worker's start-up in them: seconds waited, their results'
+    /// evaluation seconds, and their results (with one worker, what the broker costs).
+    pub steady: (f64, f64, usize),
     /// Results refused (malformed, another run's, impossible).
     pub rejected: usize,
     /// Workers that sent results, by name.
@@ -65,6 +69,10 @@ impl FarmStats {
                 "; {:.2} s waiting for {:.2} s of evaluation and {:.2} s of worker start-up",
                 self.waiting_seconds, self.evaluation_seconds, self.startup_seconds
             ));
+        }
+        let (waited, evaluated, n) = self.steady;
+        if self.workers.len() == 1 && n > 0 {
+            line.push_str(&format!("; past start-up {:.1} ms per result beyond its evaluation over {n} results", 1000.0 * (waited - evaluated) / n as f64));
         }
         if self.rejected > 0 {
             line.push_str(&format!("; {} results refused", self.rejected));
@@ -267,28 +275,46 @@ impl<'e> NatsFarm<'e> {
 impl Farm for NatsFarm<'_> {
     fn evaluate(&self, jobs: &[FarmJob<'_>], should_stop: &dyn Fn() -> bool) -> Result<Option<Vec<FitnessResult>>> {
         let start = Instant::now();
-        self.publish(jobs)?;
         let wanted: Vec<(Option<usize>, String)> = jobs.iter().map(|j| (j.tokens, j.key.to_string())).collect();
+        // results already in (an earlier batch's, a resumed run's) cost nothing now and are
+        // not counted again
+        let mut counted: std::collections::HashSet<&(Option<usize>, String)> = {
+            let state = self.inbox.0.lock().unwrap_or_else(|e| e.into_inner());
+            wanted.iter().filter(|k| state.results.contains_key(*k)).collect()
+        };
+        self.publish(jobs)?;
         loop {
             {
                 let state = self.inbox.0.lock().unwrap_or_else(|e| e.into_inner());
                 if wanted.iter().all(|k| state.results.contains_key(k)) {
                     let mut out = Vec::with_capacity(wanted.len());
                     let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+                    let (mut evaluated, mut startup, mut fresh) = (0.0, false, 0);
                     for k in &wanted {
                         let r = &state.results[k];
                         if let Some(error) = &r.error {
                             return Err(Error::Invalid(format!("worker '{}' could not evaluate {}: {error}", r.worker, crate::util::short_text(&r.key, 60))));
                         }
-                        stats.evaluation_seconds += r.seconds;
-                        stats.startup_seconds += r.ready_seconds.unwrap_or(0.0);
-                        if !stats.workers.contains(&r.worker) {
-                            stats.workers.push(r.worker.clone());
+                        if counted.insert(k) {
+                            fresh += 1;
+                            evaluated += r.seconds;
+                            stats.startup_seconds += r.ready_seconds.unwrap_or(0.0);
+                            startup |= r.ready_seconds.is_some_and(|s| s > 0.0);
+                            if !stats.workers.contains(&r.worker) {
+                                stats.workers.push(r.worker.clone());
+                            }
                         }
                         out.extend(r.result.clone());
                     }
-                    stats.results += out.len();
-                    stats.waiting_seconds += start.elapsed().as_secs_f64();
+                    stats.results += fresh;
+                    stats.evaluation_seconds += evaluated;
+                    let waited = start.elapsed().as_secs_f64();
+                    stats.waiting_seconds += waited;
+                    if !startup {
+                        stats.steady.0 += waited;
+                        stats.steady.1 += evaluated;
+                        stats.steady.2 += fresh;
+                    }
                     return Ok(Some(out));
                 }
             }
