@@ -429,3 +429,33 @@ fn a_broker_that_asks_for_a_password_over_tls_is_used_and_the_password_shows_now
     let _ = worker.wait();
     assert!(line.contains("\"connected\"") && !line.contains(token), "{line}");
 }
+
+#[test]
+fn a_worker_stopped_twice_hands_its_job_back_for_another_at_once() {
+    let Some(broker) = broker() else { return };
+    let f = fixture();
+    let dir = f.dir.path().join("farmed");
+    let mut args = search_args(&f, &f.model, &dir);
+    if let Some(n) = args.iter_mut().skip_while(|a| *a != "--evaluations").nth(1) {
+        *n = "16".into();
+    }
+    // an acknowledgement wait longer than the test: only a job handed back comes again soon
+    args.extend(["--nats".into(), broker.url.clone(), "--no-local-evaluation".into(), "--nats-ack-wait".into(), "240".into()]);
+    let search = gelaco(&args).spawn().unwrap();
+    let first = Worker::start(&broker.url, "first", &[]);
+    let taken = first.wait_for("job", Duration::from_secs(120));
+    for _ in 0..2 {
+        assert!(Command::new("kill").args(["-TERM", &first.child.id().to_string()]).status().unwrap().success());
+    }
+    let left = first.wait_for("left", Duration::from_secs(30));
+    assert_eq!(left["released"], true, "{left}");
+    let second = Worker::start(&broker.url, "second", &[]);
+    let started = Instant::now();
+    succeeded(search);
+    assert!(started.elapsed() < Duration::from_secs(200), "the search waited for the job's acknowledgement wait");
+    let seen = second.drain();
+    assert!(
+        seen.iter().any(|e| e["event"] == "job" && e["key"] == taken["key"] && e["tokens"] == taken["tokens"] && e["delivered"].as_i64().unwrap() >= 2),
+        "the job handed back did not go to the other worker: {taken}"
+    );
+}

@@ -93,15 +93,24 @@ pub fn run(a: WorkerArgs, device: DeviceChoice) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let json = a.json;
+    let current = gelaco::dist::worker::CurrentJob::default();
+    let job = current.clone();
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
+            // the job goes back to the queue for another worker
+            let released = job.release();
+            if json {
+                println!("{}", serde_json::json!({"event": "left", "released": released}));
+            } else if released {
+                eprintln!("left; the current job is back on the queue");
+            }
             std::process::exit(130);
         }
         if !json {
-            eprintln!("stopping once the current job is done (again to leave at once)");
+            eprintln!("stopping once the current job is done (again to leave at once, handing the job back)");
         }
     });
-    gelaco::dist::worker::run(&options, &stop, &mut |event| {
+    gelaco::dist::worker::run_with(&options, &stop, &current, &mut |event| {
         if json {
             if let Ok(line) = serde_json::to_string(&event) {
                 println!("{line}");

@@ -115,9 +115,38 @@ impl Holding {
     }
 }
 
+/// The job a worker is evaluating, which can be handed back to the queue from another
+/// thread (a second Ctrl-C): it goes to another worker at once instead of when its
+/// acknowledgement wait runs out.
+#[derive(Clone, Default)]
+pub struct CurrentJob(Arc<Mutex<Option<(Arc<jetstream::message::Acker>, async_nats::Client, tokio::runtime::Handle)>>>);
+
+impl CurrentJob {
+    fn set(&self, job: Option<(Arc<jetstream::message::Acker>, async_nats::Client, tokio::runtime::Handle)>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = job;
+    }
+
+    /// Hand the current job back (a negative acknowledgement); `true` when there was one
+    /// and the server took it. Called from outside the worker's runtime.
+    pub fn release(&self) -> bool {
+        let Some((acker, client, handle)) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() else { return false };
+        // sent before the process may end: the acknowledgement is only queued until flushed
+        let nak = async {
+            acker.ack_with(jetstream::AckKind::Nak(None)).await.map_err(|e| e.to_string())?;
+            client.flush().await.map_err(|e| e.to_string())
+        };
+        handle.block_on(async { tokio::time::timeout(Duration::from_secs(5), nak).await }).is_ok_and(|r| r.is_ok())
+    }
+}
+
 /// Serve jobs until `stop` is set; a job taken is finished (result published, job
 /// acknowledged) before the worker ends.
 pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(WorkerEvent)) -> Result<()> {
+    run_with(options, stop, &CurrentJob::default(), on_event)
+}
+
+/// [`run`], showing the job being evaluated in `current`.
+pub fn run_with(options: &WorkerOptions, stop: &AtomicBool, current: &CurrentJob, on_event: &mut dyn FnMut(WorkerEvent)) -> Result<()> {
     let mut device = crate::backend::select(options.device)?;
     device.memory_budget = options.memory_budget;
     let description = device.description.clone();
@@ -242,10 +271,12 @@ pub fn run(options: &WorkerOptions, stop: &AtomicBool, on_event: &mut dyn FnMut(
                 s.run = Some(spec.run.clone());
             });
             on_event(WorkerEvent::Job { run: spec.run.clone(), key: job.key.clone(), tokens: job.tokens, delivered });
+            current.set(Some((acker.clone(), conn.client.clone(), conn.rt.handle().clone())));
             let start = Instant::now();
             let outcome = super::with_progress(&conn, &acker, ack_every(&spec), || super::evaluate_job(engine, &job));
             let seconds = start.elapsed().as_secs_f64();
             let result = super::result_message(&spec, &job, &name, seconds, startup.remove(&spec.run), outcome);
+            current.set(None);
             conn.rt.block_on(super::publish_result(&conn, &result, &acker))?;
             busy += seconds;
             done += 1;
