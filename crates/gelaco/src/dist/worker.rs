@@ -232,8 +232,11 @@ pub fn run_with(options: &WorkerOptions, stop: &AtomicBool, current: &CurrentJob
                 (None, None) => None,
             };
             let Some((i, wait)) = index else {
-                if let Ok(Some(_)) = conn.rt.block_on(async { tokio::time::timeout(Duration::from_millis(50), announced.next()).await }) {
-                    looked = None;
+                match conn.rt.block_on(async { tokio::time::timeout(Duration::from_millis(50), announced.next()).await }) {
+                    Ok(Some(_)) => looked = None,
+                    // the subscription ended: the polling goes on alone
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                    Err(_) => {}
                 }
                 continue;
             };
