@@ -150,10 +150,14 @@ fn gguf_export_copies_untouched_tensors_and_requantises_merged_ones() {
 fn choice_loglikelihood_equals_the_difference_of_window_nlls() {
     let (_dir, g, _) = models(4);
     let m = cpu_load(&g);
+    // the first three share a context (one of them a single token), as an item's choices do
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = vec![
         (vec![5, 200, 17], vec![256, 43]),
+        (vec![5, 200, 17], vec![7]),
+        (vec![5, 200, 17], vec![260, 2, 9, 11]),
         (vec![9, 8, 7, 6, 5, 4, 3], vec![99]),
         (vec![1, 2], vec![3, 4, 5, 6, 7, 8]),
+        (vec![1, 2], vec![3]),
     ];
     for batch in [1, 3] {
         let ll = loglikelihoods(&m.model, &pairs, gelaco::eval::choice::ChoiceOptions { batch_size: batch, max_length: 64 }, |_| true).unwrap();
@@ -163,6 +167,9 @@ fn choice_loglikelihood_equals_the_difference_of_window_nlls() {
             assert!((l - expect).abs() < 1e-3, "batch {batch}: {l} vs {expect}");
         }
     }
+    // a continuation token outside the vocabulary is an error, not a panic
+    let e = loglikelihoods(&m.model, &[(vec![1, 2], vec![3, 100_000])], Default::default(), |_| true).unwrap_err();
+    assert!(e.to_string().contains("100000"), "{e}");
 }
 
 #[test]

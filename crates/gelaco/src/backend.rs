@@ -104,6 +104,12 @@ pub struct ComputeDevice {
     pub memory_budget: Option<u64>,
 }
 
+/// Whether `device` is the CPU backend, where kernels cost nothing to compile for a new
+/// shape, so batches need no padding to a few fixed lengths.
+pub fn is_cpu(device: &Device) -> bool {
+    *device == Device::flex()
+}
+
 /// One WGPU adapter as the system reports it.
 #[derive(Debug, Clone)]
 pub struct AdapterDesc {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::llama::{Llama, download};
+use crate::model::llama::{KvCache, Llama, download};
 use crate::model::tokenizer::Tokenizer;
 
 /// Data-set layouts this module reads.
@@ -379,7 +379,17 @@ pub fn bucket(len: usize, max: usize) -> usize {
     len.max(16).next_power_of_two().min(max.max(len))
 }
 
+/// One request as the model reads it: its index, the input (context and continuation
+/// without the last token, cut to the longest input from the left) and the continuation
+/// tokens the input's last outputs predict.
+type Input = (usize, Vec<u32>, Vec<u32>);
+
 /// Log-likelihood of each continuation after its context (`pairs` of token ids).
+///
+/// On the CPU backend, consecutive requests with one context (the choices of an item) share
+/// it: the context runs once, its keys and values are cached, and every choice continues
+/// from them. Other requests run whole, batched longest first and padded to the batch's own
+/// length. On WGPU every request runs whole, in batches padded to a few bucket lengths.
 pub fn loglikelihoods(
     model: &Llama,
     pairs: &[(Vec<u32>, Vec<u32>)],
@@ -387,11 +397,16 @@ pub fn loglikelihoods(
     mut progress: impl FnMut(usize) -> bool,
 ) -> Result<Vec<f64>> {
     let max_len = opts.max_length.min(model.config.max_position_embeddings).max(2);
+    let cpu = crate::backend::is_cpu(&model.device);
     // input = (context + continuation)[-(max_len+1):][:-1]; the last |cont| outputs score it
-    let mut inputs: Vec<(usize, Vec<u32>, Vec<u32>)> = Vec::with_capacity(pairs.len());
+    let mut inputs: Vec<Input> = Vec::with_capacity(pairs.len());
     for (i, (ctx, cont)) in pairs.iter().enumerate() {
         if cont.is_empty() {
             return Err(Error::Invalid(format!("request {i} has an empty continuation")));
+        }
+        let vocab = model.config.vocab_size as u32;
+        if let Some(bad) = ctx.iter().chain(cont).find(|&&t| t >= vocab) {
+            return Err(Error::Invalid(format!("request {i}: token id {bad} is outside the vocabulary ({vocab})")));
         }
         let mut all: Vec<u32> = ctx.iter().chain(cont).copied().collect();
         if all.len() > max_len + 1 {
@@ -404,65 +419,39 @@ pub fn loglikelihoods(
         let cont = cont[cont.len().saturating_sub(all.len())..].to_vec();
         inputs.push((i, all, cont));
     }
-    // longest first: padding stays small and the largest batch comes first
-    inputs.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
     let mut out = vec![0.0; pairs.len()];
-    let device = &model.device;
-    let hidden = model.config.hidden_size;
     let mut done = 0;
+    let mut whole: Vec<Input> = Vec::with_capacity(inputs.len());
+    let mut rest = inputs.into_iter().peekable();
+    while let Some(first) = rest.next() {
+        let ctx = &pairs[first.0].0;
+        let mut group = vec![first];
+        while let Some(next) = rest.next_if(|n| cpu && pairs[n.0].0 == *ctx) {
+            group.push(next);
+        }
+        // shared only when no request of the group loses context tokens to the length limit
+        let fits = group.iter().all(|g| ctx.len() + pairs[g.0].1.len() <= max_len + 1);
+        if group.len() < 2 || ctx.is_empty() || !fits {
+            whole.extend(group);
+            continue;
+        }
+        let conts: Vec<&[u32]> = group.iter().map(|g| pairs[g.0].1.as_slice()).collect();
+        let sums = shared_context(model, ctx, &conts)?;
+        for (g, s) in group.iter().zip(sums) {
+            out[g.0] = finite(g.0, s)?;
+        }
+        done += group.len();
+        if !progress(done) {
+            return Err(Error::Cancelled);
+        }
+    }
+    // longest first: padding stays small and the largest batch comes first
+    whole.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
     let batch_rows = opts.batch_size.max(1);
-    for batch in inputs.chunks(batch_rows) {
-        // every batch has `batch_rows` rows (padding rows added) of a bucket length: a
-        // device that compiles a kernel per shape meets a handful of shapes, not one per
-        // batch; right padding does not change the causal outputs at real positions
-        let mut rows: Vec<Vec<u32>> = batch.iter().map(|b| b.1.clone()).collect();
-        let seq = bucket(rows[0].len(), max_len);
-        rows.resize(batch_rows, vec![0]);
-        let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
-        let padded: Vec<Vec<u32>> = rows
-            .into_iter()
-            .map(|mut r| {
-                r.resize(seq, 0);
-                r
-            })
-            .collect();
-        let normed = model.forward(&padded, None)?.reshape([batch_rows * seq, hidden]);
-        // positions (flattened) whose outputs predict continuation tokens, with their targets
-        let mut positions = Vec::new();
-        let mut targets = Vec::new();
-        let mut owner = Vec::new();
-        for (r, (b, len)) in batch.iter().zip(&lens).enumerate() {
-            let n = b.2.len();
-            for (k, &t) in b.2.iter().enumerate() {
-                positions.push((r * seq + len - n + k) as i32);
-                targets.push(t as i32);
-                owner.push(r);
-            }
-        }
-        let mut sums = vec![0.0f64; batch.len()];
-        for start in (0..positions.len()).step_by(HEAD_ROWS) {
-            let end = (start + HEAD_ROWS).min(positions.len());
-            let n = end - start;
-            // a bucket of rows too; the padding rows repeat position 0 and are not read
-            let rows_n = bucket(n, HEAD_ROWS);
-            let mut pos = positions[start..end].to_vec();
-            let mut tgt = targets[start..end].to_vec();
-            pos.resize(rows_n, 0);
-            tgt.resize(rows_n, 0);
-            let idx = Tensor::<1, Int>::from_data(TensorData::new(pos, [rows_n]), device);
-            let rows = normed.clone().select(0, idx).reshape([1, rows_n, hidden]);
-            let lp = log_softmax(model.logits(rows), 2);
-            let tg = Tensor::<3, Int>::from_data(TensorData::new(tgt, [1, rows_n, 1]), device);
-            let picked = download(lp.gather(2, tg).reshape([rows_n]))?;
-            for (k, v) in picked.data.iter().take(n).enumerate() {
-                sums[owner[start + k]] += *v as f64;
-            }
-        }
+    for batch in whole.chunks(batch_rows) {
+        let sums = whole_requests(model, batch, max_len, batch_rows, cpu)?;
         for (b, s) in batch.iter().zip(sums) {
-            if !s.is_finite() {
-                return Err(Error::Numerical(format!("request {} has a non-finite log-likelihood", b.0)));
-            }
-            out[b.0] = s;
+            out[b.0] = finite(b.0, s)?;
         }
         done += batch.len();
         if !progress(done) {
@@ -470,6 +459,115 @@ pub fn loglikelihoods(
         }
     }
     Ok(out)
+}
+
+fn finite(request: usize, loglik: f64) -> Result<f64> {
+    if loglik.is_finite() {
+        Ok(loglik)
+    } else {
+        Err(Error::Numerical(format!("request {request} has a non-finite log-likelihood")))
+    }
+}
+
+/// Summed log-probabilities per owner: `picks` are (row of `normed` `[rows, hidden]`,
+/// target token, owner).
+fn head_sums(model: &Llama, normed: Tensor<2>, picks: &[(i32, i32, usize)], owners: usize, exact: bool) -> Result<Vec<f64>> {
+    let device = &model.device;
+    let hidden = model.config.hidden_size;
+    let mut sums = vec![0.0f64; owners];
+    for chunk in picks.chunks(HEAD_ROWS) {
+        let n = chunk.len();
+        // on WGPU a bucket of rows; the padding rows repeat row 0 and are not read
+        let rows_n = if exact { n } else { bucket(n, HEAD_ROWS) };
+        let mut pos: Vec<i32> = chunk.iter().map(|p| p.0).collect();
+        let mut tgt: Vec<i32> = chunk.iter().map(|p| p.1).collect();
+        pos.resize(rows_n, 0);
+        tgt.resize(rows_n, 0);
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(pos, [rows_n]), device);
+        let rows = normed.clone().select(0, idx).reshape([1, rows_n, hidden]);
+        let lp = log_softmax(model.logits(rows), 2);
+        let tg = Tensor::<3, Int>::from_data(TensorData::new(tgt, [1, rows_n, 1]), device);
+        let picked = download(lp.gather(2, tg).reshape([rows_n]))?;
+        for (p, v) in chunk.iter().zip(&picked.data) {
+            sums[p.2] += *v as f64;
+        }
+    }
+    Ok(sums)
+}
+
+/// Requests run whole in one batch; on WGPU the batch has `batch_rows` rows (padding rows
+/// added) of a bucket length, so a device that compiles a kernel per shape meets a handful
+/// of shapes, not one per batch. Right padding does not change the causal outputs at real
+/// positions.
+fn whole_requests(model: &Llama, batch: &[Input], max_len: usize, batch_rows: usize, cpu: bool) -> Result<Vec<f64>> {
+    let hidden = model.config.hidden_size;
+    let mut rows: Vec<Vec<u32>> = batch.iter().map(|b| b.1.clone()).collect();
+    let longest = rows.iter().map(Vec::len).max().unwrap_or(1);
+    let (seq, rows_n) = if cpu { (longest, batch.len()) } else { (bucket(longest, max_len), batch_rows) };
+    rows.resize(rows_n, vec![0]);
+    let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+    let padded: Vec<Vec<u32>> = rows
+        .into_iter()
+        .map(|mut r| {
+            r.resize(seq, 0);
+            r
+        })
+        .collect();
+    let normed = model.forward(&padded, None)?.reshape([rows_n * seq, hidden]);
+    // rows (flattened) whose outputs predict continuation tokens, with their targets
+    let mut picks = Vec::new();
+    for (r, (b, len)) in batch.iter().zip(&lens).enumerate() {
+        let n = b.2.len();
+        for (k, &t) in b.2.iter().enumerate() {
+            picks.push(((r * seq + len - n + k) as i32, t as i32, r));
+        }
+    }
+    head_sums(model, normed, &picks, batch.len(), cpu)
+}
+
+/// Continuations after one shared, non-empty context that fits with each of them: the
+/// context runs once (its last output predicts every continuation's first token), then
+/// every continuation but its last token runs as one row of a batch on the context's
+/// cached keys and values.
+fn shared_context(model: &Llama, ctx: &[u32], conts: &[&[u32]]) -> Result<Vec<f64>> {
+    let layers = model.num_layers();
+    let hidden = model.config.hidden_size;
+    let c = ctx.len();
+    let longest = conts.iter().map(|x| x.len()).max().unwrap_or(1);
+    let mut state = model.state(c + longest);
+    let mut cache = KvCache::new(layers);
+    let h = model.embed(model.ids_tensor(&[ctx.to_vec()])?);
+    let h = model.run_layers(h, 0..layers, &mut state, Some(&mut cache), None);
+    let last = model.final_norm(h.slice_dim(1, c - 1..c)).reshape([1, hidden]);
+    let first: Vec<(i32, i32, usize)> = conts.iter().enumerate().map(|(j, x)| (0, x[0] as i32, j)).collect();
+    let mut sums = head_sums(model, last, &first, conts.len(), true)?;
+    let m = longest - 1;
+    if m == 0 {
+        return Ok(sums);
+    }
+    let k = conts.len();
+    let rows: Vec<Vec<u32>> = conts
+        .iter()
+        .map(|x| {
+            let mut r = x[..x.len() - 1].to_vec();
+            r.resize(m, 0);
+            r
+        })
+        .collect();
+    let mut cache = cache.repeat_batch(k);
+    let h = model.embed(model.ids_tensor(&rows)?);
+    let h = model.run_layers(h, 0..layers, &mut state, Some(&mut cache), None);
+    let normed = model.final_norm(h).reshape([k * m, hidden]);
+    let mut picks = Vec::new();
+    for (j, x) in conts.iter().enumerate() {
+        for (t, &tok) in x.iter().enumerate().skip(1) {
+            picks.push(((j * m + t - 1) as i32, tok as i32, j));
+        }
+    }
+    for (s, more) in sums.iter_mut().zip(head_sums(model, normed, &picks, k, true)?) {
+        *s += more;
+    }
+    Ok(sums)
 }
 
 /// Evaluate one task: tokenise every request, score them, reduce to accuracies.

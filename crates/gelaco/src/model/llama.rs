@@ -57,6 +57,17 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The cache of a one-row batch repeated for `rows` rows: every row then continues the
+    /// same prefix.
+    pub fn repeat_batch(&self, rows: usize) -> Self {
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| e.as_ref().map(|(k, v)| (k.clone().repeat_dim(0, rows), v.clone().repeat_dim(0, rows))))
+            .collect();
+        KvCache { entries }
+    }
 }
 
 /// RoPE cos/sin tables `[positions, head_dim]` on the device, grown on demand.
