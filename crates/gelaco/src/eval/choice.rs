@@ -404,10 +404,7 @@ pub fn loglikelihoods(
         if cont.is_empty() {
             return Err(Error::Invalid(format!("request {i} has an empty continuation")));
         }
-        let vocab = model.config.vocab_size as u32;
-        if let Some(bad) = ctx.iter().chain(cont).find(|&&t| t >= vocab) {
-            return Err(Error::Invalid(format!("request {i}: token id {bad} is outside the vocabulary ({vocab})")));
-        }
+        model.check_ids(ctx.iter().chain(cont)).map_err(|m| Error::Invalid(format!("request {i}: {m}")))?;
         let mut all: Vec<u32> = ctx.iter().chain(cont).copied().collect();
         if all.len() > max_len + 1 {
             all.drain(..all.len() - (max_len + 1));

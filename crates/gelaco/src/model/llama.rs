@@ -277,6 +277,15 @@ impl Llama {
         }
     }
 
+    /// Whether every id is in the vocabulary; the message names the first that is not.
+    pub fn check_ids<'a>(&self, ids: impl IntoIterator<Item = &'a u32>) -> std::result::Result<(), String> {
+        let vocab = self.config.vocab_size as u32;
+        match ids.into_iter().find(|&&t| t >= vocab) {
+            Some(bad) => Err(format!("token id {bad} is outside the vocabulary ({vocab})")),
+            None => Ok(()),
+        }
+    }
+
     /// Token ids `[batch][seq]` (equal lengths) -> an Int tensor `[batch, seq]`.
     pub fn ids_tensor(&self, ids: &[Vec<u32>]) -> Result<Tensor<2, Int>> {
         let b = ids.len();
@@ -284,10 +293,7 @@ impl Llama {
         if b == 0 || s == 0 || ids.iter().any(|r| r.len() != s) {
             return Err(Error::Invalid("a batch needs rows of one non-zero length".into()));
         }
-        let vocab = self.config.vocab_size as u32;
-        if let Some(bad) = ids.iter().flatten().find(|&&t| t >= vocab) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary ({vocab})")));
-        }
+        self.check_ids(ids.iter().flatten()).map_err(Error::Invalid)?;
         let flat: Vec<i32> = ids.iter().flatten().map(|&t| t as i32).collect();
         Ok(Tensor::<2, Int>::from_data(TensorData::new(flat, [b, s]), &self.device))
     }
