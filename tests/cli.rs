@@ -252,6 +252,16 @@ fn fitness_bad_input() {
     }
     assert_eq!(v["remaining_layers"], 3);
     assert_eq!(v["psi"], serde_json::json!([0, 1, 1, 2]));
+    // under a memory budget: the same fitness, and where the memory went
+    let out = run(&["--calib", c, "--merges", "1:2", "--json", "--memory-budget", "1G"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b["fitness"], v["fitness"]);
+    let m = &b["memory"];
+    assert_eq!((m["budget"].as_u64(), m["budget_given"].as_bool()), (Some(1 << 30), Some(true)), "{m}");
+    assert!(m["weights_budget"].as_u64().unwrap() < 1 << 30, "{m}");
+    assert!(m["reference_cache_bytes"].as_u64().unwrap() > 0 && m["reference_chunks_cached"] == m["reference_chunks"], "{m}");
+    assert_eq!(v["memory"]["budget_given"], false);
 }
 
 #[test]

@@ -270,6 +270,45 @@ fn calibration_sources_are_reproducible() {
 }
 
 #[test]
+fn the_reference_cache_shares_the_memory_budget_with_the_weights_and_gives_it_back() {
+    let tiny = Tiny { layers: 6, ..Tiny::default() };
+    let (_dir, g, _hf) = tiny.write_both();
+    let cal = calibration(6);
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let opts = EngineOptions { batch_size: 2, objective: Objective::Kl, heal: Heal::None, ..EngineOptions::default() };
+    let whole = model::load(&g, cpu.clone()).unwrap();
+    let free = FitnessEngine::new(&whole.model, cal.clone(), opts).unwrap();
+    let (chunks, cached) = free.cache_state();
+    let need = free.cache_bytes();
+    assert!(chunks == 3 && cached == 3 && need > 0, "without a budget every chunk is cached: {chunks} {cached} {need}");
+    assert_eq!(whole.model.weights_budget(), whole.memory.resident_budget - need, "the default budget holds the cache too");
+    let minimum = whole.memory.minimum();
+    let layer = whole.memory.layer_bytes;
+    // (budget above the minimum, chunks cached, what the weights keep while the engine lives)
+    for (extra, expect_cached) in [(2 * need, Some(3)), (need, None), (0, Some(0))] {
+        let m = model::load(&g, ComputeDevice { memory_budget: Some(minimum + extra), ..cpu.clone() }).unwrap();
+        let before = m.model.weights_budget();
+        assert_eq!(before, layer + extra);
+        let e = FitnessEngine::new(&m.model, cal.clone(), opts).unwrap();
+        let (_, cached) = e.cache_state();
+        match expect_cached {
+            Some(n) => assert_eq!(cached, n, "budget minimum + {extra}"),
+            None => assert!(cached < 3, "half of {extra} bytes cannot hold all {need}: {cached} cached"),
+        }
+        assert!(e.cache_bytes() <= extra / 2, "the cache takes at most half of what is spare: {} of {extra}", e.cache_bytes());
+        assert_eq!(m.model.weights_budget(), before - e.cache_bytes(), "the cache comes out of the weights' share");
+        for (label, ranges) in plans(6) {
+            let plan = Plan::from_ranges(&ranges, 6, MergeOp::KeepFirst).unwrap();
+            let (x, y) = (free.evaluate(&plan).unwrap(), e.evaluate(&plan).unwrap());
+            assert_eq!(x.fitness.to_bits(), y.fitness.to_bits(), "{label}, budget minimum + {extra}: cached and recomputed reference activations agree");
+        }
+        assert!(m.model.resident_stats().peak_bytes <= before, "{:?}", m.model.resident_stats());
+        drop(e);
+        assert_eq!(m.model.weights_budget(), before, "the engine gives its share back");
+    }
+}
+
+#[test]
 fn a_model_streamed_under_a_small_memory_budget_scores_bit_for_bit_as_when_resident() {
     let tiny = Tiny { layers: 6, ..Tiny::default() };
     let (_dir, g, hf) = tiny.write_both();

@@ -47,7 +47,8 @@ pub struct CalibArgs {
     #[arg(long, default_value_t = EngineOptions::default().batch_size)]
     pub batch_size: usize,
     /// Memory for the original model's cached activations (MiB); what does not fit is
-    /// recomputed in chunks.
+    /// recomputed in chunks. Under a memory budget the cache also takes at most half of
+    /// what the budget leaves for the layers' weights, and shares the budget with them.
     #[arg(long, default_value_t = EngineOptions::default().cache_mb)]
     pub cache_mb: usize,
     /// What the fitness measures: the paper's module-wise similarity, the KL divergence of
@@ -313,6 +314,7 @@ pub fn run(args: FitnessArgs, device: DeviceChoice) -> Result<()> {
             "device": m.device.description,
             "reference_seconds": prepare,
             "evaluation_seconds": seconds,
+            "memory": memory_json(&m, &engine),
         }))?;
     } else {
         println!("fitness      {:.6}  ({}){}", r.fitness, r.objective, if r.non_finite { "  (non-finite activations)" } else { "" });
@@ -344,4 +346,22 @@ pub fn run(args: FitnessArgs, device: DeviceChoice) -> Result<()> {
         println!("time         {prepare:.2}s reference, {seconds:.3}s evaluation on {}", m.device.description);
     }
     Ok(())
+}
+
+/// Where the memory went: the budget, the layers' share of it, what the cached reference
+/// activations took from that share, and the most the dequantised layers held.
+fn memory_json(m: &gelaco::model::LoadedModel, engine: &FitnessEngine) -> serde_json::Value {
+    let (chunks, cached) = engine.cache_state();
+    let stats = m.model.resident_stats();
+    let bounded = |b: u64| (b != u64::MAX).then_some(b);
+    json!({
+        "budget": bounded(m.memory.budget),
+        "budget_given": m.memory.given,
+        "weights_budget": bounded(m.memory.resident_budget),
+        "reference_cache_bytes": engine.cache_bytes(),
+        "reference_chunks": chunks,
+        "reference_chunks_cached": cached,
+        "weights_peak_bytes": stats.peak_bytes,
+        "streams": m.memory.streams(),
+    })
 }

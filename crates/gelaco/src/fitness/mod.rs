@@ -3,7 +3,8 @@
 //! averaged with the final hidden state's), or the language-modelling objectives `kl` and
 //! `nll` ([`objective`]), whose fitness is `exp(-loss)` so that higher is better for all.
 //!
-//! The engine computes the original model's activations once (within `cache_mb`), builds
+//! The engine computes the original model's activations once (within `cache_mb`, and
+//! within the model's memory budget, beside its dequantised weights), builds
 //! compressed models from shared tensors plus merged layers, starts their forward pass at
 //! the first changed layer from the cached hidden state, and reduces on the device.
 
@@ -14,11 +15,14 @@ pub mod objective;
 pub mod reference;
 pub mod similarity;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::collapse::{MergeSettings, Plan, Span, build};
 use crate::error::{Error, Result};
 use crate::model::Llama;
+use crate::model::stored::Reservation;
 use calibration::Calibration;
 pub use heal::Heal;
 pub use objective::Objective;
@@ -113,7 +117,9 @@ impl FitnessResult {
 pub struct EngineOptions {
     /// Samples per forward pass.
     pub batch_size: usize,
-    /// Memory for cached original activations, in MiB.
+    /// Memory for cached original activations, in MiB: the most the cache takes. Under a
+    /// memory budget it also takes at most half of what the budget leaves for the layers'
+    /// dequantised weights, out of their share; chunks not cached are recomputed when used.
     pub cache_mb: usize,
     pub merge: MergeSettings,
     /// What the fitness measures (run folders written before objectives existed: similarity).
@@ -250,6 +256,9 @@ pub struct FitnessEngine {
     rows: Vec<Option<HeadRows>>,
     top_k: Option<usize>,
     cached: Vec<Option<ReferenceActs>>,
+    cache_bytes: u64,
+    /// The cache's bytes, taken out of the model's memory budget while the engine lives.
+    _reservation: Arc<Reservation>,
 }
 
 impl FitnessEngine {
@@ -307,18 +316,34 @@ impl FitnessEngine {
             .collect();
         let rows: Vec<Option<HeadRows>> =
             chunks.iter().map(|c| options.objective.needs_head().then(|| HeadRows::new(c, model))).collect();
+        // within a memory budget the cache takes at most half of what the budget leaves for
+        // the layers' dequantised weights beyond one layer, and what it takes comes out of
+        // their share; chunks left out are recomputed when used, with the same results
+        let room = budget.min(model.spare_memory() / 2);
         let mut used = 0u64;
+        let keep: Vec<bool> = chunks
+            .iter()
+            .map(|c| {
+                let bytes = per_token * (c.batch() * c.seq()) as u64;
+                let fits = used + bytes <= room;
+                if fits {
+                    used += bytes;
+                }
+                fits
+            })
+            .collect();
+        let reservation = Arc::new(model.reserve_memory(used));
         let mut cached = Vec::with_capacity(chunks.len());
-        for (c, r) in chunks.iter().zip(&rows) {
-            let bytes = per_token * (c.batch() * c.seq()) as u64;
-            if used + bytes <= budget {
-                used += bytes;
-                cached.push(Some(ReferenceActs::compute(model, c, options.objective, top_k, r.as_ref())?));
-            } else {
-                cached.push(None);
-            }
+        for ((c, r), keep) in chunks.iter().zip(&rows).zip(keep) {
+            cached.push(if keep { Some(ReferenceActs::compute(model, c, options.objective, top_k, r.as_ref())?) } else { None });
         }
-        tracing::debug!(chunks = chunks.len(), cached = cached.iter().flatten().count(), mib = used / (1024 * 1024), "reference activations");
+        tracing::debug!(
+            chunks = chunks.len(),
+            cached = cached.iter().flatten().count(),
+            mib = used / (1024 * 1024),
+            taken_from_weights_mib = reservation.bytes() / (1024 * 1024),
+            "reference activations"
+        );
         Ok(FitnessEngine {
             model: model.clone(),
             calibration,
@@ -327,12 +352,19 @@ impl FitnessEngine {
             rows,
             top_k,
             cached,
+            cache_bytes: used,
+            _reservation: reservation,
         })
     }
 
     /// (chunks, chunks whose reference activations are cached).
     pub fn cache_state(&self) -> (usize, usize) {
         (self.chunks.len(), self.cached.iter().flatten().count())
+    }
+
+    /// Bytes the cached reference activations hold.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_bytes
     }
 
     pub fn model(&self) -> &Llama {

@@ -13,7 +13,7 @@ use super::config::{ModelConfig, RopeScaling};
 use super::layer::rms_norm;
 pub use super::layer::{Attention, Layer, LayerTaps, Linear, Mlp, ParamTensor};
 pub use super::stored::upload_transposed;
-use super::stored::{Resident, ResidentStats, Weight};
+use super::stored::{Reservation, Resident, ResidentStats, Weight};
 use super::weights::{HostTensor, ModelFiles};
 use crate::error::{Error, Result};
 
@@ -255,6 +255,24 @@ impl Llama {
     /// What the set of dequantised layer weights has done so far.
     pub fn resident_stats(&self) -> ResidentStats {
         self.resident.stats()
+    }
+
+    /// The bytes the memory budget leaves for dequantised layer weights now (`u64::MAX`
+    /// where no budget bounds them).
+    pub fn weights_budget(&self) -> u64 {
+        self.resident.budget()
+    }
+
+    /// What the weights' budget holds beyond one layer's dequantised weights (the least
+    /// a streamed forward pass needs): memory that something else may take from it.
+    pub fn spare_memory(&self) -> u64 {
+        self.resident.budget().saturating_sub(super::layer_matrix_bytes(&self.config))
+    }
+
+    /// Take `bytes` out of the budget of the dequantised layer weights, for memory that
+    /// lives beside them, until the reservation is dropped (see [`Resident::reserve`]).
+    pub fn reserve_memory(&self, bytes: u64) -> Reservation {
+        self.resident.reserve(bytes)
     }
 
     /// A model with the same embeddings, norm and head but another list of layers

@@ -150,8 +150,7 @@ pub fn plan_memory(files: &ModelFiles, budget: Option<u64>, available: Option<u6
 pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Option<u64>) -> MemoryPlan {
     let c = &files.config;
     let embed = (c.vocab_size * c.hidden_size) as u64 * 4;
-    let matrices = c.layer_params() as u64 - layer_vector_params(c);
-    let layer_bytes = matrices * 4;
+    let layer_bytes = layer_matrix_bytes(c);
     let heads = if c.tie_word_embeddings { 1 } else { 2 };
     let fixed_bytes = heads * embed + (c.hidden_size as u64 + c.num_layers as u64 * layer_vector_params(c)) * 4;
     let given = budget.is_some();
@@ -173,6 +172,11 @@ pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Optio
 /// the reference cache's working set), beside a layer's room for dequantisation, so that
 /// the budget bounds the whole process and not only its weights.
 pub const ACTIVATIONS_RESERVE: u64 = 512 << 20;
+
+/// One layer's projection weights dequantised to f32, in bytes.
+pub fn layer_matrix_bytes(c: &ModelConfig) -> u64 {
+    (c.layer_params() as u64 - layer_vector_params(c)) * 4
+}
 
 fn layer_vector_params(c: &ModelConfig) -> u64 {
     let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);

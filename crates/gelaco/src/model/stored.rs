@@ -101,6 +101,21 @@ struct Inner {
     stats: ResidentStats,
 }
 
+impl Inner {
+    /// The resident matrices as (uses, key, bytes), in the order they are let go: the least
+    /// used first, among equals the most recently used (so a cycle over more matrices than
+    /// fit keeps a fixed set).
+    fn eviction_order(&self) -> Vec<(u64, usize, u64)> {
+        let mut order: Vec<(u64, std::cmp::Reverse<u64>, usize, u64)> = self
+            .entries
+            .iter()
+            .map(|(&k, e)| (self.uses.get(&k).copied().unwrap_or(0), std::cmp::Reverse(e.last), k, e.bytes))
+            .collect();
+        order.sort_unstable();
+        order.into_iter().map(|(u, _, k, b)| (u, k, b)).collect()
+    }
+}
+
 /// The dequantised matrices of one model, within a byte budget.
 pub struct Resident {
     inner: Mutex<Inner>,
@@ -175,13 +190,7 @@ impl Resident {
         let mut victims = Vec::new();
         let mut freed = 0;
         if g.stats.bytes + bytes > g.stats.budget {
-            let mut order: Vec<(u64, std::cmp::Reverse<u64>, usize, u64)> = g
-                .entries
-                .iter()
-                .map(|(&k, e)| (g.uses.get(&k).copied().unwrap_or(0), std::cmp::Reverse(e.last), k, e.bytes))
-                .collect();
-            order.sort_unstable();
-            for (u, _, k, b) in order {
+            for (u, k, b) in g.eviction_order() {
                 if g.stats.bytes - freed + bytes <= g.stats.budget || u >= uses {
                     break;
                 }
@@ -203,11 +212,63 @@ impl Resident {
         tensor
     }
 
+    /// The budget left for dequantised matrices, in bytes (`u64::MAX`: unbounded).
+    pub fn budget(&self) -> u64 {
+        self.lock().stats.budget
+    }
+
+    /// Take `bytes` out of the budget for something else that lives beside the matrices
+    /// (a fitness engine's cached reference activations), letting go of the least used
+    /// matrices until what stays fits; the bytes return to the budget when the
+    /// reservation is dropped. An unbounded budget stays unbounded.
+    pub fn reserve(self: &Arc<Self>, bytes: u64) -> Reservation {
+        let mut g = self.lock();
+        let bytes = if g.stats.budget == u64::MAX { 0 } else { bytes.min(g.stats.budget) };
+        g.stats.budget -= bytes;
+        if g.stats.bytes > g.stats.budget {
+            for (_, k, b) in g.eviction_order() {
+                if g.stats.bytes <= g.stats.budget {
+                    break;
+                }
+                g.entries.remove(&k);
+                g.stats.bytes -= b;
+                g.stats.evictions += 1;
+            }
+        }
+        Reservation { resident: self.clone(), bytes }
+    }
+
     /// Let go of everything resident (the next uses dequantise again).
     pub fn clear(&self) {
         let mut g = self.lock();
         g.entries.clear();
         g.stats.bytes = 0;
+    }
+}
+
+/// Bytes taken out of a [`Resident`] budget ([`Resident::reserve`]), given back on drop.
+pub struct Reservation {
+    resident: Arc<Resident>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// The bytes taken (0 where the budget is unbounded).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation").field("bytes", &self.bytes).finish()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut g = self.resident.lock();
+        g.stats.budget = g.stats.budget.saturating_add(self.bytes);
     }
 }
 
@@ -406,5 +467,37 @@ mod tests {
         }
         // two of four fit: after the first pass, two of every four uses are hits
         assert_eq!(made, 4 + 4 * 2);
+    }
+
+    #[test]
+    fn a_reservation_shrinks_the_budget_letting_go_of_the_least_used_and_gives_it_back() {
+        let r = Resident::new(48);
+        for (k, uses) in [(1, 3), (2, 1), (3, 2)] {
+            for _ in 0..uses {
+                r.get(k, 16, || tensor(k as f32));
+            }
+        }
+        assert_eq!(r.stats().bytes, 48);
+        let held = r.reserve(20);
+        assert_eq!((held.bytes(), r.budget()), (20, 28));
+        // 2 (used once) goes first, then 3: only 1, the most used, fits in 28 bytes
+        let s = r.stats();
+        assert_eq!((s.bytes, s.evictions), (16, 2));
+        let made = std::cell::Cell::new(0);
+        r.get(1, 16, || {
+            made.set(1);
+            tensor(1.0)
+        });
+        assert_eq!(made.get(), 0, "the most used matrix stayed");
+        // more than the budget takes all of it, and no more
+        let all = r.reserve(1000);
+        assert_eq!((all.bytes(), r.budget(), r.stats().bytes), (28, 0, 0));
+        drop(all);
+        drop(held);
+        assert_eq!(r.budget(), 48);
+        // an unbounded budget stays unbounded
+        let open = Resident::new(u64::MAX);
+        let none = open.reserve(1 << 30);
+        assert_eq!((none.bytes(), open.budget()), (0, u64::MAX));
     }
 }
