@@ -39,6 +39,7 @@ fn setting_label(setting: &str) -> String {
         "samples" => "Samples (of Samples × tokens)",
         "max_tokens" => "Tokens (of Samples × tokens)",
         "heal" => "Healing",
+        "memory_budget" => "The memory budget",
         other => return other.replace('_', " "),
     };
     label.to_string()

@@ -35,14 +35,30 @@ pub struct ModelCard {
     pub budget: Option<String>,
 }
 
+/// Where a request's model runs: the device, and the memory budget it is loaded under
+/// (`None`: what the machine reports available, less a quarter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub device: DeviceChoice,
+    pub memory_budget: Option<u64>,
+}
+
+impl Placement {
+    fn select(self) -> Result<backend::ComputeDevice> {
+        let mut d = backend::select(self.device)?;
+        d.memory_budget = self.memory_budget;
+        Ok(d)
+    }
+}
+
 /// A request to the worker.
 #[derive(Debug, Clone)]
 pub enum Request {
-    Inspect { model: PathBuf, device: DeviceChoice },
-    Perplexity { model: PathBuf, device: DeviceChoice, target: Variant, text: PathBuf, window: usize, windows: usize },
-    Benchmark { model: PathBuf, device: DeviceChoice, target: Variant, tasks: Vec<(String, PathBuf)>, limit: usize },
-    Generate { model: PathBuf, device: DeviceChoice, targets: Vec<Variant>, prompt: String, max_new_tokens: usize, seed: u64 },
-    Export { model: PathBuf, device: DeviceChoice, target: Variant, kind: ExportFormat, out: PathBuf, force: bool },
+    Inspect { model: PathBuf, place: Placement },
+    Perplexity { model: PathBuf, place: Placement, target: Variant, text: PathBuf, window: usize, windows: usize },
+    Benchmark { model: PathBuf, place: Placement, target: Variant, tasks: Vec<(String, PathBuf)>, limit: usize },
+    Generate { model: PathBuf, place: Placement, targets: Vec<Variant>, prompt: String, max_new_tokens: usize, seed: u64 },
+    Export { model: PathBuf, place: Placement, target: Variant, kind: ExportFormat, out: PathBuf, force: bool },
 }
 
 impl Request {
@@ -128,18 +144,17 @@ fn failure(req: &Request, msg: String) -> Reply {
 }
 
 struct State {
-    loaded: Option<(PathBuf, DeviceChoice, LoadedModel)>,
+    loaded: Option<(PathBuf, Placement, LoadedModel)>,
     cancel: Arc<AtomicBool>,
 }
 
 impl State {
-    fn model(&mut self, path: &PathBuf, device: DeviceChoice) -> Result<&LoadedModel> {
-        let fresh = !matches!(&self.loaded, Some((p, d, _)) if p == path && *d == device);
+    fn model(&mut self, path: &PathBuf, place: Placement) -> Result<&LoadedModel> {
+        let fresh = !matches!(&self.loaded, Some((p, d, _)) if p == path && *d == place);
         if fresh {
             self.loaded = None;
-            let d = backend::select(device)?;
-            let m = model::load(path, d)?;
-            self.loaded = Some((path.clone(), device, m));
+            let m = model::load(path, place.select()?)?;
+            self.loaded = Some((path.clone(), place, m));
         }
         Ok(&self.loaded.as_ref().expect("loaded above").2)
     }
@@ -155,13 +170,13 @@ impl State {
     fn run(&mut self, req: &Request, send: &dyn Fn(Reply)) -> Result<Reply> {
         let cancel = self.cancel.clone();
         match req {
-            Request::Inspect { model, device } => {
+            Request::Inspect { model, place } => {
                 let files = ModelFiles::open(model)?;
                 let c = &files.config;
                 let (storage, types) = files.storage_summary();
                 let mut types: Vec<(String, usize)> = types.into_iter().collect();
                 types.sort_by(|a, b| b.1.cmp(&a.1));
-                let d = backend::select(*device)?;
+                let d = place.select()?;
                 let memory = gelaco::model::estimate_memory(&files, d.memory_budget, gelaco::model::available_memory());
                 Ok(Reply::Card(Ok(ModelCard {
                     path: model.clone(),
@@ -177,9 +192,9 @@ impl State {
                     budget: memory.budget_text(),
                 })))
             }
-            Request::Perplexity { model, device, target, text, window, windows } => {
+            Request::Perplexity { model, place, target, text, window, windows } => {
                 let content = std::fs::read_to_string(text).map_err(|e| Error::io(text, e))?;
-                let m = self.model(model, *device)?;
+                let m = self.model(model, *place)?;
                 let ids = m.tokenizer.encode(&content)?;
                 let compressed = target.build(&m.model)?;
                 let what = format!("perplexity of {}", target.label);
@@ -189,10 +204,10 @@ impl State {
                 })?;
                 Ok(Reply::Perplexity { label: target.label.clone(), result: Ok(r.perplexity) })
             }
-            Request::Benchmark { model, device, target, tasks, limit } => {
+            Request::Benchmark { model, place, target, tasks, limit } => {
                 let loaded: Vec<Task> =
                     tasks.iter().map(|(n, p)| Task::load(n, p, Some(*limit))).collect::<Result<_>>()?;
-                let m = self.model(model, *device)?;
+                let m = self.model(model, *place)?;
                 let compressed = target.build(&m.model)?;
                 let mut scores = Vec::new();
                 for t in &loaded {
@@ -205,8 +220,8 @@ impl State {
                 }
                 Ok(Reply::Benchmark { label: target.label.clone(), result: Ok(scores) })
             }
-            Request::Generate { model, device, targets, prompt, max_new_tokens, seed } => {
-                let m = self.model(model, *device)?;
+            Request::Generate { model, place, targets, prompt, max_new_tokens, seed } => {
+                let m = self.model(model, *place)?;
                 let ids = m.tokenizer.encode_prompt(prompt, true)?;
                 let opts = GenerateOptions { max_new_tokens: *max_new_tokens, temperature: 0.0, seed: *seed, stop_at_eos: true };
                 for (k, t) in targets.iter().enumerate() {
@@ -220,8 +235,8 @@ impl State {
                 }
                 Ok(Reply::Idle)
             }
-            Request::Export { model, device, target, kind, out, force } => {
-                let m = self.model(model, *device)?;
+            Request::Export { model, place, target, kind, out, force } => {
+                let m = self.model(model, *place)?;
                 let mut recipe = target.recipe(ModelIdentity::of(&m.files)?);
                 recipe.origin = format!("GeLaCo Studio: {}", target.label);
                 send(Reply::Progress { done: 0, total: 1, what: format!("writing and checking {}", out.display()) });

@@ -169,3 +169,40 @@ fn a_search_through_nats_lists_its_workers_and_an_address_is_asked_for() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     worker.join().unwrap().unwrap();
 }
+
+#[test]
+fn a_memory_budget_set_in_the_window_reaches_the_model_card_and_the_search() {
+    let (dir, model, calib) = fixture();
+    let launch = Launch { model: Some(model.clone()), ephemeral: true, out: Some(dir.path().join("budgeted")), ..Launch::default() };
+    let app = App::new(&egui::Context::default(), Some(settings(dir.path(), &calib)), launch);
+    let mut h = harness(app);
+    step_until(&mut h, "the model card", 60, |a| matches!(a.card, Some(Ok(_))));
+    h.get_by_label("Memory budget");
+    assert!(h.state().card.as_ref().is_some_and(|c| c.as_ref().is_ok_and(|c| c.budget.as_ref().is_none_or(|b| b.contains("available memory")))));
+
+    // not a size: marked beside the field, and a search is refused with the reason
+    h.state_mut().settings.memory_budget = "lots".into();
+    h.step();
+    h.get_by_label("not a size");
+    h.get_by_label("▶ Run").click();
+    step_until(&mut h, "the refusal", 10, |a| a.banner.as_ref().is_some_and(|(e, t)| *e && t.contains("'lots' is not a size")));
+    assert!(!h.state().running());
+
+    // a budget: the model card says what it means for this model
+    h.state_mut().settings.memory_budget = "8G".into();
+    h.state_mut().apply(gelaco_studio::app::Action::OpenModel(model.clone()));
+    step_until(&mut h, "the card under 8G", 60, |a| {
+        a.card.as_ref().is_some_and(|c| c.as_ref().is_ok_and(|c| c.budget.as_ref().is_some_and(|b| b.starts_with("8.00 GiB (the memory budget)"))))
+    });
+    h.get_by_label_contains("every layer's weights stay dequantised");
+
+    // too small for the model: the card says so, and the search fails naming the budget
+    h.state_mut().settings.memory_budget = "1K".into();
+    h.state_mut().apply(gelaco_studio::app::Action::OpenModel(model));
+    step_until(&mut h, "the card under 1K", 60, |a| {
+        a.card.as_ref().is_some_and(|c| c.as_ref().is_ok_and(|c| c.budget.as_ref().is_some_and(|b| b.contains("too small to run it"))))
+    });
+    h.get_by_label("▶ Run").click();
+    step_until(&mut h, "the failure", 60, |a| a.banner.as_ref().is_some_and(|(e, t)| *e && t.contains("The memory budget") && t.contains("too small")));
+    step_until(&mut h, "the worker to end", 30, |a| !a.running());
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::worker::{ModelCard, Reply, Request, Worker};
+use super::worker::{ModelCard, Placement, Reply, Request, Worker};
 use gelaco::export::{ExportFormat, Variant};
 use gelaco::backend::DeviceChoice;
 use gelaco::collapse::{MergeOp, MergeSettings, Plan};
@@ -405,7 +405,8 @@ impl App {
                 }
                 self.settings.model = p.display().to_string();
                 self.card = None;
-                self.worker.send(Request::Inspect { model: p, device: self.settings.device });
+                let Some(place) = self.placement() else { return };
+                self.worker.send(Request::Inspect { model: p, place });
             }
             Action::BrowseModel => self.dialog(DialogFor::Model, None),
             Action::BrowseCalib => self.dialog(DialogFor::Calib, None),
@@ -448,9 +449,10 @@ impl App {
                 let Some(model) = self.model_path() else { return self.error("open a model first") };
                 let text = PathBuf::from(self.settings.eval_text.trim());
                 let target = if s.merges.is_empty() { self.target(None) } else { self.target(Some(&s)) };
+                let Some(place) = self.placement() else { return };
                 self.worker.send(Request::Perplexity {
                     model,
-                    device: self.settings.device,
+                    place,
                     target,
                     text,
                     window: 512,
@@ -464,17 +466,19 @@ impl App {
                     return self.error("no benchmark data found: set GELACO_DATA to a folder with arc/, piqa/ and hellaswag/");
                 }
                 let target = if s.merges.is_empty() { self.target(None) } else { self.target(Some(&s)) };
-                self.worker.send(Request::Benchmark { model, device: self.settings.device, target, tasks, limit: self.settings.bench_limit.max(1) });
+                let Some(place) = self.placement() else { return };
+                self.worker.send(Request::Benchmark { model, place, target, tasks, limit: self.settings.bench_limit.max(1) });
             }
             Action::Cancel => self.worker.cancel(),
             Action::Generate => {
                 let Some(model) = self.model_path() else { return self.error("open a model first") };
                 let mut targets = vec![self.target(None)];
                 targets.extend(self.lab.compare.iter().map(|s| self.target(Some(s))));
+                let Some(place) = self.placement() else { return };
                 self.lab.generated.clear();
                 self.worker.send(Request::Generate {
                     model,
-                    device: self.settings.device,
+                    place,
                     targets,
                     prompt: self.settings.prompt.clone(),
                     max_new_tokens: self.settings.max_new_tokens,
@@ -498,10 +502,23 @@ impl App {
                         return;
                     }
                 };
+                let Some(place) = self.placement() else { return };
                 let target = self.target(Some(&s));
-                self.worker.send(Request::Export { model, device: self.settings.device, target, kind, out, force: self.export.force });
+                self.worker.send(Request::Export { model, place, target, kind, out, force: self.export.force });
             }
             Action::SaveRecipe(s) => self.save_recipe(&s),
+        }
+    }
+
+    /// Where the model runs, from the run settings; `None` (with the error shown) when the
+    /// memory budget is not a size.
+    pub(super) fn placement(&mut self) -> Option<Placement> {
+        match self.settings.memory_budget() {
+            Ok(memory_budget) => Some(Placement { device: self.settings.device, memory_budget }),
+            Err(e) => {
+                self.error(e);
+                None
+            }
         }
     }
 

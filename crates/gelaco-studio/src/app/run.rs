@@ -84,6 +84,7 @@ impl App {
             return self.error("a search is already running");
         }
         let Some(model) = self.model_path() else { return self.error("open a model first") };
+        let Some(place) = self.placement() else { return };
         let s = &self.settings;
         let calib = match s.calib_kind {
             CalibKind::SelfGenerated => CalibSource::SelfGenerated,
@@ -121,8 +122,8 @@ impl App {
         }
         let spec = JobSpec::New {
             model,
-            device: s.device,
-            memory_budget: None,
+            device: place.device,
+            memory_budget: place.memory_budget,
             calib,
             calib_options: CalibOptions {
                 samples: s.samples.max(1),
@@ -164,7 +165,8 @@ impl App {
         }
         self.load_run(&dir);
         let model = self.model_path().filter(|p| p.exists());
-        self.spawn(JobSpec::Resume { dir, device: self.settings.device, memory_budget: None, model, evaluations: None });
+        let Some(place) = self.placement() else { return };
+        self.spawn(JobSpec::Resume { dir, device: place.device, memory_budget: place.memory_budget, model, evaluations: None });
     }
 
     /// Show a run folder's evaluations, front and baselines (without running it).

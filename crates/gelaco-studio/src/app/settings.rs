@@ -17,6 +17,9 @@ pub struct Settings {
     pub recent_models: Vec<PathBuf>,
     pub recent_runs: Vec<PathBuf>,
     pub device: DeviceChoice,
+    /// The memory a model may use, as `gelaco --memory-budget` takes it (`4G`, `512M`);
+    /// empty: what the machine reports available, less a quarter.
+    pub memory_budget: String,
     pub pareto: bool,
     pub target_removed: usize,
     pub population: usize,
@@ -68,6 +71,7 @@ impl Default for Settings {
             recent_models: Vec::new(),
             recent_runs: Vec::new(),
             device: DeviceChoice::Auto,
+            memory_budget: String::new(),
             pareto: true,
             target_removed: 8,
             population: 40,
@@ -100,6 +104,19 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The memory budget in bytes (`None`: the default), or what is wrong with its text.
+    pub fn memory_budget(&self) -> Result<Option<u64>, String> {
+        let t = self.memory_budget.trim();
+        if t.is_empty() {
+            return Ok(None);
+        }
+        match gelaco::model::parse_size(t) {
+            Some(0) => Err("Memory budget: a budget must be above zero".into()),
+            Some(b) => Ok(Some(b)),
+            None => Err(format!("Memory budget: '{t}' is not a size (write it as 4G, 512M or 16GiB, or leave it empty for the default)")),
+        }
+    }
+
     /// Where evaluations go: `None` on this machine alone.
     pub fn nats(&self) -> Result<Option<gelaco::dist::NatsSettings>, String> {
         if !self.use_nats {

@@ -194,6 +194,25 @@ pub(super) fn run_settings(app: &mut App, ui: &mut Ui) {
             .response
             .labelled_by(l.id);
             ui.end_row();
+            let l = ui.label("Memory budget");
+            ui.horizontal(|ui| {
+                let field = tip(
+                    ui.add(egui::TextEdit::singleline(&mut s.memory_budget).hint_text("default").desired_width(70.0)),
+                    "The memory the model may use (4G, 512M, 16GiB): its layers' weights stay as the file stores them, as many are kept dequantised as fit, the others are dequantised from the file each time they are used, and the cached activations of the original model share the budget. Empty: what the machine reports available, less a quarter",
+                )
+                .labelled_by(l.id);
+                match s.memory_budget() {
+                    Err(e) => {
+                        ui.label(RichText::new("not a size").color(BAD)).on_hover_text(e);
+                    }
+                    Ok(_) if field.lost_focus() && !s.model.trim().is_empty() => {
+                        // the model card shows what the new budget means for the model
+                        app.actions.push(Action::OpenModel(s.model.trim().into()));
+                    }
+                    Ok(_) => {}
+                }
+            });
+            ui.end_row();
             ui.label("Workers");
             ui.vertical(|ui| {
                 ui.horizontal(|ui| {
