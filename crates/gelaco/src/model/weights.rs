@@ -407,6 +407,8 @@ impl ModelFiles {
                     .ok_or_else(|| Error::weights(&self.path, format!("required tensor '{gname}' is missing")))?;
                 let shape = info.shape();
                 let mut data = g.dequantize(info)?;
+                // the caller keeps the f32 copy: the file's bytes need not stay in memory besides
+                g.mapped(info).release();
                 if let Some(heads) = self.permuted_heads(&gname) {
                     let rows = shape[0];
                     let cols = if shape.len() > 1 { shape[1] } else { 1 };
@@ -436,6 +438,8 @@ impl ModelFiles {
                         });
                     }
                 };
+                let start = raw.as_ptr() as usize - shard.mmap.as_ptr() as usize;
+                MappedBytes::new(shard.mmap.clone(), start..start + raw.len()).release();
                 Ok(HostTensor::new(v.shape().to_vec(), data))
             }
         }
