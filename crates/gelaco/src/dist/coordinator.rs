@@ -42,13 +42,24 @@ pub struct FarmStats {
     /// Seconds the workers spent making the run ready (model and reference activations),
     /// once each, as their results say.
     pub startup_seconds: f64,
-    /// The batches without a worker's start-up in them: seconds waited, their results'
-    /// evaluation seconds, and their results (with one worker, what the broker costs).
-    pub steady: (f64, f64, usize),
+    /// The batches without a worker's start-up in them (with one worker, what the broker
+    /// costs).
+    pub steady: SteadyBatches,
     /// Results refused (malformed, another run's, impossible).
     pub rejected: usize,
     /// Workers that sent results, by name.
     pub workers: Vec<String>,
+}
+
+/// Batches of a farmed search whose results carry no worker's start-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SteadyBatches {
+    /// Seconds waited for them.
+    pub waiting_seconds: f64,
+    /// Their results' evaluation seconds.
+    pub evaluation_seconds: f64,
+    /// Their results, each counted once.
+    pub results: usize,
 }
 
 impl FarmStats {
@@ -70,9 +81,10 @@ impl FarmStats {
                 self.waiting_seconds, self.evaluation_seconds, self.startup_seconds
             ));
         }
-        let (waited, evaluated, n) = self.steady;
+        let SteadyBatches { waiting_seconds, evaluation_seconds, results: n } = self.steady;
         if self.workers.len() == 1 && n > 0 {
-            line.push_str(&format!("; past start-up {:.1} ms per result beyond its evaluation over {n} results", 1000.0 * (waited - evaluated) / n as f64));
+            let per_result = 1000.0 * (waiting_seconds - evaluation_seconds) / n as f64;
+            line.push_str(&format!("; past start-up {per_result:.1} ms per result beyond its evaluation over {n} results"));
         }
         if self.rejected > 0 {
             line.push_str(&format!("; {} results refused", self.rejected));
@@ -311,9 +323,9 @@ impl Farm for NatsFarm<'_> {
                     let waited = start.elapsed().as_secs_f64();
                     stats.waiting_seconds += waited;
                     if !startup {
-                        stats.steady.0 += waited;
-                        stats.steady.1 += evaluated;
-                        stats.steady.2 += fresh;
+                        stats.steady.waiting_seconds += waited;
+                        stats.steady.evaluation_seconds += evaluated;
+                        stats.steady.results += fresh;
                     }
                     return Ok(Some(out));
                 }
