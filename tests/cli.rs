@@ -261,7 +261,25 @@ fn fitness_bad_input() {
     assert_eq!((m["budget"].as_u64(), m["budget_given"].as_bool()), (Some(1 << 30), Some(true)), "{m}");
     assert!(m["weights_budget"].as_u64().unwrap() < 1 << 30, "{m}");
     assert!(m["reference_cache_bytes"].as_u64().unwrap() > 0 && m["reference_chunks_cached"] == m["reference_chunks"], "{m}");
+    assert!(m["evaluation_activations_bytes"].as_u64().unwrap() > 0, "{m}");
     assert_eq!(v["memory"]["budget_given"], false);
+
+    // a budget that holds the model but not the activations of scoring this many tokens at
+    // once is refused before any work, with the numbers and what to change
+    let wide = dir.path().join("wide.txt");
+    std::fs::write(&wide, (0..200).map(|i| format!("line {i} {}\n", "word ".repeat(80))).collect::<String>()).unwrap();
+    let w = wide.to_str().unwrap();
+    let wide_run = |budget: &str| {
+        run(&[
+            "--calib", w, "--samples", "200", "--batch-size", "200", "--max-tokens", "256", "--objective", "similarity", "--merges", "1:2", "--json",
+            "--memory-budget", budget,
+        ])
+    };
+    let out = wide_run("4G");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let needed = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["memory"]["evaluation_activations_bytes"].as_u64().unwrap();
+    assert!(needed > 700 << 20, "these settings hold more than the 512 MiB reserve: {needed}");
+    assert_input_error(&wide_run("600M"), &["--memory-budget", "200 samples of 256 tokens", "GiB", "--batch-size", "--max-tokens"]);
 }
 
 #[test]

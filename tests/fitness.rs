@@ -349,3 +349,27 @@ fn a_model_streamed_under_a_small_memory_budget_scores_bit_for_bit_as_when_resid
     assert!(matches!(e, gelaco::Error::Setting { setting: "memory_budget", .. }), "{e}");
     assert!(e.to_string().contains("one layer") && e.to_string().contains("GiB"), "{e}");
 }
+
+#[test]
+fn healing_on_reference_activations_recomputed_per_use_equals_healing_on_cached_ones() {
+    let tiny = Tiny { layers: 6, ..Tiny::default() };
+    let (_dir, g, _hf) = tiny.write_both();
+    let cal = calibration(16);
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let whole = model::load(&g, cpu.clone()).unwrap();
+    let tight = model::load(&g, ComputeDevice { memory_budget: Some(whole.memory.minimum()), ..cpu.clone() }).unwrap();
+    for objective in [Objective::Nll, Objective::Kl, Objective::Similarity] {
+        let opts = EngineOptions { batch_size: 4, objective, heal: Heal::Linear, ..EngineOptions::default() };
+        let cached = FitnessEngine::new(&whole.model, cal.clone(), opts).unwrap();
+        let recomputed = FitnessEngine::new(&tight.model, cal.clone(), opts).unwrap();
+        let (chunks, all) = cached.cache_state();
+        assert!(chunks > 1 && all == chunks, "{objective}: {chunks} chunks, {all} cached");
+        assert_eq!(recomputed.cache_state().1, 0, "{objective}: at the least budget nothing is cached");
+        // one group, two groups (the second fitted on what the first leaves), a group at the top
+        for ranges in [vec![(1, 2)], vec![(0, 1), (3, 4)], vec![(3, 5)]] {
+            let plan = Plan::from_ranges(&ranges, 6, MergeOp::KeepFirst).unwrap();
+            let (a, b) = (cached.evaluate(&plan).unwrap(), recomputed.evaluate(&plan).unwrap());
+            assert_eq!(a.fitness.to_bits(), b.fitness.to_bits(), "{objective} {ranges:?}: {} vs {}", a.fitness, b.fitness);
+        }
+    }
+}

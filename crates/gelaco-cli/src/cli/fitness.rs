@@ -361,6 +361,7 @@ fn memory_json(m: &gelaco::model::LoadedModel, engine: &FitnessEngine) -> serde_
         "reference_cache_bytes": engine.cache_bytes(),
         "reference_chunks": chunks,
         "reference_chunks_cached": cached,
+        "evaluation_activations_bytes": engine.working_bytes(),
         "weights_peak_bytes": stats.peak_bytes,
         "streams": m.memory.streams(),
     })

@@ -87,8 +87,12 @@ impl FitnessEngine {
         let d = compressed.config.hidden_size;
         check_tokens(self.total_tokens(), d)?;
         let chunks = chunks.max(self.chunk_count(Some(MIN_TOKENS_PER_DIM * d))).clamp(1, self.chunks.len());
-        let refs: Vec<_> = (0..chunks).map(|i| self.reference(i)).collect::<Result<_>>()?;
-        let mut hidden: Vec<Tensor<3>> = refs.iter().map(|r| r.hidden_in[first].clone()).collect();
+        // of the original, what the fits read: the state entering the first changed layer and
+        // the states leaving each collapsed group
+        let targets: Vec<usize> = groups.iter().filter(|g| g.start() != g.end()).map(|g| g.end() + 1).collect();
+        let keep = |j: usize| j == start || targets.contains(&j);
+        let refs: Vec<_> = (0..chunks).map(|i| self.reference(i, &keep)).collect::<Result<_>>()?;
+        let mut hidden: Vec<Tensor<3>> = refs.iter().map(|r| r.hidden_in(start)).collect::<Result<_>>()?;
         let mut model = compressed.clone();
         // layers after the last collapsed group need not run: nothing after them is fitted
         let last = groups.iter().rposition(|g| g.start() != g.end()).unwrap_or(0);
@@ -112,7 +116,7 @@ impl FitnessEngine {
                 let mut taps = Vec::with_capacity(1);
                 let out = model.run_layers(h.clone(), c..c + 1, &mut state, None, Some(&mut taps));
                 let down = taps.pop().ok_or_else(|| Error::Invalid("a layer produced no taps".into()))?.down;
-                let target = refs[i].hidden_in.get(end + 1).unwrap_or(&refs[i].hidden_out).clone();
+                let target = refs[i].hidden_in(end + 1)?;
                 let without = out - down.clone();
                 let residual = target - without.clone();
                 let [b, s, d] = down.dims();

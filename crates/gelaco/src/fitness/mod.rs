@@ -21,13 +21,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::collapse::{MergeSettings, Plan, Span, build};
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::{Llama, gib};
 use crate::model::stored::Reservation;
 use calibration::Calibration;
 pub use heal::Heal;
 pub use objective::Objective;
 use objective::{HeadRows, chunk_losses, effective_top_k};
-use reference::{Chunk, ReferenceActs, bytes_per_token};
+use reference::{Chunk, ReferenceActs, bytes_per_token, working_bytes};
 use similarity::{ChunkSimilarity, chunk_similarity};
 
 /// The objective of a new search or evaluation, chosen by the measurements in the README
@@ -257,8 +257,11 @@ pub struct FitnessEngine {
     top_k: Option<usize>,
     cached: Vec<Option<ReferenceActs>>,
     cache_bytes: u64,
-    /// The cache's bytes, taken out of the model's memory budget while the engine lives.
-    _reservation: Arc<Reservation>,
+    /// The most bytes of activations one evaluation holds at once.
+    working_bytes: u64,
+    /// What an evaluation's activations need beyond the budget's reserve for them, and the
+    /// cache's bytes, taken out of the model's memory budget while the engine lives.
+    _reservations: Arc<[Reservation; 2]>,
 }
 
 impl FitnessEngine {
@@ -316,6 +319,26 @@ impl FitnessEngine {
             .collect();
         let rows: Vec<Option<HeadRows>> =
             chunks.iter().map(|c| options.objective.needs_head().then(|| HeadRows::new(c, model))).collect();
+        // an evaluation's activations beyond what the budget keeps for them come out of the
+        // layers' share first; a budget that cannot give them is refused before any work
+        let working = chunks.iter().map(|c| working_bytes(model, options.objective, top_k, c.batch(), c.seq())).max().unwrap_or(0);
+        let beyond = working.saturating_sub(crate::model::ACTIVATIONS_RESERVE);
+        if beyond > model.spare_memory() {
+            let widest = chunks.iter().max_by_key(|c| c.batch() * c.seq()).map_or((0, 0), |c| (c.batch(), c.seq()));
+            return Err(Error::setting(
+                "memory_budget",
+                format!(
+                    "leaves {} beyond the model's embeddings, head and one layer, and scoring {} samples of {} tokens at once holds {} of activations at its worst, {} more than the {} kept for them: give a larger --memory-budget, or fewer tokens per forward pass (--batch-size, --max-tokens)",
+                    gib(model.spare_memory()),
+                    widest.0,
+                    widest.1,
+                    gib(working),
+                    gib(beyond),
+                    gib(crate::model::ACTIVATIONS_RESERVE)
+                ),
+            ));
+        }
+        let for_activations = model.reserve_memory(beyond);
         // within a memory budget the cache takes at most half of what the budget leaves for
         // the layers' dequantised weights beyond one layer, and what it takes comes out of
         // their share; chunks left out are recomputed when used, with the same results
@@ -332,16 +355,17 @@ impl FitnessEngine {
                 fits
             })
             .collect();
-        let reservation = Arc::new(model.reserve_memory(used));
+        let reservations = Arc::new([for_activations, model.reserve_memory(used)]);
         let mut cached = Vec::with_capacity(chunks.len());
         for ((c, r), keep) in chunks.iter().zip(&rows).zip(keep) {
-            cached.push(if keep { Some(ReferenceActs::compute(model, c, options.objective, top_k, r.as_ref())?) } else { None });
+            cached.push(if keep { Some(ReferenceActs::compute(model, c, options.objective, top_k, r.as_ref(), &|_| true)?) } else { None });
         }
         tracing::debug!(
             chunks = chunks.len(),
             cached = cached.iter().flatten().count(),
             mib = used / (1024 * 1024),
-            taken_from_weights_mib = reservation.bytes() / (1024 * 1024),
+            taken_from_weights_mib = reservations[1].bytes() / (1024 * 1024),
+            activations_beyond_reserve_mib = beyond / (1024 * 1024),
             "reference activations"
         );
         Ok(FitnessEngine {
@@ -353,7 +377,8 @@ impl FitnessEngine {
             top_k,
             cached,
             cache_bytes: used,
-            _reservation: reservation,
+            working_bytes: working,
+            _reservations: reservations,
         })
     }
 
@@ -365,6 +390,12 @@ impl FitnessEngine {
     /// Bytes the cached reference activations hold.
     pub fn cache_bytes(&self) -> u64 {
         self.cache_bytes
+    }
+
+    /// The most bytes of activations one evaluation holds at once, as estimated before any
+    /// work (beyond the budget's reserve for activations they are taken from the layers').
+    pub fn working_bytes(&self) -> u64 {
+        self.working_bytes
     }
 
     pub fn model(&self) -> &Llama {
@@ -455,15 +486,17 @@ impl FitnessEngine {
             return self.evaluate_losses(compressed, plan, count);
         }
         let mut totals = Totals::new(plan.num_layers);
+        let first = plan.first_changed_layer();
         for (i, chunk) in self.chunks.iter().enumerate().take(count) {
-            let sims = chunk_similarity(compressed, plan, &*self.reference(i)?, chunk)?;
+            let sims = chunk_similarity(compressed, plan, &*self.reference(i, &|j| j >= first)?, chunk)?;
             totals.add(&sims, plan.num_layers);
         }
         Ok(totals.finish(plan, &self.model))
     }
 
-    /// The cached reference of chunk `i`, or a fresh one when it did not fit the cache.
-    pub(crate) fn reference(&self, i: usize) -> Result<std::borrow::Cow<'_, ReferenceActs>> {
+    /// The cached reference of chunk `i`, or a fresh one when it did not fit the cache,
+    /// holding only the layers `keep` selects (what the caller reads).
+    pub(crate) fn reference(&self, i: usize, keep: &dyn Fn(usize) -> bool) -> Result<std::borrow::Cow<'_, ReferenceActs>> {
         Ok(match &self.cached[i] {
             Some(r) => std::borrow::Cow::Borrowed(r),
             None => std::borrow::Cow::Owned(ReferenceActs::compute(
@@ -472,6 +505,7 @@ impl FitnessEngine {
                 self.options.objective,
                 self.top_k,
                 self.rows[i].as_ref(),
+                keep,
             )?),
         })
     }
@@ -482,13 +516,13 @@ impl FitnessEngine {
         let objective = self.options.objective;
         let (mut kl_sum, mut nll_sum, mut real, mut next) = (0.0, 0.0, 0usize, 0usize);
         for (i, chunk) in self.chunks.iter().enumerate().take(count) {
-            let reference = self.reference(i)?;
+            let reference = self.reference(i, &|j| j == first)?;
             let rows = self.rows[i].as_ref().ok_or_else(|| Error::Invalid("LM-head rows missing for a chunk".into()))?;
             let normed = if first >= plan.num_layers {
                 reference.final_hidden.clone()
             } else {
                 let mut state = compressed.state(chunk.seq());
-                let h = compressed.run_layers(reference.hidden_in[first].clone(), first..compressed.num_layers(), &mut state, None, None);
+                let h = compressed.run_layers(reference.hidden_in(first)?, first..compressed.num_layers(), &mut state, None, None);
                 compressed.final_norm(h)
             };
             let target = if objective == Objective::Kl { reference.target.as_ref() } else { None };

@@ -66,13 +66,14 @@ impl MaskedTaps {
     }
 }
 
-/// The original model's activations on one chunk.
+/// The original model's activations on one chunk: every layer's when cached, only those
+/// one evaluation reads when recomputed for it.
 #[derive(Clone, Debug)]
 pub struct ReferenceActs {
-    /// Hidden state entering each layer, `[b, s, hidden]`.
-    pub hidden_in: Vec<Tensor<3>>,
-    /// Module outputs per layer (similarity only; empty otherwise).
-    pub taps: Vec<MaskedTaps>,
+    /// Hidden state entering each layer, `[b, s, hidden]`, where kept.
+    hidden_in: Vec<Option<Tensor<3>>>,
+    /// Module outputs per layer, where kept (similarity only; empty otherwise).
+    taps: Vec<Option<MaskedTaps>>,
     /// The original's next-token distributions (`kl` only).
     pub target: Option<TargetDist>,
     /// Hidden state leaving the last layer, before the final norm.
@@ -83,23 +84,33 @@ pub struct ReferenceActs {
 }
 
 impl ReferenceActs {
-    /// What `objective` needs of the original on `chunk`; `top_k` as in
-    /// [`super::objective::effective_top_k`], `rows` for the LM-head objectives.
-    pub fn compute(model: &Llama, chunk: &Chunk, objective: Objective, top_k: Option<usize>, rows: Option<&HeadRows>) -> Result<Self> {
+    /// What `objective` needs of the original on `chunk`, for the layers `keep` selects
+    /// (the hidden state entering each, and its module outputs under similarity); `top_k`
+    /// as in [`super::objective::effective_top_k`], `rows` for the LM-head objectives.
+    /// The forward pass is the same whatever is kept, so kept values do not depend on it.
+    pub fn compute(
+        model: &Llama,
+        chunk: &Chunk,
+        objective: Objective,
+        top_k: Option<usize>,
+        rows: Option<&HeadRows>,
+        keep: &dyn Fn(usize) -> bool,
+    ) -> Result<Self> {
         let with_taps = objective == Objective::Similarity;
         let ids = model.ids_tensor(&chunk.ids)?;
         let mut state = model.state(chunk.seq());
         let mut h = model.embed(ids);
         let layers = model.num_layers();
         let mut hidden_in = Vec::with_capacity(layers);
-        let mut taps = Vec::with_capacity(layers);
+        let mut taps = Vec::with_capacity(if with_taps { layers } else { 0 });
         for j in 0..layers {
-            hidden_in.push(h.clone());
+            let kept = keep(j);
+            hidden_in.push(kept.then(|| h.clone()));
             if with_taps {
                 let mut t = Vec::with_capacity(1);
                 h = model.run_layers(h, j..j + 1, &mut state, None, Some(&mut t));
                 let t = t.pop().ok_or_else(|| Error::Invalid("a layer produced no taps".into()))?;
-                taps.push(MaskedTaps::new(&t, &chunk.mask));
+                taps.push(kept.then(|| MaskedTaps::new(&t, &chunk.mask)));
             } else {
                 h = model.run_layers(h, j..j + 1, &mut state, None, None);
             }
@@ -121,15 +132,41 @@ impl ReferenceActs {
             final_sq,
         })
     }
+
+    /// The hidden state entering original layer `j`, or leaving the last one for `j` past it.
+    pub fn hidden_in(&self, j: usize) -> Result<Tensor<3>> {
+        if j == self.hidden_in.len() {
+            return Ok(self.hidden_out.clone());
+        }
+        self.hidden_in
+            .get(j)
+            .and_then(Option::as_ref)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("the original's hidden state entering layer {j} was not kept")))
+    }
+
+    /// The module outputs of original layer `j` (similarity).
+    pub fn taps(&self, j: usize) -> Result<&MaskedTaps> {
+        self.taps
+            .get(j)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Error::Invalid(format!("the original's module outputs of layer {j} were not kept")))
+    }
+}
+
+/// Floats of one layer's seven module outputs, per token (the similarity's taps).
+fn tap_floats(model: &Llama) -> usize {
+    let c = &model.config;
+    let q = c.num_heads * c.head_dim;
+    let kv = c.num_kv_heads * c.head_dim;
+    q + 2 * kv + c.hidden_size + 2 * c.intermediate_size + c.hidden_size
 }
 
 /// Bytes the cached activations of one padded token take under `objective`.
 pub fn bytes_per_token(model: &Llama, objective: Objective, top_k: Option<usize>) -> usize {
     let c = &model.config;
-    let q = c.num_heads * c.head_dim;
-    let kv = c.num_kv_heads * c.head_dim;
     let taps = match objective {
-        Objective::Similarity => q + 2 * kv + c.hidden_size + 2 * c.intermediate_size + c.hidden_size,
+        Objective::Similarity => tap_floats(model),
         Objective::Kl | Objective::Nll => 0,
     };
     let target = match objective {
@@ -137,4 +174,32 @@ pub fn bytes_per_token(model: &Llama, objective: Objective, top_k: Option<usize>
         Objective::Similarity | Objective::Nll => 0,
     };
     4 * (model.num_layers() * (c.hidden_size + taps) + 2 * c.hidden_size) + target
+}
+
+/// The most bytes of activations one evaluation holds at once on a chunk of `batch`
+/// samples padded to `seq` tokens, at its worst (a plan that changes the first layer, a
+/// chunk whose reference is not cached): the original's activations recomputed for it
+/// (only what the evaluation reads), the compressed model's module outputs (similarity),
+/// a layer's intermediate tensors with its attention scores, and the LM head's slices.
+pub fn working_bytes(model: &Llama, objective: Objective, top_k: Option<usize>, batch: usize, seq: usize) -> u64 {
+    let c = &model.config;
+    let (h, q, kv) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    let tokens = (batch * seq) as u64;
+    // the layer's input, norms, residuals and projections (keys and values repeated to
+    // every head), the MLP's three intermediate products, scores and their softmax
+    let layer = 6 * h + q + 2 * kv + 2 * q + 3 * c.intermediate_size + 2 * c.num_heads * seq;
+    let (reference, compressed) = match objective {
+        Objective::Similarity => (bytes_per_token(model, objective, top_k), 4 * model.num_layers() * tap_floats(model)),
+        // the state entering the first changed layer, the last one's output, the final
+        // state normed and masked, and the target distribution
+        Objective::Kl => (4 * 4 * h + TargetDist::bytes_per_row(c.vocab_size, top_k), 0),
+        Objective::Nll => (4 * 4 * h, 0),
+    };
+    let head = if objective.needs_head() {
+        // logits, their log-softmax and the products of a slice, at most HEAD_BYTES each
+        4 * (super::objective::HEAD_BYTES as u64).min(4 * tokens * c.vocab_size as u64)
+    } else {
+        0
+    };
+    tokens * (reference + compressed + 4 * layer) as u64 + head
 }

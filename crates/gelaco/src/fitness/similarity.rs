@@ -39,7 +39,7 @@ pub fn chunk_similarity(compressed: &Llama, plan: &Plan, reference: &ReferenceAc
         let mut state = compressed.state(chunk.seq());
         let mut taps = Vec::with_capacity(compressed.num_layers() - first);
         let h = compressed.run_layers(
-            reference.hidden_in[first].clone(),
+            reference.hidden_in(first)?,
             first..compressed.num_layers(),
             &mut state,
             None,
@@ -51,7 +51,7 @@ pub fn chunk_similarity(compressed: &Llama, plan: &Plan, reference: &ReferenceAc
         let masked: Vec<MaskedTaps> = taps.iter().map(|t| MaskedTaps::unmasked(t, &chunk.mask)).collect();
         for j in first..layers {
             let c = &masked[plan.psi[j] - first];
-            let r = &reference.taps[j];
+            let r = reference.taps(j)?;
             let cos = |m: usize| cosine(&r.outputs[m], &r.sq_norms[m], &c.outputs[m], &c.sq_norms[m]);
             rows.push(cos(0) + cos(1) + cos(2) + cos(3));
             rows.push(cos(4) + cos(5) + cos(6));
