@@ -351,6 +351,34 @@ fn a_model_streamed_under_a_small_memory_budget_scores_bit_for_bit_as_when_resid
 }
 
 #[test]
+fn an_evaluation_counts_the_matmul_work_of_the_layers_it_runs_and_of_the_head() {
+    let tiny = Tiny { layers: 6, ..Tiny::default() };
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(&tiny, &cpu);
+    let c = m.model.config.clone();
+    let cal = calibration(5);
+    // one chunk: every sample padded to the longest
+    let rows = (cal.samples.len() * cal.samples.iter().map(Vec::len).max().unwrap()) as f64;
+    let sim = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { batch_size: 8, ..similarity() }).unwrap();
+    let kl = FitnessEngine::new(&m.model, cal, EngineOptions { batch_size: 8, objective: Objective::Kl, heal: Heal::None, ..EngineOptions::default() }).unwrap();
+    let identity = Plan::from_ranges(&[], 6, MergeOp::KeepFirst).unwrap();
+    assert_eq!(sim.matmul_flops(&identity), 0.0, "nothing changed, nothing runs");
+    let head = 2.0 * rows * (c.hidden_size * c.vocab_size) as f64;
+    assert_eq!(kl.matmul_flops(&identity), head, "kl runs only the head on the cached final state");
+    // merging layers 0-1 runs the five layers left; merging 3-4 runs the two from layer 3 up
+    let low = Plan::from_ranges(&[(0, 1)], 6, MergeOp::KeepFirst).unwrap();
+    let high = Plan::from_ranges(&[(3, 4)], 6, MergeOp::KeepFirst).unwrap();
+    let (a, b) = (sim.matmul_flops(&low), sim.matmul_flops(&high));
+    assert!((a / b - 5.0 / 2.0).abs() < 1e-12, "{a} vs {b}");
+    assert_eq!(kl.matmul_flops(&low) - head, a, "the layers cost the same under either objective");
+    // a layer's weight matrices hold all but its norms' parameters: two operations per
+    // parameter and token, plus attention, which grows with the sequence
+    let per_layer = a / 5.0;
+    let weights = 2.0 * rows * (c.layer_params() - 2 * c.hidden_size) as f64;
+    assert!(per_layer > weights && per_layer < 1.5 * weights, "{per_layer} against {weights} for the weights alone");
+}
+
+#[test]
 fn healing_on_reference_activations_recomputed_per_use_equals_healing_on_cached_ones() {
     let tiny = Tiny { layers: 6, ..Tiny::default() };
     let (_dir, g, _hf) = tiny.write_both();

@@ -295,9 +295,46 @@ pub fn select(choice: DeviceChoice) -> Result<ComputeDevice> {
     }
 }
 
+/// The f32 matrix-product rate of `device`, in floating-point operations per second (two per
+/// multiply-add): the median of `repeats` products of an `[m, k]` by a `[k, n]` matrix,
+/// after one warm-up (which compiles the kernel on WGPU), each timed until its result is
+/// read back.
+pub fn matmul_rate(device: &Device, (m, k, n): (usize, usize, usize), repeats: usize) -> Result<f64> {
+    use burn::tensor::{Tensor, TensorData};
+    if m == 0 || k == 0 || n == 0 {
+        return Err(Error::Invalid(format!("a matrix product of {m}x{k} by {k}x{n} has no work to time")));
+    }
+    let filled = |rows: usize, cols: usize, salt: usize| {
+        let values: Vec<f32> = (0..rows * cols).map(|i| (((i * 7919 + salt) % 2003) as f32 / 2003.0) - 0.5).collect();
+        Tensor::<2>::from_data(TensorData::new(values, [rows, cols]), device)
+    };
+    let (a, b) = (filled(m, k, 1), filled(k, n, 2));
+    let once = || -> Result<f64> {
+        let start = std::time::Instant::now();
+        let sum = a.clone().matmul(b.clone()).sum().into_scalar::<f32>();
+        let seconds = start.elapsed().as_secs_f64();
+        if !sum.is_finite() {
+            return Err(Error::Numerical(format!("a {m}x{k} by {k}x{n} matrix product on this device is not finite")));
+        }
+        Ok(seconds)
+    };
+    once()?;
+    let mut times = (0..repeats.max(1)).map(|_| once()).collect::<Result<Vec<f64>>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(2.0 * (m * k * n) as f64 / times[times.len() / 2].max(1e-9))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_matrix_product_rate_is_measured_and_an_empty_product_refused() {
+        let cpu = cpu();
+        let rate = matmul_rate(&cpu.device, (64, 96, 80), 3).unwrap();
+        assert!(rate.is_finite() && rate > 0.0, "{rate}");
+        assert!(matches!(matmul_rate(&cpu.device, (0, 96, 80), 3), Err(Error::Invalid(_))));
+    }
 
     #[test]
     fn device_choices_read_and_write_as_their_names() {

@@ -12,6 +12,7 @@ use gelaco::collapse::merge::DEFAULT_MERGE_OP;
 use gelaco::collapse::{MergeSettings, Plan, Triple};
 use gelaco::fitness::calibration::{self, CalibOptions, CalibSource};
 use gelaco::fitness::{EngineOptions, FitnessEngine, naive};
+use gelaco::util::Choice;
 use gelaco::model::llama::Llama;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -70,6 +71,11 @@ pub struct BenchArgs {
     /// The shapes `--suite scale` writes (default: all).
     #[arg(long, value_delimiter = ',')]
     shapes: Vec<String>,
+    /// Objective of the engine in `--suite fitness` (default: the paper's similarity, the
+    /// one the straightforward evaluation computes; under another, the ratio compares the
+    /// engine's objective with the straightforward similarity).
+    #[arg(long, value_parser = super::words::choice::<gelaco::fitness::Objective>())]
+    objective: Option<gelaco::fitness::Objective>,
     #[arg(long)]
     json: bool,
 }
@@ -199,19 +205,34 @@ fn fitness_bench(args: &BenchArgs, devices: &[DeviceChoice]) -> Result<()> {
         let naive_rate = naive_plans.len() as f64 / t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        let engine = FitnessEngine::new(&m.model, cal.clone(), paper_options())?;
+        let options = EngineOptions { objective: args.objective.unwrap_or(gelaco::fitness::Objective::Similarity), ..paper_options() };
+        let engine = FitnessEngine::new(&m.model, cal.clone(), options)?;
         let setup = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for p in &plans {
             engine.evaluate(p)?;
         }
-        let engine_rate = plans.len() as f64 / t.elapsed().as_secs_f64();
+        let engine_seconds = t.elapsed().as_secs_f64();
+        let engine_rate = plans.len() as f64 / engine_seconds;
+        // the bound the device's matmul rate sets, measured on the model's widest
+        // projection at the calibration's token count, in this same run
+        let flops = plans.iter().map(|p| engine.matmul_flops(p)).sum::<f64>() / plans.len() as f64;
+        let c = &m.model.config;
+        let matmul = gelaco::backend::matmul_rate(&m.model.device, (cal.tokens().max(1), c.hidden_size, c.intermediate_size), args.repeats)?;
+        let bound = flops / matmul;
+        let per_evaluation = engine_seconds / plans.len() as f64;
         let row = json!({
             "device": m.device.description,
+            "objective": engine.options.objective.name(),
             "naive_evaluations_per_second": naive_rate,
             "engine_evaluations_per_second": engine_rate,
             "ratio": engine_rate / naive_rate,
             "engine_setup_seconds": setup,
+            "engine_seconds_per_evaluation": per_evaluation,
+            "matmul_flops_per_evaluation": flops,
+            "matmul_flops_per_second": matmul,
+            "matmul_bound_seconds": bound,
+            "ratio_to_matmul_bound": per_evaluation / bound,
             "plans": plans.len(),
             "naive_plans": naive_plans.len(),
             "samples": cal.samples.len(),
@@ -221,6 +242,16 @@ fn fitness_bench(args: &BenchArgs, devices: &[DeviceChoice]) -> Result<()> {
             println!(
                 "{:<60} naive {:>7.3} eval/s   engine {:>7.3} eval/s   ratio {:>6.1}x   (reference set-up {:.1}s, {} + {} plans)",
                 m.device.description, naive_rate, engine_rate, engine_rate / naive_rate, setup, naive_plans.len(), plans.len()
+            );
+            println!(
+                "{:<60} engine {:.3} s per evaluation ({}): {:.2}x the {:.3} s its {:.1} GFLOP of matrix products need at the {:.1} GFLOP/s measured here",
+                "",
+                per_evaluation,
+                engine.options.objective,
+                per_evaluation / bound,
+                bound,
+                flops / 1e9,
+                matmul / 1e9
             );
         }
         out.push(row);

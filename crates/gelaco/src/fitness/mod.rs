@@ -442,6 +442,29 @@ impl FitnessEngine {
         self.chunks.len()
     }
 
+    /// The multiply-add work, in floating-point operations (two per multiply-add), of the
+    /// matrix products one evaluation of `plan` runs on the device: the compressed layers
+    /// from the first changed one to the top over every chunk as padded (projections, and
+    /// attention scores and their weighted sum over all positions), and the LM head on
+    /// every row where the objective needs it. Building merged layers, healing fits and the
+    /// reductions are not counted: this is the bound a device's matmul rate sets.
+    pub fn matmul_flops(&self, plan: &Plan) -> f64 {
+        let c = &self.model.config;
+        let first = plan.first_changed_layer();
+        let layers = if first >= plan.num_layers { 0 } else { plan.remaining().saturating_sub(first) };
+        let (h, q, kv) = (c.hidden_size as f64, (c.num_heads * c.head_dim) as f64, (c.num_kv_heads * c.head_dim) as f64);
+        let projection = 2.0 * (h * q + 2.0 * h * kv + q * h + 3.0 * h * c.intermediate_size as f64);
+        let head = if self.options.objective.needs_head() { 2.0 * h * c.vocab_size as f64 } else { 0.0 };
+        self.chunks
+            .iter()
+            .map(|chunk| {
+                let (b, s) = (chunk.batch() as f64, chunk.seq() as f64);
+                let attention = 2.0 * 2.0 * b * c.num_heads as f64 * s * s * c.head_dim as f64;
+                layers as f64 * (b * s * projection + attention) + b * s * head
+            })
+            .sum()
+    }
+
     /// Real tokens in the calibration set.
     pub fn total_tokens(&self) -> usize {
         self.chunks.iter().map(|c| c.lens.iter().sum::<usize>()).sum()
