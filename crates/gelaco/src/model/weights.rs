@@ -196,6 +196,14 @@ struct Shard {
     mmap: Arc<Mmap>,
 }
 
+impl Shard {
+    /// The mapped bytes of `data`, a slice of this shard's mapping (a tensor's data).
+    fn mapped(&self, data: &[u8]) -> MappedBytes {
+        let start = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
+        MappedBytes::new(self.mmap.clone(), start..start + data.len())
+    }
+}
+
 enum Source {
     Gguf(GgufFile),
     Safetensors {
@@ -438,8 +446,7 @@ impl ModelFiles {
                         });
                     }
                 };
-                let start = raw.as_ptr() as usize - shard.mmap.as_ptr() as usize;
-                MappedBytes::new(shard.mmap.clone(), start..start + raw.len()).release();
+                shard.mapped(raw).release();
                 Ok(HostTensor::new(v.shape().to_vec(), data))
             }
         }
@@ -465,9 +472,7 @@ impl ModelFiles {
                     Dtype::BF16 => GgmlType::BF16,
                     _ => return Ok(None),
                 };
-                let start = v.data().as_ptr() as usize - shard.mmap.as_ptr() as usize;
-                let bytes = MappedBytes::new(shard.mmap.clone(), start..start + v.data().len());
-                (kind, bytes, v.shape().to_vec(), None, shard.path.clone())
+                (kind, shard.mapped(v.data()), v.shape().to_vec(), None, shard.path.clone())
             }
         };
         let [rows, cols] = shape[..] else {
