@@ -452,9 +452,9 @@ impl FitnessEngine {
         let c = &self.model.config;
         let first = plan.first_changed_layer();
         let layers = if first >= plan.num_layers { 0 } else { plan.remaining().saturating_sub(first) };
-        let (h, q, kv) = (c.hidden_size as f64, (c.num_heads * c.head_dim) as f64, (c.num_kv_heads * c.head_dim) as f64);
-        let projection = 2.0 * (h * q + 2.0 * h * kv + q * h + 3.0 * h * c.intermediate_size as f64);
-        let head = if self.options.objective.needs_head() { 2.0 * h * c.vocab_size as f64 } else { 0.0 };
+        // two operations per weight of the layer's projection matrices, per token
+        let projection = 2.0 * (crate::model::layer_matrix_bytes(c) / 4) as f64;
+        let head = if self.options.objective.needs_head() { 2.0 * (c.hidden_size * c.vocab_size) as f64 } else { 0.0 };
         self.chunks
             .iter()
             .map(|chunk| {
