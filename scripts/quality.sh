@@ -15,11 +15,18 @@
 # SEARCH_SECONDS (the default search's wall-time limit, default 1800), PAPER_SECONDS (the
 # paper-faithful search's, default 1800), EVOPRESS_GENERATIONS (default 20), HEAL_SAMPLES
 # (the samples ShortGPT's plans are healed on for the "ShortGPT (healed)" rows, default 128,
-# as the search heals its picks), SEED (1),
-# DEVICE (cpu), OUT (runs/quality-DATE; a rerun with the same OUT goes on where it stopped),
-# BIN (a gelaco binary to use instead of building one), LACO_THRESHOLDS (the sweep), METHODS (which
-# rows to compute, default "gelaco paper shortgpt sleb evopress laco"; gelaco is always run). The table is written to OUT/quality.md and
-# printed; every intermediate result (run folders, recipes, JSON) stays in OUT.
+# as the search heals its picks), SEED (1), DEVICE (cpu), OUT (runs/quality-DATE), BIN (a
+# gelaco binary to use instead of building one), LACO_THRESHOLDS (the sweep), METHODS (which
+# methods this call computes, default "gelaco paper shortgpt sleb evopress laco"), EVALUATE
+# (1: evaluate every model whose method is done and not yet evaluated; 0: leave that for a
+# later call).
+#
+# The work can be spread over several calls with the same OUT: each method, each healing
+# and each model's evaluation is kept in OUT once done and never computed again, so a call
+# with METHODS=sleb EVALUATE=0 adds SLEB's plans, and a later call with EVALUATE=1
+# evaluates whatever is new. The table (OUT/quality.md, also printed) always has a row for
+# every method at every size and says which are still to run. times.txt records each
+# method's wall time with the day it ran (machine speed varies between days).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench_env.sh
@@ -40,30 +47,34 @@ for f in "$test_text" "$data/arc/ARC-Easy-Test.jsonl" "$data/piqa/dev.jsonl" "$d
   "$data/hellaswag/hellaswag_val_full.txt"; do
   [ -f "$f" ] || { echo "quality.sh: missing benchmark file $f (set GELACO_DATA to the folder holding it)" >&2; exit 2; }
 done
-mkdir -p "$out"/recipes
+mkdir -p "$out"/recipes "$out/.done"
 remove=$(echo $sizes | tr ' ' ',')
 common=(--model "$model" --calib "$calib" --samples "$samples" --device "$device")
-methods=" gelaco ${METHODS:-paper shortgpt sleb evopress laco} "
+methods=" ${METHODS:-gelaco paper shortgpt sleb evopress laco} "
 timed() { # timed NAME OUTPUT COMMAND...: run once, stdout to OUTPUT (a rerun with the same OUT skips what
-  # is done), record the wall time; methods left out of METHODS are skipped
+  # is done), record the wall time and the day; methods left out of METHODS are skipped
   local name=$1 output=$2 start=$SECONDS
   shift 2
   [[ "$methods" == *" ${name%%-*} "* ]] || return 0
   [ -e "$out/.done/$name" ] && return
   echo "== $name: $*" >&2
   "$@" > "$output"
-  echo "$name $((SECONDS - start))" >> "$out/times.txt"
+  echo "$name $((SECONDS - start)) $(date +%Y-%m-%d)" >> "$out/times.txt"
   touch "$out/.done/$name"
 }
-mkdir -p "$out/.done"
+search() { # search NAME SECONDS FLAGS...: a search into OUT/NAME (a run cut short by an earlier call starts
+  # again, so that its wall time is one run's), then its recipes
+  local name=$1 seconds=$2
+  shift 2
+  if [[ "$methods" == *" $name "* ]] && [ ! -e "$out/.done/$name" ]; then rm -rf "${out:?}/$name"; fi
+  timed "$name" "$out/$name.jsonl" $bin search "${common[@]}" "$@" --max-seconds "$seconds" --seed "$seed" --out "$out/$name" --json
+  [ ! -e "$out/.done/$name" ] || [ -d "$out/$name/recipes" ] || $bin front "$out/$name" --recipes "$out/$name/recipes" > /dev/null
+}
 
 # the tool's recommendation: a default search, every front solution validated on held-out text
-timed gelaco "$out/gelaco.jsonl" $bin search "${common[@]}" --max-seconds "$search_seconds" --seed "$seed" --out "$out/gelaco" --json
-[ -d "$out/gelaco/recipes" ] || $bin front "$out/gelaco" --recipes "$out/gelaco/recipes" > /dev/null
+search gelaco "$search_seconds"
 # the paper's method as published
-timed paper "$out/paper.jsonl" $bin search "${common[@]}" --objective similarity --heal none --merge-op rdsc --init paper \
-  --fidelity full:1 --max-seconds "$paper_seconds" --seed "$seed" --out "$out/paper" --json
-[ ! -d "$out/paper" ] || [ -d "$out/paper/recipes" ] || $bin front "$out/paper" --recipes "$out/paper/recipes" > /dev/null
+search paper "$paper_seconds" --objective similarity --heal none --merge-op rdsc --init paper --fidelity full:1
 # the baselines as published: no healing
 timed shortgpt "$out/shortgpt.json" $bin baseline shortgpt "${common[@]}" --heal none --remove "$remove" --recipes "$out/recipes" --json
 timed sleb "$out/sleb.json" $bin baseline sleb "${common[@]}" --objective nll --heal none --remove "$remove" --recipes "$out/recipes" --json
@@ -87,32 +98,42 @@ for t in ${LACO_THRESHOLDS:-0.95 0.9 0.85 0.8 0.7 0.6}; do
   timed "laco-$t" "$out/laco/t$t.json" $bin baseline laco "${common[@]}" --merge-op keep-first --threshold "$t" --json
 done
 
-# which model stands for each method at each size: a recipe, or merges (LaCo)
-python3 - "$out" "$sizes" "$methods" <<'EOF'
+# which model stands for each method at each size: a recipe, merges (LaCo), or none yet
+layers=$($bin inspect --model "$model" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["layers"])')
+python3 - "$out" "$sizes" "$layers" <<'EOF'
 import glob, json, os, sys
-out, sizes, methods = sys.argv[1], [int(s) for s in sys.argv[2].split()], sys.argv[3].split()
-layers = json.load(open(os.path.join(out, "gelaco", "run.json")))["model"]["layers"]
-laco = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "laco/t*.json")))]
+out, sizes, layers = sys.argv[1], [int(s) for s in sys.argv[2].split()], int(sys.argv[3])
+done = lambda name: os.path.exists(os.path.join(out, ".done", name))
+laco = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "laco/t*.json")))
+        if done("laco-" + os.path.basename(p)[1:-len(".json")])]
 picks = []
 for r in sizes:
     keep = layers - r
-    for key, method, pattern in [("gelaco", "GeLaCo (recommended)", "gelaco/recipes/recommended-%dlayers.json"),
-                                 ("paper", "GeLaCo (paper)", "paper/recipes/recommended-%dlayers.json"),
-                                 ("shortgpt", "ShortGPT", "recipes/shortgpt-%dlayers.json"),
-                                 ("shortgpt", "ShortGPT", "recipes/shortgpt-%dlayers-healed.json"),
-                                 ("sleb", "SLEB", "recipes/sleb-%dlayers.json"),
-                                 ("evopress", "EvoPress", "recipes/evopress-%dlayers.json")]:
-        if key not in methods:
-            continue
-        p = os.path.join(out, pattern % keep)
-        time = "shortgpt-healed" if p.endswith("-healed.json") else None
-        picks.append({"removed": r, "method": method, "recipe": p, "time": time} if os.path.exists(p) else
-                     {"removed": r, "method": method, "time": time})
-    if "laco" not in methods:
-        continue
+    for key, method, done_as, pattern in [
+            ("gelaco", "GeLaCo (recommended)", "gelaco", "gelaco/recipes/recommended-%dlayers.json"),
+            ("paper", "GeLaCo (paper)", "paper", "paper/recipes/recommended-%dlayers.json"),
+            ("shortgpt", "ShortGPT", "shortgpt", "recipes/shortgpt-%dlayers.json"),
+            ("shortgpt-healed", "ShortGPT", "shortgpt-healed", "recipes/shortgpt-%dlayers-healed.json"),
+            ("sleb", "SLEB", "sleb", "recipes/sleb-%dlayers.json"),
+            ("evopress", "EvoPress", "evopress", "recipes/evopress-%dlayers.json")]:
+        pick = {"removed": r, "key": key, "method": method, "time": done_as}
+        path = os.path.join(out, pattern % keep)
+        if not done(done_as):
+            pick["missing"] = "not run yet"
+        elif os.path.exists(path):
+            pick["recipe"] = path
+        else:
+            pick["missing"] = "no plan of this size"
+        picks.append(pick)
+    pick = {"removed": r, "key": "laco", "method": "LaCo (keep-first)", "time": "laco"}
     near = sorted(laco, key=lambda s: (abs(s["remaining_layers"] - keep), -s["fitness"]))
-    picks.append({"removed": r, "method": "LaCo (keep-first)", "merges": near[0]["merges"]}
-                 if near and near[0]["merges"] else {"removed": r, "method": "LaCo (keep-first)"})
+    if not laco:
+        pick["missing"] = "not run yet"
+    elif near[0]["merges"]:
+        pick["merges"] = near[0]["merges"]
+    else:
+        pick["missing"] = "no plan of this size"
+    picks.append(pick)
 json.dump(picks, open(os.path.join(out, "picks.json"), "w"), indent=1)
 EOF
 
@@ -121,71 +142,86 @@ if [ "$limit" -gt 0 ]; then
   tasks=(--task arc_easy="$data/arc/ARC-Easy-Test.jsonl" --task piqa="$data/piqa/dev.jsonl"
     --task hellaswag="$data/hellaswag/hellaswag_val_full.txt" --limit "$limit")
 fi
-evaluate() { # evaluate NAME VARIANT-ARGS...: one model's test perplexity and tasks, to OUT/eval/NAME.json
-  local name=$1
+# one file a model and setting: OUT/eval/limit-LIMIT/NAME.json (NAME: original, or METHOD-REMOVED)
+evals="$out/eval/limit-$limit"
+evaluate() { # evaluate NAME VARIANT-ARGS...: one model's test perplexity and tasks, once
+  local name=$1 start=$SECONDS
   shift
-  [ -s "$out/eval/$name.json" ] && return
+  [ -s "$evals/$name.json" ] && return
+  echo "== evaluate $name" >&2
   $bin eval --model "$model" "$@" "${tasks[@]}" --perplexity "$test_text" --max-windows 8 --device "$device" --json \
-    > "$out/eval/$name.json.part"
-  mv "$out/eval/$name.json.part" "$out/eval/$name.json"
+    > "$evals/$name.json.part"
+  mv "$evals/$name.json.part" "$evals/$name.json"
+  echo "eval-$name $((SECONDS - start)) $(date +%Y-%m-%d)" >> "$out/times.txt"
 }
-mkdir -p "$out/eval"
-start=$SECONDS
-evaluate original
-i=0
-while IFS=$'\t' read -r kind value; do
-  i=$((i + 1))
-  case $kind in
-    recipe) evaluate "pick$i" --recipe "$value" --no-original ;;
-    merges) evaluate "pick$i" --merges "$value" --merge-op keep-first --no-original ;;
-  esac
-done < <(python3 -c '
+if [ "${EVALUATE:-1}" = 1 ]; then
+  mkdir -p "$evals"
+  evaluate original
+  while IFS=$'\t' read -r name kind value; do
+    case $kind in
+      recipe) evaluate "$name" --recipe "$value" --no-original ;;
+      merges) evaluate "$name" --merges "$value" --merge-op keep-first --no-original ;;
+    esac
+  done < <(python3 -c '
 import json, sys
 for p in json.load(open(sys.argv[1])):
-    print("recipe\t" + p["recipe"] if "recipe" in p else "merges\t" + p["merges"] if "merges" in p else "none\t-")' "$out/picks.json")
-echo "eval $((SECONDS - start))" >> "$out/times.txt"
+    name = "%s-%d" % (p["key"], p["removed"])
+    if "recipe" in p:
+        print(name + "\trecipe\t" + p["recipe"])
+    elif "merges" in p:
+        print(name + "\tmerges\t" + p["merges"])' "$out/picks.json")
+fi
 
 python3 - "$out" "$limit" "$samples" <<'EOF'
 import json, os, sys
 out, limit, samples = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+evals = os.path.join(out, "eval", "limit-%d" % limit)
 picks = json.load(open(os.path.join(out, "picks.json")))
-times = {}
+times, days = {}, {}
 for line in open(os.path.join(out, "times.txt")):
-    name, s = line.split()
+    name, s, *day = line.split()
     times[name] = times.get(name, 0) + int(s)
-times["laco"] = sum(v for k, v in times.items() if k.startswith("laco-"))
-method_time = {"GeLaCo (recommended)": "gelaco", "GeLaCo (paper)": "paper", "ShortGPT": "shortgpt",
-               "SLEB": "sleb", "EvoPress": "evopress", "LaCo (keep-first)": "laco"}
+    days.setdefault(name, day[0] if day else "")
+times["laco"] = sum(v for k, v in times.items() if k.startswith("laco-")) if any(k.startswith("laco-") for k in times) else None
 def load(name):
-    return json.load(open(os.path.join(out, "eval", name + ".json")))["models"][0]
+    p = os.path.join(evals, name + ".json")
+    return json.load(open(p))["models"][0] if os.path.exists(p) else None
 original = load("original")
-task_names = [t["task"] for t in original["tasks"]]
+task_names = [t["task"] for t in original["tasks"]] if original else []
 def cells(m):
     c = ["%.2f" % m["perplexity"]["perplexity"]]
     for t in m["tasks"]:
         c.append("%.1f±%.1f" % (100 * t["acc_norm"], 100 * t["acc_norm_stderr"]))
     return c
+blank = " |" * (1 + len(task_names))
 rows = ["| removed | method | merges | layers | test ppl | " + " | ".join(task_names) + " | wall time |",
-        "|" + "---|" * (6 + len(task_names)),
-        "| 0 | original | | %d | " % original["layers"] + " | ".join(cells(original)) + " | |"]
-for i, p in enumerate(picks, 1):
-    if "recipe" not in p and "merges" not in p:
-        rows.append("| %d | %s | (no plan of this size) | | |%s |" % (p["removed"], p["method"], " |" * len(task_names)))
+        "|" + "---|" * (6 + len(task_names))]
+rows.append("| 0 | original | | %d | %s | |" % (original["layers"], " | ".join(cells(original))) if original else
+            "| 0 | original | (not evaluated yet) | |%s |" % blank)
+for p in picks:
+    t = times.get(p["time"])
+    wall = "%d s" % t if t is not None else ""
+    if "missing" in p:
+        rows.append("| %d | %s | (%s) | |%s %s |" % (p["removed"], p["method"], p["missing"], blank, wall))
         continue
-    m = load("pick%d" % i)
     healed = ""
-    heal = json.load(open(p["recipe"])).get("heal") if "recipe" in p else None
-    if heal and heal.get("method", "none") != "none":
+    recipe = json.load(open(p["recipe"])) if "recipe" in p else {}
+    if recipe.get("heal") and recipe["heal"].get("method", "none") != "none":
         healed = " (healed)"
-    origin = json.load(open(p["recipe"])).get("origin", "") if "recipe" in p else ""
-    if p["method"].startswith("GeLaCo") and " baseline " in origin:
+    if p["method"].startswith("GeLaCo") and " baseline " in recipe.get("origin", ""):
         # validation picked one of the run's own baselines at this size
-        healed += " = " + origin.split(" baseline ", 1)[1]
-    rows.append("| %d | %s%s | %s | %d | %s | %s s |" % (p["removed"], p["method"], healed, m["merges"], m["layers"],
-                                                        " | ".join(cells(m)), times.get(p.get("time") or method_time[p["method"]], "?")))
+        healed += " = " + recipe["origin"].split(" baseline ", 1)[1]
+    m = load("%s-%d" % (p["key"], p["removed"]))
+    if m is None:
+        merges = p.get("merges") or recipe.get("merges", "")
+        rows.append("| %d | %s%s | %s (not evaluated yet) | |%s %s |" % (p["removed"], p["method"], healed, merges, blank, wall))
+        continue
+    rows.append("| %d | %s%s | %s | %d | %s | %s |" % (p["removed"], p["method"], healed, m["merges"], m["layers"],
+                                                    " | ".join(cells(m)), wall))
+ran = sorted(set(d for d in days.values() if d))
 head = ("Demo model; calibration: %d samples of 128 tokens of WikiText-2 validation; test ppl: first 8 windows "
         "of 512 tokens of WikiText-2 test; tasks: first %d items each, acc_norm in %% ± standard error; wall time: "
-        "the method's whole run on this machine (one run gives every size)." % (samples, limit))
+        "the method's whole run on this machine (one run gives every size; run on %s)." % (samples, limit, ", ".join(ran) or "-"))
 text = head + "\n\n" + "\n".join(rows) + "\n"
 open(os.path.join(out, "quality.md"), "w").write(text)
 print(text)
