@@ -194,8 +194,8 @@ def cells(m):
         c.append("%.1f±%.1f" % (100 * t["acc_norm"], 100 * t["acc_norm_stderr"]))
     return c
 blank = " |" * (1 + len(task_names))
-rows = ["| removed | method | merges | layers | test ppl | " + " | ".join(task_names) + " | wall time |",
-        "|" + "---|" * (6 + len(task_names))]
+columns = ["removed", "method", "merges", "layers", "test ppl"] + task_names + ["wall time"]
+rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 rows.append("| 0 | original | | %d | %s | |" % (original["layers"], " | ".join(cells(original))) if original else
             "| 0 | original | (not evaluated yet) | |%s |" % blank)
 for p in picks:
