@@ -100,25 +100,28 @@ done
 
 # which model stands for each method at each size: a recipe, merges (LaCo), or none yet
 layers=$($bin inspect --model "$model" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["layers"])')
-python3 - "$out" "$sizes" "$layers" <<'EOF'
-import glob, json, os, sys
+laco_thresholds=${LACO_THRESHOLDS:-0.95 0.9 0.85 0.8 0.7 0.6}
+python3 - "$out" "$sizes" "$layers" "$laco_thresholds" <<'EOF'
+import json, os, sys
 out, sizes, layers = sys.argv[1], [int(s) for s in sys.argv[2].split()], int(sys.argv[3])
 done = lambda name: os.path.exists(os.path.join(out, ".done", name))
-laco = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "laco/t*.json")))
-        if done("laco-" + os.path.basename(p)[1:-len(".json")])]
+# LaCo's plan at a size is the nearest of the whole sweep, so it stands only once every threshold is done
+thresholds = sys.argv[4].split()
+laco = [json.load(open(os.path.join(out, "laco", "t%s.json" % t))) for t in thresholds] \
+    if all(done("laco-" + t) for t in thresholds) else []
 picks = []
 for r in sizes:
     keep = layers - r
-    for key, method, done_as, pattern in [
-            ("gelaco", "GeLaCo (recommended)", "gelaco", "gelaco/recipes/recommended-%dlayers.json"),
-            ("paper", "GeLaCo (paper)", "paper", "paper/recipes/recommended-%dlayers.json"),
-            ("shortgpt", "ShortGPT", "shortgpt", "recipes/shortgpt-%dlayers.json"),
-            ("shortgpt-healed", "ShortGPT", "shortgpt-healed", "recipes/shortgpt-%dlayers-healed.json"),
-            ("sleb", "SLEB", "sleb", "recipes/sleb-%dlayers.json"),
-            ("evopress", "EvoPress", "evopress", "recipes/evopress-%dlayers.json")]:
-        pick = {"removed": r, "key": key, "method": method, "time": done_as}
+    for key, method, pattern in [
+            ("gelaco", "GeLaCo (recommended)", "gelaco/recipes/recommended-%dlayers.json"),
+            ("paper", "GeLaCo (paper)", "paper/recipes/recommended-%dlayers.json"),
+            ("shortgpt", "ShortGPT", "recipes/shortgpt-%dlayers.json"),
+            ("shortgpt-healed", "ShortGPT", "recipes/shortgpt-%dlayers-healed.json"),
+            ("sleb", "SLEB", "recipes/sleb-%dlayers.json"),
+            ("evopress", "EvoPress", "recipes/evopress-%dlayers.json")]:
+        pick = {"removed": r, "key": key, "method": method, "time": key}
         path = os.path.join(out, pattern % keep)
-        if not done(done_as):
+        if not done(key):
             pick["missing"] = "not run yet"
         elif os.path.exists(path):
             pick["recipe"] = path
