@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -225,6 +226,36 @@ fn a_killed_search_resumes_to_the_same_front() {
     };
     assert_eq!(keys(&killed), keys(&whole));
     assert_eq!(store::read_info(&killed).unwrap().status, store::Status::Finished);
+}
+
+/// A run killed after some of a screened generation's offspring were logged: the resumed
+/// generation screens the same offspring as the uninterrupted run (those logged in it are
+/// not yet "known" to the screening), so it evaluates the same plans, no more.
+#[test]
+fn a_run_killed_inside_a_screened_generation_resumes_to_the_same_evaluations() {
+    let f = fixture();
+    let screened = |evaluations| SearchSettings { fidelity: Some("64:0.25,full:1".into()), ..settings(evaluations) };
+    let whole = f.root.join("whole");
+    let front = final_front(&run_to_end(spec(&f, &whole, screened(48))));
+    // the same run stopped after its first generation, then the first part of the second
+    // generation's log written as a killed run leaves it
+    let killed = f.root.join("killed");
+    final_front(&run_to_end(spec(&f, &killed, screened(24))));
+    let lines: Vec<String> = std::fs::read_to_string(whole.join("evaluations.jsonl")).unwrap().lines().map(String::from).collect();
+    let before = log_lines(&killed);
+    assert_eq!(lines[..before].join("\n") + "\n", std::fs::read_to_string(killed.join("evaluations.jsonl")).unwrap());
+    let second: Vec<&String> = lines[before..].iter().filter(|l| l.contains("\"generation\":2,")).collect();
+    // up to the first model the second generation evaluated afresh (not one known before it)
+    let first_new = second.iter().position(|l| l.contains("\"cached\":false")).expect("the second generation evaluated no new model");
+    let mut log = std::fs::OpenOptions::new().append(true).open(killed.join("evaluations.jsonl")).unwrap();
+    for l in &second[..=first_new] {
+        writeln!(log, "{l}").unwrap();
+    }
+    drop(log);
+    let resumed = JobSpec::Resume { dir: killed.clone(), device: DeviceChoice::Cpu, memory_budget: None, model: None, evaluations: Some(48) };
+    assert_eq!(final_front(&run_to_end(resumed)), front);
+    let keys = |d: &Path| -> Vec<String> { store::read_evaluations(d).unwrap().into_iter().map(|e| format!("{} {}", e.index, e.key)).collect() };
+    assert_eq!(keys(&killed), keys(&whole));
 }
 
 #[test]

@@ -394,12 +394,14 @@ impl Problem for PlanProblem<'_> {
         Ok(true)
     }
 
-    fn screen(&mut self, offspring: &[Vec<f64>], _generation: usize, should_stop: &dyn Fn() -> bool) -> Result<Option<Vec<bool>>> {
+    fn screen(&mut self, offspring: &[Vec<f64>], generation: usize, should_stop: &dyn Fn() -> bool) -> Result<Option<Vec<bool>>> {
         let n = offspring.len();
         let Some(fidelity) = self.fidelity.clone() else { return Ok(Some(vec![true; n])) };
         let plans: Vec<_> = offspring.iter().map(|x| self.encoding.decode(x)).collect();
-        // models already evaluated cost nothing: always kept
-        let mut chosen: Vec<bool> = plans.iter().map(|p| self.cache.contains_key(&p.model_key())).collect();
+        // models evaluated in earlier generations cost nothing: always kept. A resumed run
+        // also knows the models its log holds from this very generation; those are screened
+        // as the uninterrupted run screened them, so that the same offspring are chosen.
+        let mut chosen: Vec<bool> = plans.iter().map(|p| self.seen_before(&p.model_key(), generation)).collect();
         let mut alive: Vec<usize> = (0..n).filter(|&i| !chosen[i]).collect();
         let survival = match self.mode {
             Mode::Pareto => Survival::Pareto,
