@@ -38,6 +38,7 @@ samples=${SAMPLES:-32}
 search_seconds=${SEARCH_SECONDS:-1800}
 paper_seconds=${PAPER_SECONDS:-1800}
 evopress_generations=${EVOPRESS_GENERATIONS:-20}
+laco_thresholds=${LACO_THRESHOLDS:-0.95 0.9 0.85 0.8 0.7 0.6}
 heal_samples=${HEAL_SAMPLES:-128}
 seed=${SEED:-1}
 device=${DEVICE:-cpu}
@@ -94,13 +95,12 @@ timed shortgpt-healed /dev/null heal_shortgpt
 # Its own operator (rdsc) ruins spans of 3 layers and more on this model (README, merge
 # operators), so that no threshold merges anything; LaCo runs here with keep-first.
 mkdir -p "$out/laco"
-for t in ${LACO_THRESHOLDS:-0.95 0.9 0.85 0.8 0.7 0.6}; do
+for t in $laco_thresholds; do
   timed "laco-$t" "$out/laco/t$t.json" $bin baseline laco "${common[@]}" --merge-op keep-first --threshold "$t" --json
 done
 
 # which model stands for each method at each size: a recipe, merges (LaCo), or none yet
 layers=$($bin inspect --model "$model" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["layers"])')
-laco_thresholds=${LACO_THRESHOLDS:-0.95 0.9 0.85 0.8 0.7 0.6}
 python3 - "$out" "$sizes" "$layers" "$laco_thresholds" <<'EOF'
 import json, os, sys
 out, sizes, layers = sys.argv[1], [int(s) for s in sys.argv[2].split()], int(sys.argv[3])
