@@ -283,6 +283,41 @@ fn fitness_bad_input() {
 }
 
 #[test]
+fn baselines_with_json_print_solutions_on_stdout_and_progress_on_stderr() {
+    let tiny = Tiny::default();
+    let (dir, g, _) = tiny.write_both();
+    let calib = dir.path().join("calib.txt");
+    std::fs::write(&calib, (0..10).map(|i| format!("a calibration line number {i}, long enough to count\n")).collect::<String>()).unwrap();
+    let recipes = dir.path().join("recipes");
+    let common = ["--model", g.to_str().unwrap(), "--calib", calib.to_str().unwrap(), "--samples", "4", "--device", "cpu", "--json"];
+    for (method, extra) in [("sleb", &[][..]), ("evopress", &["--generations", "2", "--offspring", "3"][..])] {
+        let mut args = vec!["baseline", method, "--remove", "1,2", "--recipes", recipes.to_str().unwrap()];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(extra);
+        let out = gelaco(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{method}: {stderr}");
+        // stdout: one solution a line, every size
+        let sols: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(sols.iter().map(|s| s["remaining_layers"].as_u64().unwrap()).collect::<Vec<_>>(), vec![3, 2], "{method}");
+        // stderr: progress lines that count up to what was planned and end there
+        let progress: Vec<serde_json::Value> =
+            stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v["event"] == "progress").collect();
+        assert!(!progress.is_empty(), "{method}: no progress lines in {stderr}");
+        let last = progress.last().unwrap();
+        assert_eq!(last["evaluations"], last["planned"], "{method}: {last}");
+        assert!(last["planned"].as_u64().unwrap() > 0 && last["elapsed_seconds"].as_f64().unwrap() >= 0.0, "{last}");
+        assert!(last["method"].as_str().unwrap().contains(if method == "sleb" { "SLEB" } else { "EvoPress r=2" }), "{last}");
+        for w in progress.windows(2) {
+            assert!(w[0]["evaluations"].as_u64() <= w[1]["evaluations"].as_u64() || w[0]["method"] != w[1]["method"], "{w:?}");
+        }
+        for layers in [3, 2] {
+            assert!(recipes.join(format!("{method}-{layers}layers.json")).exists(), "{method}: recipe of {layers} layers");
+        }
+    }
+}
+
+#[test]
 fn without_a_display_the_window_says_what_to_do() {
     let out = Command::new(env!("CARGO_BIN_EXE_gelaco"))
         .env_remove("DISPLAY")

@@ -2,6 +2,7 @@
 //! objective code as the search, with progress bars and recipes.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -136,7 +137,10 @@ fn parse_fidelity(text: &str) -> Result<Vec<(usize, f64)>> {
         .collect()
 }
 
-/// Run a baseline with a progress bar over its planned evaluations (none with `--json`).
+/// Run a baseline with a progress bar over its planned evaluations; with `--json`, JSON
+/// progress lines on stderr instead (`{"event":"progress","method",...}`, at most one a
+/// second, and the last), so that a script keeps stdout for the solutions and can still
+/// follow a run of an hour.
 fn with_bar<T>(what: &str, json: bool, run: impl FnOnce(depth::Progress) -> gelaco::Result<T>) -> Result<T> {
     let bar = if json {
         None
@@ -146,10 +150,21 @@ fn with_bar<T>(what: &str, json: bool, run: impl FnOnce(depth::Progress) -> gela
         bar.set_message(what.to_string());
         Some(bar)
     };
+    let start = Instant::now();
+    let mut last_line: Option<(Instant, usize)> = None;
     let out = run(&mut |done, planned| {
-        if let Some(b) = &bar {
-            b.set_length(planned as u64);
-            b.set_position(done as u64);
+        match &bar {
+            Some(b) => {
+                b.set_length(planned as u64);
+                b.set_position(done as u64);
+            }
+            None => {
+                let due = last_line.is_none_or(|(at, shown)| done != shown && (done >= planned || at.elapsed() >= PROGRESS_EVERY));
+                if due {
+                    eprintln!("{}", progress_line(what, done, planned, start.elapsed()));
+                    last_line = Some((Instant::now(), done));
+                }
+            }
         }
         true
     });
@@ -157,6 +172,24 @@ fn with_bar<T>(what: &str, json: bool, run: impl FnOnce(depth::Progress) -> gela
         b.finish_and_clear();
     }
     Ok(out?)
+}
+
+/// The shortest interval between two JSON progress lines of a baseline.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// One JSON progress line: evaluations done of planned, elapsed seconds and an estimate of
+/// the seconds left at the rate so far (absent before the first evaluation).
+fn progress_line(method: &str, done: usize, planned: usize, elapsed: Duration) -> serde_json::Value {
+    let seconds = elapsed.as_secs_f64();
+    let eta = (done > 0).then(|| seconds / done as f64 * planned.saturating_sub(done) as f64);
+    serde_json::json!({
+        "event": "progress",
+        "method": method,
+        "evaluations": done,
+        "planned": planned,
+        "elapsed_seconds": seconds,
+        "eta_seconds": eta,
+    })
 }
 
 /// Write a baseline's solutions as recipes.
@@ -171,7 +204,7 @@ fn save_baseline_recipes(dir: &Path, m: &gelaco::model::LoadedModel, sols: &[Bas
         let name = format!("{}-{}layers.json", s.kind().map_or("baseline", |k| k.name()), s.result.remaining_layers);
         r.save(&dir.join(name), true)?;
     }
-    eprintln!("{} recipes written to {}", sols.len(), dir.display());
+    eprintln!("{} recipe{} written to {}", sols.len(), if sols.len() == 1 { "" } else { "s" }, dir.display());
     Ok(())
 }
 
@@ -236,11 +269,12 @@ pub fn baseline(cmd: BaselineCommand, device: DeviceChoice) -> Result<()> {
                 ..score.options
             };
             let kl = FitnessEngine::new(&m.model, score.calibration.clone(), options)?;
-            let mut sols = Vec::new();
+            // one search per size, each reported as it ends: a run stopped later keeps them
             for &size in &r.remove {
-                sols.push(with_bar(&format!("EvoPress r={size}"), r.json, |progress| depth::evopress(&kl, &score, size, &settings, progress))?);
+                let sol = with_bar(&format!("EvoPress r={size}"), r.json, |progress| depth::evopress(&kl, &score, size, &settings, progress))?;
+                r.report(&m, std::slice::from_ref(&sol))?;
             }
-            r.report(&m, &sols)
+            Ok(())
         }
         BaselineCommand::Shortgpt(r) => {
             let (m, engine) = r.open(device)?;
