@@ -96,8 +96,9 @@ impl Default for EvoPressSettings {
 impl EvoPressSettings {
     /// Evaluations planned for one run (an upper bound: repeated candidates are cached).
     pub fn evaluations(&self) -> usize {
+        // the first population is selected as each generation's offspring are
         let per_generation: usize = self.steps().iter().map(|&(_, n)| n).sum();
-        self.offspring + 1 + self.generations * per_generation
+        (self.generations + 1) * per_generation
     }
 
     /// (tokens, candidates scored) per selection step, the full set last (`None` tokens).
@@ -202,21 +203,34 @@ impl Scorer<'_, '_> {
         Ok(loss)
     }
 
-    /// Multi-step selection: the best candidate by full-calibration KL, and that KL.
-    fn select(&mut self, mut candidates: Vec<Vec<usize>>, steps: &[(Option<usize>, usize)]) -> Result<(Vec<usize>, f64)> {
-        let mut best = None;
-        for &(tokens, keep) in steps {
-            let mut scored = Vec::with_capacity(candidates.len());
-            for c in candidates {
-                scored.push((self.loss(&c, tokens)?, c));
-            }
-            scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-            scored.truncate(keep.max(1));
-            best = scored.first().map(|(l, c)| (c.clone(), *l));
-            candidates = scored.into_iter().map(|(_, c)| c).collect();
-        }
-        best.ok_or_else(|| Error::Invalid("EvoPress had no candidate".into()))
+    /// Multi-step selection (see [`select`]) by KL.
+    fn select(&mut self, candidates: Vec<Vec<usize>>, steps: &[(Option<usize>, usize)]) -> Result<(Vec<usize>, f64)> {
+        select(candidates, steps, &mut |c, tokens| self.loss(c, tokens))
     }
+}
+
+/// Multi-step selection: the best candidate by `loss` on the full calibration set (`None`
+/// tokens), and that loss. Each step scores what the step before kept, and keeps as many
+/// as the next step scores (`steps` holds how many each step scores; the last keeps one),
+/// so that only the most promising few are scored on many tokens.
+fn select(
+    mut candidates: Vec<Vec<usize>>,
+    steps: &[(Option<usize>, usize)],
+    loss: &mut dyn FnMut(&[usize], Option<usize>) -> Result<f64>,
+) -> Result<(Vec<usize>, f64)> {
+    let mut best = None;
+    for (i, &(tokens, _)) in steps.iter().enumerate() {
+        let mut scored = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            scored.push((loss(&c, tokens)?, c));
+        }
+        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let keep = steps.get(i + 1).map_or(1, |&(_, next)| next);
+        scored.truncate(keep.max(1));
+        best = scored.first().map(|(l, c)| (c.clone(), *l));
+        candidates = scored.into_iter().map(|(_, c)| c).collect();
+    }
+    best.ok_or_else(|| Error::Invalid("EvoPress had no candidate".into()))
 }
 
 #[cfg(test)]
@@ -227,8 +241,32 @@ mod tests {
     fn planned_evaluations_count_every_step() {
         assert_eq!(sleb_evaluations(10, 3), 10 + 9 + 8);
         let s = EvoPressSettings { offspring: 16, generations: 2, fidelity: vec![(512, 0.25)], seed: 0 };
-        // 16 on 512 tokens, 4 on all, per generation; plus the first population and parent
+        // 16 on 512 tokens, 4 on all, per generation and for the first population
         assert_eq!(s.steps(), vec![(Some(512), 16), (None, 4)]);
-        assert_eq!(s.evaluations(), 17 + 2 * 20);
+        assert_eq!(s.evaluations(), (1 + 2) * 20);
+    }
+
+    #[test]
+    fn selection_scores_only_the_kept_candidates_on_more_tokens() {
+        let s = EvoPressSettings { offspring: 16, generations: 1, fidelity: vec![(512, 0.125)], seed: 0 };
+        let candidates: Vec<Vec<usize>> = (0..16).map(|i| vec![i]).collect();
+        let mut calls: Vec<(usize, Option<usize>)> = Vec::new();
+        // the cheap score ranks 0, 1, 2, ... best; the full score prefers the second of them
+        let mut loss = |c: &[usize], tokens: Option<usize>| -> Result<f64> {
+            calls.push((c[0], tokens));
+            Ok(match tokens {
+                Some(_) => c[0] as f64,
+                None => if c[0] == 1 { 0.5 } else { 1.0 + c[0] as f64 },
+            })
+        };
+        let (best, full) = select(candidates, &s.steps(), &mut loss).unwrap();
+        assert_eq!((best, full), (vec![1], 0.5));
+        let cheap = calls.iter().filter(|(_, t)| t.is_some()).count();
+        let mut on_all: Vec<usize> = calls.iter().filter(|(_, t)| t.is_none()).map(|(c, _)| *c).collect();
+        on_all.sort_unstable();
+        assert_eq!(cheap, 16);
+        // ceil(16 x 0.125) = 2 scored on every token: the two best of the cheap step
+        assert_eq!(on_all, vec![0, 1]);
+        assert_eq!(calls.len(), s.steps().iter().map(|&(_, n)| n).sum::<usize>());
     }
 }
