@@ -81,8 +81,8 @@ search paper "$paper_seconds" --objective similarity --heal none --merge-op rdsc
 # the baselines as published: no healing
 timed shortgpt "$out/shortgpt.json" $bin baseline shortgpt "${common[@]}" --heal none --remove "$remove" --recipes "$out/recipes" --json
 timed sleb "$out/sleb.json" $bin baseline sleb "${common[@]}" --objective nll --heal none --remove "$remove" --recipes "$out/recipes" --json
-# EvoPress is one search per size, run and kept one size at a time (10 to 12 minutes a size, 44 for the
-# four sizes here: a call can do part of them); a size's search is the same alone
+# EvoPress is one search per size, run and kept one size at a time (10 to 12 minutes a size,
+# 44 for the four sizes here: a call can do part of them); a size's search is the same alone
 for r in $evopress_sizes; do
   timed "evopress-$r" "$out/evopress-$r.json" $bin baseline evopress "${common[@]}" --objective kl --heal none --remove "$r" \
     --generations "$evopress_generations" --seed "$seed" --recipes "$out/recipes" --json
