@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     quiet_vulkan_loader();
+    gelaco::backend::quiet_kernel_candidate_panics();
     match cli::try_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

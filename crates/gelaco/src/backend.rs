@@ -102,6 +102,29 @@ pub struct ComputeDevice {
     /// The memory a loaded model may use, in bytes; `None`: what the machine reports
     /// available, less a quarter (see [`crate::model::plan_memory`]).
     pub memory_budget: Option<u64>,
+    /// Whether block-quantised weights are kept on the device as their codes and
+    /// dequantised there when used (WGPU: the device's memory is what limits it), rather
+    /// than dequantised on the host from the memory-mapped file (the CPU backend, whose
+    /// memory the mapped file already is).
+    pub codes_on_device: bool,
+}
+
+/// burn compiles its WGPU kernels on CubeCL's device threads, where a kernel whose
+/// construction panics (an autotune candidate that does not suit a shape, as some of the
+/// quantised matrix product's do) is caught and counted as a candidate that cannot run; the
+/// process's panic hook would still print each of those panics first. This hook sends them
+/// to the debug log instead (`--verbose`) and leaves every other panic to the hook before it.
+pub fn quiet_kernel_candidate_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let device_thread = std::thread::current().name().is_some_and(|n| n.starts_with("DSD-"));
+        let in_cubecl = info.location().is_some_and(|l| l.file().contains("cubecl"));
+        if device_thread && in_cubecl {
+            tracing::debug!(panic = %info, "a kernel candidate could not be built");
+            return;
+        }
+        previous(info)
+    }));
 }
 
 /// Whether `device` is the CPU backend, where kernels cost nothing to compile for a new
@@ -235,6 +258,7 @@ fn adapter_device(all: &[AdapterDesc], index: usize, notice: Option<String>) -> 
         description: format!("wgpu gpu:{index}: {}", adapter.describe()),
         notice,
         memory_budget: None,
+        codes_on_device: true,
     })
 }
 
@@ -245,6 +269,7 @@ fn cpu() -> ComputeDevice {
         description: "cpu: burn flex".into(),
         notice: None,
         memory_budget: None,
+        codes_on_device: false,
     }
 }
 

@@ -147,10 +147,15 @@ fn taps_record_every_module_before_rope() {
                 assert!((want - got).abs() < 1e-3, "{}: q tap [{pos},{o}] {got} != {want}", d.description);
             }
         }
-        // no taps asked: none recorded, same output
+        // no taps asked: none recorded, same output (on WGPU to the order of the sums, which
+        // autotune may change between two passes while it learns the quantised product)
         let a = download(m.forward(&ids, None).unwrap()).unwrap().data;
         let b = download(m.forward(&ids, Some(&mut Vec::new())).unwrap()).unwrap().data;
-        assert_eq!(a, b);
+        if d.backend == gelaco::backend::BackendKind::Cpu {
+            assert_eq!(a, b);
+        } else {
+            assert!(max_abs_diff(&a, &b) < 1e-5, "{}: {}", d.description, max_abs_diff(&a, &b));
+        }
     }
 }
 

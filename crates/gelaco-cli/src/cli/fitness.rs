@@ -363,6 +363,8 @@ fn memory_json(m: &gelaco::model::LoadedModel, engine: &FitnessEngine) -> serde_
         "reference_chunks_cached": cached,
         "evaluation_activations_bytes": engine.working_bytes(),
         "weights_peak_bytes": stats.peak_bytes,
+        "codes_on_device": m.memory.codes_on_device,
+        "weights_codes_bytes": stats.codes_bytes,
         "streams": m.memory.streams(),
     })
 }

@@ -28,7 +28,7 @@ impl Linear {
     /// `x`: `[batch, seq, in]` -> `[batch, seq, out]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, s, i] = x.dims();
-        let w = self.weight.dense_t();
+        let w = self.weight.matmul_t();
         let out = w.dims()[1];
         let y = x.reshape([b * s, i]).matmul(w);
         let y = match &self.bias {

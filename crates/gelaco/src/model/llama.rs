@@ -211,9 +211,10 @@ fn causal_mask(s: usize, past: usize, window: Option<usize>, device: &Device) ->
 impl Llama {
     /// Load `files` onto `device`: embeddings, norms, biases and the head as device tensors,
     /// the layers' projection weights as the file stores them, dequantised when used and
-    /// kept within `resident_budget` bytes (see [`super::stored`]).
-    pub fn load(files: &ModelFiles, device: &Device, resident_budget: u64) -> Result<Self> {
-        let resident = Resident::new(resident_budget);
+    /// kept within `resident_budget` bytes; with `codes_on_device`, block-quantised ones are
+    /// kept on the device as their codes and dequantised there (see [`super::stored`]).
+    pub fn load(files: &ModelFiles, device: &Device, resident_budget: u64, codes_on_device: bool) -> Result<Self> {
+        let resident = Resident::keeping_codes(resident_budget, codes_on_device);
         let cfg = files.config.clone();
         let t = |name: &str| files.tensor(name);
         let vec1 = |name: &str| -> Result<Tensor<1>> { Ok(upload::<1>(&t(name)?, device)) };

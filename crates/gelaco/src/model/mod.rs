@@ -66,6 +66,12 @@ pub struct MemoryPlan {
     pub given: bool,
     /// What the budget leaves for dequantised layer weights.
     pub resident_budget: u64,
+    /// Every layer's projection weights on a device that keeps block-quantised matrices as
+    /// their codes (and the rest as f32).
+    pub layers_codes_bytes: u64,
+    /// Whether the device keeps them so (WGPU), making f32 copies from the codes on the
+    /// device instead of dequantising from the file.
+    pub codes_on_device: bool,
 }
 
 impl MemoryPlan {
@@ -83,13 +89,24 @@ impl MemoryPlan {
     /// Whether the layers' weights do not all fit, so that some are dequantised each time
     /// they are used (streamed from the file).
     pub fn streams(&self) -> bool {
-        self.resident_budget < self.layers_bytes
+        self.resident_budget < self.resident_need()
+    }
+
+    /// What the layers' weights take when all of them stay on the device: as codes where
+    /// the device keeps them, else dequantised.
+    fn resident_need(&self) -> u64 {
+        if self.codes_on_device { self.layers_codes_bytes } else { self.layers_bytes }
     }
 
     /// What the model needs, in words: "at least 1.23 GiB (...); all layers dequantised ...".
     pub fn need_text(&self) -> String {
+        let codes = if self.layers_codes_bytes < self.layers_bytes {
+            format!(", as codes on a GPU {}", gib(self.layers_codes_bytes))
+        } else {
+            String::new()
+        };
         format!(
-            "at least {} (embeddings, head and norms {}, one layer {}, activations and dequantisation {}); all layers dequantised {}",
+            "at least {} (embeddings, head and norms {}, one layer {}, activations and dequantisation {}); all layers dequantised {}{codes}",
             gib(self.minimum()),
             gib(self.fixed_bytes),
             gib(self.layer_bytes),
@@ -107,9 +124,15 @@ impl MemoryPlan {
         let effect = if self.budget < self.minimum() {
             "too small to run it".to_string()
         } else if self.streams() {
+            let what = if self.codes_on_device { "stay on the device as codes" } else { "stay dequantised" };
             format!(
-                "{:.0}% of the layers' weights stay dequantised, the rest are read from the file when used",
-                100.0 * self.resident_budget as f64 / self.layers_bytes.max(1) as f64
+                "{:.0}% of the layers' weights {what}, the rest are read from the file when used",
+                100.0 * self.resident_budget as f64 / self.resident_need().max(1) as f64
+            )
+        } else if self.codes_on_device && self.resident_budget < self.layers_bytes {
+            format!(
+                "every layer's weights stay on the device as codes, and {:.0}% of them dequantised as well",
+                100.0 * (self.resident_budget - self.layers_codes_bytes) as f64 / self.layers_bytes.max(1) as f64
             )
         } else {
             "every layer's weights stay dequantised".to_string()
@@ -163,6 +186,8 @@ pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Optio
         budget,
         given,
         resident_budget: 0,
+        layers_codes_bytes: files.layers_codes_bytes(),
+        codes_on_device: false,
     };
     plan.resident_budget = budget.saturating_sub(fixed_bytes + plan.reserve());
     plan
@@ -238,12 +263,12 @@ pub fn parse_size(text: &str) -> Option<u64> {
 /// Open, validate and load a model onto `device`, within its memory budget.
 pub fn load(path: &Path, device: ComputeDevice) -> Result<LoadedModel> {
     let files = ModelFiles::open(path)?;
-    let plan = plan_memory(&files, device.memory_budget, available_memory())?;
+    let plan = MemoryPlan { codes_on_device: device.codes_on_device, ..plan_memory(&files, device.memory_budget, available_memory())? };
     if plan.streams() {
         tracing::info!(budget = plan.budget, layers = plan.layers_bytes, "the layers' weights do not all fit: streaming them from the file");
     }
     let tokenizer = load_tokenizer(&files)?;
-    let model = Llama::load(&files, &device.device, plan.resident_budget)?;
+    let model = Llama::load(&files, &device.device, plan.resident_budget, device.codes_on_device)?;
     Ok(LoadedModel {
         files,
         model,

@@ -14,16 +14,23 @@
 //! are let go, so the process holds the budget's matrices and not the file besides.
 //! Dequantisation is deterministic, so every result is the same bit for bit whatever the
 //! budget.
+//!
+//! On a device with memory of its own (WGPU), a block-quantised matrix is also kept there as
+//! its codes ([`DeviceCodes`]: 4 or 8 bits a weight, packed into 32-bit words, with its
+//! groups' scales), and its f32 copy is made from them on the device when needed, so the
+//! file is read once and the device holds about the file's size of weights. The codes
+//! outrank the f32 copies in the budget: an f32 copy is let go to keep codes, never the
+//! reverse, since an f32 copy is cheap to make again from the codes.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use memmap2::Mmap;
 
-use super::gguf::{dequantize, GgmlType};
+use super::gguf::{codes, dequantize, Codes, GgmlType};
 use super::weights::{unpermute_rows, HostTensor};
 
 /// A byte range of a memory-mapped model file, shared.
@@ -70,30 +77,49 @@ impl MappedBytes {
 /// What the resident set did: dequantisations, reuses, matrices let go, and bytes held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ResidentStats {
-    /// Matrices dequantised (a first use, or a use after being let go).
+    /// Matrices dequantised or taken to the device as codes (a first use, or a use after
+    /// being let go).
     pub loads: u64,
     /// Uses served by a matrix already resident.
     pub hits: u64,
     /// Matrices let go to make room.
     pub evictions: u64,
-    /// Bytes of dequantised matrices held now, and at most so far.
+    /// Bytes of dequantised matrices and codes held now, and at most so far.
     pub bytes: u64,
     pub peak_bytes: u64,
+    /// Of `bytes`, those of matrices kept as codes on the device.
+    pub codes_bytes: u64,
     /// The budget, in bytes.
     pub budget: u64,
 }
 
+/// What the resident set holds of a matrix. The order is the order of eviction: f32 copies
+/// go before codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Tier {
+    /// The f32 transpose, as the forward pass uses it.
+    Dense,
+    /// The codes on the device, what an f32 copy is made from without reading the file.
+    Codes,
+}
+
+#[derive(Clone)]
+enum Held {
+    Dense(Tensor<2>),
+    Codes(Arc<DeviceCodes>),
+}
+
 struct Entry {
-    tensor: Tensor<2>,
+    held: Held,
     bytes: u64,
     last: u64,
 }
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<usize, Entry>,
+    entries: HashMap<(usize, Tier), Entry>,
     /// Uses of every matrix so far, resident or not.
-    uses: HashMap<usize, u64>,
+    uses: HashMap<(usize, Tier), u64>,
     /// The file bytes of every matrix, by key (keys follow the order of the layers).
     bytes: HashMap<usize, MappedBytes>,
     clock: u64,
@@ -102,23 +128,35 @@ struct Inner {
 }
 
 impl Inner {
-    /// The resident matrices as (uses, key, bytes), in the order they are let go: the least
-    /// used first, among equals the most recently used (so a cycle over more matrices than
-    /// fit keeps a fixed set).
-    fn eviction_order(&self) -> Vec<(u64, usize, u64)> {
-        let mut order: Vec<(u64, std::cmp::Reverse<u64>, usize, u64)> = self
+    /// The resident entries as (tier, uses, key, bytes), in the order they are let go: f32
+    /// copies before codes, then the least used first, among equals the most recently used
+    /// (so a cycle over more matrices than fit keeps a fixed set).
+    fn eviction_order(&self) -> Vec<(Tier, u64, usize, u64)> {
+        let mut order: Vec<(Tier, u64, std::cmp::Reverse<u64>, usize, u64)> = self
             .entries
             .iter()
-            .map(|(&k, e)| (self.uses.get(&k).copied().unwrap_or(0), std::cmp::Reverse(e.last), k, e.bytes))
+            .map(|(&(k, tier), e)| (tier, self.uses.get(&(k, tier)).copied().unwrap_or(0), std::cmp::Reverse(e.last), k, e.bytes))
             .collect();
         order.sort_unstable();
-        order.into_iter().map(|(u, _, k, b)| (u, k, b)).collect()
+        order.into_iter().map(|(t, u, _, k, b)| (t, u, k, b)).collect()
+    }
+
+    fn remove(&mut self, slot: (usize, Tier)) {
+        if let Some(e) = self.entries.remove(&slot) {
+            self.stats.bytes -= e.bytes;
+            if slot.1 == Tier::Codes {
+                self.stats.codes_bytes -= e.bytes;
+            }
+            self.stats.evictions += 1;
+        }
     }
 }
 
-/// The dequantised matrices of one model, within a byte budget.
+/// The dequantised matrices of one model (and, on a device that keeps them, their codes),
+/// within a byte budget.
 pub struct Resident {
     inner: Mutex<Inner>,
+    codes_on_device: bool,
 }
 
 impl fmt::Debug for Resident {
@@ -129,8 +167,14 @@ impl fmt::Debug for Resident {
 
 impl Resident {
     pub fn new(budget: u64) -> Arc<Self> {
+        Self::keeping_codes(budget, false)
+    }
+
+    /// A resident set that, when `codes_on_device`, keeps block-quantised matrices on the
+    /// device as their codes and makes their f32 copies from those.
+    pub fn keeping_codes(budget: u64, codes_on_device: bool) -> Arc<Self> {
         let inner = Inner { stats: ResidentStats { budget, ..Default::default() }, ..Default::default() };
-        Arc::new(Resident { inner: Mutex::new(inner) })
+        Arc::new(Resident { inner: Mutex::new(inner), codes_on_device })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -151,24 +195,41 @@ impl Resident {
         self.lock().stats
     }
 
-    /// The matrix under `key`, made by `make` when it is not resident. A new matrix is
+    /// The f32 matrix under `key`, made by `make` when it is not resident. A new matrix is
     /// kept when it fits, or when room can be made by letting go of matrices used fewer
     /// times than it (the least used first, among equals the most recent).
     fn get(&self, key: usize, bytes: u64, make: impl FnOnce() -> Tensor<2>) -> Tensor<2> {
+        match self.fetch((key, Tier::Dense), bytes, || Held::Dense(make())) {
+            Held::Dense(t) => t,
+            Held::Codes(c) => c.dense_t(),
+        }
+    }
+
+    /// The codes under `key` on the device, uploaded by `make` when they are not resident.
+    /// They are kept like an f32 matrix, and may also let go of any f32 matrix to fit.
+    fn get_codes(&self, key: usize, bytes: u64, make: impl FnOnce() -> DeviceCodes) -> Arc<DeviceCodes> {
+        match self.fetch((key, Tier::Codes), bytes, || Held::Codes(Arc::new(make()))) {
+            Held::Codes(c) => c,
+            Held::Dense(_) => unreachable!("a codes slot holds codes"),
+        }
+    }
+
+    fn fetch(&self, slot: (usize, Tier), bytes: u64, make: impl FnOnce() -> Held) -> Held {
+        let (key, tier) = slot;
         let uses = {
             let mut g = self.lock();
             g.clock += 1;
             let now = g.clock;
             let uses = {
-                let u = g.uses.entry(key).or_insert(0);
+                let u = g.uses.entry(slot).or_insert(0);
                 *u += 1;
                 *u
             };
-            if let Some(e) = g.entries.get_mut(&key) {
+            if let Some(e) = g.entries.get_mut(&slot) {
                 e.last = now;
-                let t = e.tensor.clone();
+                let held = e.held.clone();
                 g.stats.hits += 1;
-                return t;
+                return held;
             }
             uses
         };
@@ -176,40 +237,43 @@ impl Resident {
         // its bytes read from disk while this one is dequantised and used
         if let Some(next) = {
             let g = self.lock();
-            g.bytes.get(&(key + 1)).filter(|_| !g.entries.contains_key(&(key + 1))).cloned()
+            let resident = g.entries.contains_key(&(key + 1, Tier::Dense)) || g.entries.contains_key(&(key + 1, Tier::Codes));
+            g.bytes.get(&(key + 1)).filter(|_| !resident).cloned()
         } {
             next.will_need();
         }
         // dequantise outside the lock: other threads keep using what is resident
-        let tensor = make();
+        let held = make();
         let mut g = self.lock();
         g.stats.loads += 1;
-        if g.entries.contains_key(&key) || bytes > g.stats.budget {
-            return tensor;
+        if g.entries.contains_key(&slot) || bytes > g.stats.budget {
+            return held;
         }
         let mut victims = Vec::new();
         let mut freed = 0;
         if g.stats.bytes + bytes > g.stats.budget {
-            for (u, k, b) in g.eviction_order() {
-                if g.stats.bytes - freed + bytes <= g.stats.budget || u >= uses {
+            for (t, u, k, b) in g.eviction_order() {
+                if g.stats.bytes - freed + bytes <= g.stats.budget || t > tier || (t == tier && u >= uses) {
                     break;
                 }
-                victims.push(k);
+                victims.push((k, t));
                 freed += b;
             }
             if g.stats.bytes - freed + bytes > g.stats.budget {
-                return tensor;
+                return held;
             }
         }
-        for k in victims {
-            g.entries.remove(&k);
-            g.stats.evictions += 1;
+        for v in victims {
+            g.remove(v);
         }
         let now = g.clock;
-        g.entries.insert(key, Entry { tensor: tensor.clone(), bytes, last: now });
-        g.stats.bytes = g.stats.bytes - freed + bytes;
+        g.entries.insert(slot, Entry { held: held.clone(), bytes, last: now });
+        g.stats.bytes += bytes;
+        if tier == Tier::Codes {
+            g.stats.codes_bytes += bytes;
+        }
         g.stats.peak_bytes = g.stats.peak_bytes.max(g.stats.bytes);
-        tensor
+        held
     }
 
     /// The budget left for dequantised matrices, in bytes (`u64::MAX`: unbounded).
@@ -226,13 +290,11 @@ impl Resident {
         let bytes = if g.stats.budget == u64::MAX { 0 } else { bytes.min(g.stats.budget) };
         g.stats.budget -= bytes;
         if g.stats.bytes > g.stats.budget {
-            for (_, k, b) in g.eviction_order() {
+            for (t, _, k, _) in g.eviction_order() {
                 if g.stats.bytes <= g.stats.budget {
                     break;
                 }
-                g.entries.remove(&k);
-                g.stats.bytes -= b;
-                g.stats.evictions += 1;
+                g.remove((k, t));
             }
         }
         Reservation { resident: self.clone(), bytes }
@@ -243,6 +305,7 @@ impl Resident {
         let mut g = self.lock();
         g.entries.clear();
         g.stats.bytes = 0;
+        g.stats.codes_bytes = 0;
     }
 }
 
@@ -354,10 +417,212 @@ impl StoredMatrix {
         HostTensor::new(vec![self.rows, self.cols], data)
     }
 
-    /// The matrix transposed, `[cols, rows]` (`[in, out]`), on the device: resident, or
-    /// dequantised now.
+    /// The matrix as codes, rows in Hugging Face order; `None` for a type that is not
+    /// block-quantised (F32, F16, BF16).
+    pub fn codes(&self) -> Option<Codes> {
+        let mut c = match codes(self.kind, self.bytes.bytes(), self.rows * self.cols) {
+            Ok(c) => c?,
+            Err(m) => {
+                tracing::error!(tensor = %self.name, "{m}");
+                return None;
+            }
+        };
+        self.bytes.release();
+        if let Some(heads) = self.permuted_heads {
+            c.codes = unpermute_rows(&c.codes, self.rows, self.cols, heads);
+            let groups = self.cols / c.group;
+            c.scales = unpermute_rows(&c.scales, self.rows, groups, heads);
+            c.offsets = c.offsets.map(|o| unpermute_rows(&o, self.rows, groups, heads));
+        }
+        Some(c)
+    }
+
+    /// Whether the device keeps this matrix as its codes.
+    fn keeps_codes(&self) -> bool {
+        self.resident.codes_on_device && self.kind.block_layout().is_some_and(|(block, _)| block > 1)
+    }
+
+    /// The codes on the device: resident, or read from the file and taken there now.
+    fn device_codes(&self) -> Arc<DeviceCodes> {
+        let bytes = DeviceCodes::bytes_for(self.kind, self.rows, self.cols);
+        self.resident.get_codes(self.key, bytes, || {
+            let (rows, cols) = (self.rows, self.cols);
+            match (self.codes(), burn_scheme(self.kind).filter(|_| !crate::backend::is_cpu(&self.device))) {
+                (Some(c), Some(scheme)) => DeviceCodes::upload_quantized(&c, rows, cols, scheme, &self.device),
+                (Some(c), None) => DeviceCodes::upload(&c, rows, cols, &self.device),
+                (None, _) => DeviceCodes::upload(&nan_codes(rows, cols), rows, cols, &self.device),
+            }
+        })
+    }
+
+    /// The matrix transposed, `[cols, rows]` (`[in, out]`), on the device: resident, made
+    /// from its codes on the device, or dequantised now from the file.
     pub fn dense_t(&self) -> Tensor<2> {
-        self.resident.get(self.key, self.f32_bytes(), || upload_transposed(&self.host(), &self.device))
+        self.resident.get(self.key, self.f32_bytes(), || {
+            if self.keeps_codes() {
+                return self.device_codes().dense_t();
+            }
+            upload_transposed(&self.host(), &self.device)
+        })
+    }
+
+    /// The right-hand side of `x.matmul(..)` that computes `x @ W^T`: burn's block-quantised
+    /// tensor where the device keeps the matrix in burn's own format (its quantised matrix
+    /// product dequantises inside the product, and no f32 copy is made), else
+    /// [`StoredMatrix::dense_t`].
+    pub fn matmul_t(&self) -> Tensor<2> {
+        if self.keeps_codes() && !crate::backend::is_cpu(&self.device) && burn_scheme(self.kind).is_some() {
+            if let Some(q) = self.device_codes().quantized_t() {
+                return q;
+            }
+        }
+        self.dense_t()
+    }
+}
+
+/// burn's block-quantised scheme that holds a GGUF type exactly (symmetric codes of 8 or 4
+/// bits, one f32 scale per block along each row), with the value subtracted from the stored
+/// codes to make them signed; `None` for the types with offsets (Q4_1, Q5_1, Q4_K, Q5_K).
+fn burn_scheme(kind: GgmlType) -> Option<burn::tensor::quantization::QuantScheme> {
+    use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
+    let (value, group) = match kind {
+        GgmlType::Q8_0 | GgmlType::Q5_0 => (QuantValue::Q8S, 32u8),
+        GgmlType::Q6K => (QuantValue::Q8S, 16),
+        GgmlType::Q4_0 => (QuantValue::Q4S, 32),
+        _ => return None,
+    };
+    Some(QuantScheme::default().with_value(value).with_store(QuantStore::PackedU32(0)).per_block([1, group], ScaleDtype::F32))
+}
+
+/// Codes whose every value is NaN: what a matrix whose file changed underneath becomes, as
+/// [`StoredMatrix::host`] does.
+fn nan_codes(rows: usize, cols: usize) -> Codes {
+    Codes { bits: 8, group: cols, zero: 0, codes: vec![0; rows * cols], scales: vec![f32::NAN; rows], offsets: None }
+}
+
+/// A block-quantised matrix `[rows, cols]` on the device as its codes, packed into 32-bit
+/// words along each row (8 codes of 4 bits, or 4 of 8 bits, the first in the lowest bits),
+/// and its groups' scales and offsets `[rows, cols / group]` in f32. [`DeviceCodes::dense_t`]
+/// computes the same f32 values as the host dequantiser: `(code - zero) * scale (+ offset)`.
+pub struct DeviceCodes {
+    words: Tensor<2, Int>,
+    scales: Tensor<2>,
+    offsets: Option<Tensor<2>>,
+    bits: u32,
+    zero: i32,
+    group: usize,
+    rows: usize,
+    cols: usize,
+    /// The same codes as burn's block-quantised tensor `[rows, cols]` (in place of the words
+    /// and scales above, which are then empty), for the types burn's scheme holds exactly.
+    quantized: Option<Tensor<2>>,
+}
+
+impl fmt::Debug for DeviceCodes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceCodes").field("shape", &[self.rows, self.cols]).field("bits", &self.bits).field("group", &self.group).finish()
+    }
+}
+
+impl DeviceCodes {
+    /// The device bytes a `[rows, cols]` matrix of `kind` takes as codes: the packed words
+    /// and the f32 scales (and offsets).
+    pub fn bytes_for(kind: GgmlType, rows: usize, cols: usize) -> u64 {
+        let (bits, group, offsets) = match kind {
+            GgmlType::Q4_0 => (4, 32, false),
+            GgmlType::Q4_1 | GgmlType::Q4K => (4, 32, true),
+            GgmlType::Q8_0 | GgmlType::Q5_0 => (8, 32, false),
+            GgmlType::Q5_1 | GgmlType::Q5K => (8, 32, true),
+            GgmlType::Q6K => (8, 16, false),
+            // not block-quantised: kept as f32
+            _ => (32, 1, false),
+        };
+        let n = rows as u64 * cols as u64;
+        if bits == 32 {
+            return n * 4;
+        }
+        n * bits / 8 + n / group * 4 * (1 + offsets as u64)
+    }
+
+    /// Take `c` (a `[rows, cols]` matrix's codes, rows whole words long) to `device`.
+    pub fn upload(c: &Codes, rows: usize, cols: usize, device: &Device) -> Self {
+        let per = (32 / c.bits) as usize;
+        let words: Vec<u32> = c
+            .codes
+            .chunks(per)
+            .map(|w| w.iter().enumerate().fold(0u32, |acc, (k, &q)| acc | (q as u32) << (c.bits as usize * k)))
+            .collect();
+        let groups = (rows * cols) / c.group;
+        let per_row = groups / rows.max(1);
+        let f = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, per_row]), device);
+        DeviceCodes {
+            words: Tensor::<2, Int>::from_data(TensorData::new(words.into_iter().map(|w| w as i32).collect(), [rows, cols / per]), device),
+            scales: f(&c.scales),
+            offsets: c.offsets.as_deref().map(f),
+            bits: c.bits,
+            zero: c.zero,
+            group: c.group,
+            rows,
+            cols,
+            quantized: None,
+        }
+    }
+
+    /// Take `c` to `device` as burn's block-quantised tensor in `scheme` (from
+    /// [`burn_scheme`]): signed codes packed into 32-bit words along each row, the first in
+    /// the lowest bits, then the blocks' f32 scales.
+    fn upload_quantized(c: &Codes, rows: usize, cols: usize, scheme: burn::tensor::quantization::QuantScheme, device: &Device) -> Self {
+        let per = (32 / c.bits) as usize;
+        let mask = (1u32 << c.bits) - 1;
+        let mut bytes: Vec<u8> = c
+            .codes
+            .chunks(per)
+            .flat_map(|w| {
+                let word = w.iter().enumerate().fold(0u32, |acc, (k, &q)| acc | (((q as i32 - c.zero) as u32) & mask) << (c.bits as usize * k));
+                word.to_le_bytes()
+            })
+            .collect();
+        bytes.extend(c.scales.iter().flat_map(|s| s.to_le_bytes()));
+        let data = TensorData::from_bytes_vec(bytes, [rows, cols], burn::tensor::DType::QFloat(scheme));
+        let empty = Tensor::<2>::from_data(TensorData::new(Vec::<f32>::new(), [0, 0]), device);
+        DeviceCodes {
+            words: Tensor::<2, Int>::from_data(TensorData::new(Vec::<i32>::new(), [0, 0]), device),
+            scales: empty,
+            offsets: None,
+            bits: c.bits,
+            zero: c.zero,
+            group: c.group,
+            rows,
+            cols,
+            quantized: Some(Tensor::<2>::from_data(data, device)),
+        }
+    }
+
+    /// burn's block-quantised tensor transposed, `[cols, rows]`, where the codes are kept so.
+    pub fn quantized_t(&self) -> Option<Tensor<2>> {
+        self.quantized.as_ref().map(|q| q.clone().transpose())
+    }
+
+    /// The f32 matrix transposed, `[cols, rows]`, computed on the device.
+    pub fn dense_t(&self) -> Tensor<2> {
+        if let Some(q) = &self.quantized {
+            return q.clone().dequantize().transpose();
+        }
+        let (rows, cols) = (self.rows, self.cols);
+        let per = (32 / self.bits) as usize;
+        let mask = (1i32 << self.bits) - 1;
+        let parts: Vec<Tensor<2, Int>> = (0..per)
+            .map(|k| self.words.clone().bitwise_right_shift_scalar((self.bits as usize * k) as i32).bitwise_and_scalar(mask))
+            .collect();
+        let codes = Tensor::stack::<3>(parts, 2).reshape([rows, cols]);
+        let groups = cols / self.group;
+        let values = codes.sub_scalar(self.zero).float().reshape([rows, groups, self.group]);
+        let values = values * self.scales.clone().unsqueeze_dim::<3>(2);
+        let values = match &self.offsets {
+            Some(o) => values + o.clone().unsqueeze_dim::<3>(2),
+            None => values,
+        };
+        values.reshape([rows, cols]).transpose()
     }
 }
 
@@ -388,6 +653,15 @@ impl Weight {
         match self {
             Weight::Dense(t) => t.clone(),
             Weight::Stored(s) => s.dense_t(),
+        }
+    }
+
+    /// The right-hand side of `x.matmul(..)` computing `x @ W^T` (see
+    /// [`StoredMatrix::matmul_t`]).
+    pub fn matmul_t(&self) -> Tensor<2> {
+        match self {
+            Weight::Dense(t) => t.clone(),
+            Weight::Stored(s) => s.matmul_t(),
         }
     }
 
@@ -451,6 +725,110 @@ mod tests {
         let big = r.get(9, 64, || tensor(9.0));
         assert_eq!(big.dims(), [2, 2]);
         assert_eq!(r.stats().bytes, 32);
+    }
+
+    /// `kind`'s blocks of random bytes with finite scales, as a memory-mapped file.
+    fn random_matrix(kind: GgmlType, rows: usize, cols: usize, seed: u64) -> (tempfile::NamedTempFile, MappedBytes) {
+        let data = crate::model::gguf::blocks::random_blocks(kind, rows * cols / kind.block_layout().unwrap().0, seed);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, &data).unwrap();
+        // SAFETY: a temporary file this test alone writes
+        let map = Arc::new(unsafe { Mmap::map(f.as_file()) }.unwrap());
+        let bytes = MappedBytes::new(map, 0..data.len());
+        (f, bytes)
+    }
+
+    /// The CPU backend and the best WGPU adapter (software Vulkan is enough);
+    /// `GELACO_SKIP_WGPU=1` leaves WGPU out on a machine without any.
+    fn devices() -> Vec<Device> {
+        let mut d = vec![Device::flex()];
+        if std::env::var("GELACO_SKIP_WGPU").is_err() {
+            let gpu = crate::backend::select(crate::backend::DeviceChoice::Gpu);
+            d.push(gpu.expect("no WGPU adapter: install mesa-vulkan-drivers or set GELACO_SKIP_WGPU=1").device);
+        }
+        d
+    }
+
+    #[test]
+    fn codes_kept_on_the_device_give_the_host_dequantised_matrix_bit_for_bit() {
+        for device in devices() {
+            codes_on(&device);
+        }
+    }
+
+    fn codes_on(device: &Device) {
+        let (rows, cols) = (8, 512);
+        for (i, kind) in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K]
+            .into_iter()
+            .enumerate()
+        {
+            let (_file, bytes) = random_matrix(kind, rows, cols, i as u64 + 1);
+            // q/k rows permuted as llama.cpp stores them, for half of the types
+            let heads = (i % 2 == 0).then_some(2);
+            let host = Resident::new(u64::MAX);
+            let codes = Resident::keeping_codes(u64::MAX, true);
+            let a = StoredMatrix::new("m".into(), kind, bytes.clone(), rows, cols, heads, &host, device).unwrap();
+            let b = StoredMatrix::new("m".into(), kind, bytes, rows, cols, heads, &codes, device).unwrap();
+            let (x, y) = (a.dense_t(), b.dense_t());
+            assert_eq!(y.dims(), [cols, rows]);
+            let (x, y) = (crate::model::llama::download(x).unwrap().data, crate::model::llama::download(y).unwrap().data);
+            for (j, (p, q)) in x.iter().zip(&y).enumerate() {
+                assert_eq!(p.to_bits(), q.to_bits(), "{device:?} {} element {j}: {p} vs {q}", kind.name());
+            }
+            let s = codes.stats();
+            assert_eq!(s.codes_bytes, DeviceCodes::bytes_for(kind, rows, cols), "{}", kind.name());
+            assert_eq!(s.bytes, s.codes_bytes + (rows * cols * 4) as u64);
+            assert!(s.codes_bytes * 3 < (rows * cols * 4) as u64, "{}: codes take {} bytes", kind.name(), s.codes_bytes);
+        }
+    }
+
+    #[test]
+    fn on_a_gpu_the_symmetric_types_multiply_as_burn_quantised_tensors_without_an_f32_copy() {
+        // the WGPU adapter, where burn's quantised matrix product runs
+        for device in devices().into_iter().skip(1) {
+            let (rows, cols) = (96, 256);
+            for (i, kind) in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q6K].into_iter().enumerate() {
+                let (_file, bytes) = random_matrix(kind, rows, cols, 10 + i as u64);
+                let host = Resident::new(u64::MAX);
+                let codes = Resident::keeping_codes(u64::MAX, true);
+                let a = StoredMatrix::new("m".into(), kind, bytes.clone(), rows, cols, Some(4), &host, &device).unwrap();
+                let b = StoredMatrix::new("m".into(), kind, bytes, rows, cols, Some(4), &codes, &device).unwrap();
+                let w = b.matmul_t();
+                assert!(matches!(w.dtype(), burn::tensor::DType::QFloat(_)), "{}: {:?}", kind.name(), w.dtype());
+                assert_eq!(w.dims(), [cols, rows]);
+                let s = codes.stats();
+                assert_eq!((s.bytes, s.codes_bytes), (DeviceCodes::bytes_for(kind, rows, cols), DeviceCodes::bytes_for(kind, rows, cols)), "no f32 copy");
+                let x = Tensor::<2>::random([5, cols], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+                let want = crate::model::llama::download(x.clone().matmul(a.dense_t())).unwrap().data;
+                let got = crate::model::llama::download(x.matmul(w)).unwrap().data;
+                let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+                let worst = want.iter().zip(&got).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+                assert!(worst <= 1e-5 * scale, "{}: the quantised product differs by {worst} (values up to {scale})", kind.name());
+                // the f32 copy that merging and healing read is the host's, bit for bit
+                let (p, q) = (crate::model::llama::download(a.dense_t()).unwrap().data, crate::model::llama::download(b.dense_t()).unwrap().data);
+                assert!(p.iter().zip(&q).all(|(p, q)| p.to_bits() == q.to_bits()), "{}", kind.name());
+            }
+        }
+    }
+
+    #[test]
+    fn codes_outrank_f32_copies_in_the_budget() {
+        let r = Resident::keeping_codes(40, true);
+        let codes = || DeviceCodes::upload(&nan_codes(1, 32), 1, 32, &Device::flex());
+        r.get(1, 16, || tensor(1.0));
+        r.get(1, 16, || tensor(1.0));
+        r.get(2, 16, || tensor(2.0));
+        // codes used once let go of f32 copies used more often than them
+        r.get_codes(3, 16, codes);
+        let s = r.stats();
+        assert_eq!((s.bytes, s.codes_bytes, s.evictions), (32, 16, 1), "{s:?}");
+        // an f32 copy never lets go of codes, however often it is used
+        for _ in 0..5 {
+            r.get(4, 32, || tensor(4.0));
+        }
+        let s = r.stats();
+        assert_eq!(s.codes_bytes, 16, "{s:?}");
+        assert!(s.bytes <= 40, "{s:?}");
     }
 
     #[test]

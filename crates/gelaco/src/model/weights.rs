@@ -132,6 +132,10 @@ pub fn layer_tensor_gguf(suffix: &str) -> Option<&'static LayerTensor> {
     LAYER_TENSORS.iter().find(|t| t.gguf == suffix)
 }
 
+fn layer_matrix_bytes_f32(c: &ModelConfig) -> u64 {
+    super::layer_matrix_bytes(c) * c.num_layers as u64
+}
+
 /// Whole-model tensors: (Hugging Face, GGUF).
 pub const GLOBAL_TENSORS: &[(&str, &str)] = &[
     ("model.embed_tokens.weight", "token_embd.weight"),
@@ -164,10 +168,10 @@ pub fn gguf_to_hf(name: &str) -> Option<String> {
 /// Move whole rows between Hugging Face's q/k layout and llama.cpp's. Per head, llama.cpp
 /// stores at row `2*j + i` what Hugging Face stores at row `i * head_dim/2 + j`;
 /// `to_gguf` picks the direction. `rows` are the weight's rows (or a bias's elements).
-fn move_rows(data: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
+fn move_rows<T: Copy>(data: &[T], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<T> {
     let head_dim = rows / heads;
     let half = head_dim / 2;
-    let mut out = vec![0f32; data.len()];
+    let mut out = data.to_vec();
     for h in 0..heads {
         for i in 0..2 {
             for j in 0..half {
@@ -182,7 +186,7 @@ fn move_rows(data: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool
 }
 
 /// Undo llama.cpp's q/k row permutation (interleaved RoPE pairs back to halves).
-pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+pub fn unpermute_rows<T: Copy>(data: &[T], rows: usize, cols: usize, heads: usize) -> Vec<T> {
     move_rows(data, rows, cols, heads, false)
 }
 
@@ -508,6 +512,33 @@ impl ModelFiles {
         } else {
             None
         }
+    }
+
+    /// The bytes every layer's projection weights take on a device that keeps
+    /// block-quantised matrices as their codes ([`super::stored::DeviceCodes`]), the others
+    /// as f32.
+    pub fn layers_codes_bytes(&self) -> u64 {
+        let f32_bytes = layer_matrix_bytes_f32(&self.config);
+        let Source::Gguf(g) = &self.source else {
+            return f32_bytes;
+        };
+        let mut total = 0;
+        let mut seen = 0;
+        for t in &g.tensors {
+            let Some((_, suffix)) = t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')) else {
+                continue;
+            };
+            if !layer_tensor_gguf(suffix).is_some_and(|l| l.param.is_matrix()) {
+                continue;
+            }
+            let [rows, cols] = t.shape()[..] else {
+                continue;
+            };
+            seen += rows as u64 * cols as u64 * 4;
+            total += super::stored::DeviceCodes::bytes_for(t.kind, rows, cols);
+        }
+        // a file whose matrices were not all recognised counts the rest as f32
+        total + f32_bytes.saturating_sub(seen)
     }
 
     /// GGUF files of the `llama` architecture store q/k rows permuted by llama.cpp.

@@ -180,6 +180,156 @@ fn dequantize_block(kind: GgmlType, b: &[u8], y: &mut [f32]) -> std::result::Res
     Ok(())
 }
 
+/// A block-quantised matrix as integer codes and per-group affine parameters: element `i`
+/// is `(codes[i] - zero) as f32 * scales[i / group] (+ offsets[i / group])`, computed in
+/// that order, which is exactly what [`dequantize`] computes for the same type. This is the
+/// form the weights keep on a compute device (codes packed `bits` to a byte or nibble).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Codes {
+    /// Bits each code needs: 4 (Q4_0, Q4_1, Q4_K) or 8 (Q8_0 and the 5- and 6-bit types).
+    pub bits: u32,
+    /// Elements sharing one scale (and offset).
+    pub group: usize,
+    /// Subtracted from every code before the scale: 128 for Q8_0 (stored offset binary),
+    /// 8 for Q4_0, 16 for Q5_0, 32 for Q6_K, 0 otherwise.
+    pub zero: i32,
+    /// One code per element, in the matrix's element order.
+    pub codes: Vec<u8>,
+    pub scales: Vec<f32>,
+    /// Added after the scale (Q4_1, Q5_1: the block minimum; Q4_K, Q5_K: minus the
+    /// sub-block minimum); `None` for the symmetric types.
+    pub offsets: Option<Vec<f32>>,
+}
+
+impl Codes {
+    /// The f32 values, as [`dequantize`] gives them.
+    pub fn values(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.codes.len());
+        for (g, codes) in self.codes.chunks_exact(self.group).enumerate() {
+            let s = self.scales[g];
+            for &c in codes {
+                let v = (c as i32 - self.zero) as f32 * s;
+                out.push(match &self.offsets {
+                    Some(o) => v + o[g],
+                    None => v,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// `n` elements of a block-quantised type as [`Codes`]; `None` for F32, F16 and BF16,
+/// which are not block-quantised.
+pub fn codes(kind: GgmlType, data: &[u8], n: usize) -> std::result::Result<Option<Codes>, String> {
+    let (block, bytes) = kind.block_layout().ok_or_else(|| format!("unknown type {}", kind.name()))?;
+    if n % block != 0 || data.len() != n / block * bytes {
+        return Err(format!("{} bytes do not hold {n} {} elements", data.len(), kind.name()));
+    }
+    let (bits, group, zero, offsets) = match kind {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => return Ok(None),
+        GgmlType::Q8_0 => (8, 32, 128, false),
+        GgmlType::Q4_0 => (4, 32, 8, false),
+        GgmlType::Q4_1 => (4, 32, 0, true),
+        GgmlType::Q5_0 => (8, 32, 16, false),
+        GgmlType::Q5_1 => (8, 32, 0, true),
+        GgmlType::Q4K => (4, 32, 0, true),
+        GgmlType::Q5K => (8, 32, 0, true),
+        GgmlType::Q6K => (8, 16, 32, false),
+        other => return Err(format!("type {} cannot be dequantised", other.name())),
+    };
+    let mut out = Codes {
+        bits,
+        group,
+        zero,
+        codes: Vec::with_capacity(n),
+        scales: Vec::with_capacity(n / group),
+        offsets: offsets.then(|| Vec::with_capacity(n / group)),
+    };
+    for b in data.chunks_exact(bytes) {
+        let (codes, scales, offsets) = (&mut out.codes, &mut out.scales, &mut out.offsets);
+        let mut offset = |v: f32| {
+            if let Some(o) = offsets.as_mut() {
+                o.push(v);
+            }
+        };
+        match kind {
+            GgmlType::Q8_0 => {
+                scales.push(f16_at(b, 0));
+                codes.extend(b[2..34].iter().map(|&q| q ^ 0x80));
+            }
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                scales.push(f16_at(b, 0));
+                let qs = if kind == GgmlType::Q4_1 {
+                    offset(f16_at(b, 2));
+                    &b[4..20]
+                } else {
+                    &b[2..18]
+                };
+                codes.extend(qs.iter().map(|q| q & 0xF));
+                codes.extend(qs.iter().map(|q| q >> 4));
+            }
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                scales.push(f16_at(b, 0));
+                let at = if kind == GgmlType::Q5_1 {
+                    offset(f16_at(b, 2));
+                    4
+                } else {
+                    2
+                };
+                let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+                let qs = &b[at + 4..at + 20];
+                codes.extend((0..16).map(|j| (qs[j] & 0xF) | ((((qh >> j) << 4) & 0x10) as u8)));
+                codes.extend((0..16).map(|j| (qs[j] >> 4) | (((qh >> (j + 12)) & 0x10) as u8)));
+            }
+            GgmlType::Q4K | GgmlType::Q5K => {
+                let d = f16_at(b, 0);
+                let dmin = f16_at(b, 2);
+                let sm = &b[4..16];
+                let (qh, qs) = if kind == GgmlType::Q5K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
+                for chunk in 0..4 {
+                    let q = &qs[chunk * 32..chunk * 32 + 32];
+                    for half in 0..2 {
+                        let (sc, m) = scale_min_k4(chunk * 2 + half, sm);
+                        scales.push(d * sc);
+                        offset(-(dmin * m));
+                        let bit = 1u8 << (chunk * 2 + half);
+                        codes.extend(q.iter().enumerate().map(|(l, &byte)| {
+                            let low = if half == 0 { byte & 0xF } else { byte >> 4 };
+                            low + qh.map_or(0, |h| if h[l] & bit != 0 { 16 } else { 0 })
+                        }));
+                    }
+                }
+            }
+            GgmlType::Q6K => {
+                let d = f16_at(b, 208);
+                for half in 0..2 {
+                    let ql = &b[half * 64..half * 64 + 64];
+                    let qh = &b[128 + half * 32..128 + half * 32 + 32];
+                    let sc = &b[192 + half * 8..192 + half * 8 + 8];
+                    // four runs of 32 elements, each two groups of 16 with their own scale
+                    for run in 0..4 {
+                        for is in 0..2 {
+                            scales.push(d * (sc[is + 2 * run] as i8) as f32);
+                        }
+                        codes.extend((0..32).map(|l| {
+                            let low = match run {
+                                0 => ql[l] & 0xF,
+                                1 => ql[l + 32] & 0xF,
+                                2 => ql[l] >> 4,
+                                _ => ql[l + 32] >> 4,
+                            };
+                            low | (((qh[l] >> (2 * run)) & 3) << 4)
+                        }));
+                    }
+                }
+            }
+            _ => unreachable!("checked above"),
+        }
+    }
+    Ok(Some(out))
+}
+
 /// Quantise f32 values to Q8_0 (round to nearest, as ggml's reference quantiser).
 pub fn quantize_q8_0(x: &[f32]) -> std::result::Result<Vec<u8>, String> {
     if x.len() % 32 != 0 {
@@ -248,6 +398,36 @@ pub fn f32_bytes(x: &[f32]) -> Vec<u8> {
         out.write_all(&v.to_le_bytes()).unwrap_or_default();
     }
     out
+}
+
+/// `blocks` blocks of `kind` made of pseudo-random bytes (from `seed`), with every f16 scale
+/// and minimum replaced by a finite value, as a test's stand-in for real weights.
+#[cfg(test)]
+pub(crate) fn random_blocks(kind: GgmlType, blocks: usize, seed: u64) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
+    let mut byte = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 24) as u8
+    };
+    let bytes = kind.block_layout().map_or(1, |(_, b)| b);
+    let mut data: Vec<u8> = (0..blocks * bytes).map(|_| byte()).collect();
+    for b in data.chunks_exact_mut(bytes) {
+        let mut finite = |at: usize| {
+            let x = byte();
+            b[at..at + 2].copy_from_slice(&f16::from_f32((x as f32 - 128.0) / 97.0).to_le_bytes())
+        };
+        match kind {
+            GgmlType::Q6K => finite(208),
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => finite(0),
+            _ => {
+                finite(0);
+                finite(2);
+            }
+        }
+    }
+    data
 }
 
 #[cfg(test)]
@@ -459,6 +639,30 @@ mod tests {
         assert_eq!(y[32], 0.5 * 3.0 * (15.0 - 32.0)); // sc[is+2]
         assert_eq!(y[64], 0.5 * -1.0 * ((2 + 32) as f32 - 32.0)); // sc[is+4] = -1
         assert_eq!(y[128], 0.5 * 2.0 * (5.0 - 32.0)); // second half, sc = 2
+    }
+
+    #[test]
+    fn codes_give_the_dequantised_values_bit_for_bit_for_every_block_type() {
+        for (i, kind) in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K]
+            .into_iter()
+            .enumerate()
+        {
+            let (block, _) = kind.block_layout().unwrap();
+            let blocks = 5;
+            let data = random_blocks(kind, blocks, i as u64);
+            let n = blocks * block;
+            let c = codes(kind, &data, n).unwrap().unwrap();
+            assert_eq!(c.codes.len(), n, "{}", kind.name());
+            assert!(c.codes.iter().all(|&q| (q as u32) < 1 << c.bits), "{}: a code wider than {} bits", kind.name(), c.bits);
+            assert_eq!(c.scales.len(), n / c.group);
+            let want = dequantize(kind, &data, n).unwrap();
+            let got = c.values();
+            for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{} element {i} (block {}): {a} vs {b}", kind.name(), i / block);
+            }
+        }
+        assert_eq!(codes(GgmlType::F16, &[0, 0], 1).unwrap(), None);
+        assert!(codes(GgmlType::Q4_0, &[0; 17], 32).is_err());
     }
 
     #[test]
