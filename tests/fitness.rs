@@ -361,6 +361,7 @@ fn a_model_streamed_under_a_small_memory_budget_scores_bit_for_bit_as_when_resid
         assert_eq!((r.loads, r.evictions), (kept, 0), "resident: each matrix dequantised once ({r:?})");
         assert!(s.loads > kept && s.peak_bytes <= streamed.memory.resident_budget, "streamed: {s:?}");
         assert!(s.hits > 0, "the most used layer stays resident: {s:?}");
+        assert!(s.read_ahead > 0, "streamed layers are read ahead of their use: {s:?}");
         if codes_on_device {
             assert!(r.codes_bytes > 0 && r.codes_bytes * 3 < r.bytes, "Q8_0 codes take about a quarter of f32: {r:?}");
             assert!(s.codes_bytes > 0, "codes outrank f32 copies in a small budget: {s:?}");

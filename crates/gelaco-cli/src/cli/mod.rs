@@ -200,7 +200,8 @@ fn gui(a: GuiArgs, device: Option<DeviceChoice>) -> Result<()> {
 }
 
 pub fn init_logging(verbose: bool) {
-    let filter = if verbose { "gelaco=debug,info" } else { "warn" };
+    // CubeCL warns of every autotune candidate that failed to run, which tells a user nothing
+    let filter = if verbose { "gelaco=debug,info" } else { "warn,cubecl_runtime=error" };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()))

@@ -26,7 +26,15 @@ pub fn upload<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
 pub fn download<const D: usize>(t: Tensor<D>) -> Result<HostTensor> {
     let shape = t.dims().to_vec();
     let data = t
-        .into_data()
+        .try_into_data()
+        .map_err(|e| {
+            // the device's report can run to pages (every autotune candidate's failure): its
+            // first line says what happened
+            let report = e.to_string();
+            tracing::debug!(%report, "the device failed");
+            let first = report.lines().find(|l| !l.trim().is_empty()).unwrap_or("no report");
+            Error::Device(format!("the device failed while computing: {first} (--verbose shows its full report; --device cpu runs on the CPU backend)"))
+        })?
         .try_into_vec::<f32>()
         .map_err(|e| Error::Device(format!("reading a tensor back: {e:?}")))?;
     Ok(HostTensor::new(shape, data))
@@ -231,7 +239,7 @@ impl Llama {
                 let name = format!("model.layers.{l}.{}", tensor.hf);
                 if tensor.param.is_matrix() {
                     if let Some(stored) = files.stored_matrix(&name, &resident, device)? {
-                        return Ok(Some(ParamTensor::Stored(Weight::Stored(Arc::new(stored)))));
+                        return Ok(Some(ParamTensor::Stored(Weight::Stored(stored))));
                     }
                     return Ok(Some(ParamTensor::Matrix(upload_transposed(&t(&name)?, device))));
                 }

@@ -9,9 +9,10 @@
 //! compressed forward pass runs), and a pass over more layers than fit keeps a fixed set
 //! resident instead of evicting each layer just before it is needed again. A model whose
 //! matrices all fit is dequantised once, as if loaded whole; a larger one streams the rest
-//! of its layers from the file: when a matrix is dequantised, the system is asked to read
-//! the next one's bytes from disk meanwhile, and the file pages of a dequantised matrix
-//! are let go, so the process holds the budget's matrices and not the file besides.
+//! of its layers from the file: when a matrix is read from the file, the next one (in
+//! layer order) is read, dequantised and transposed on another thread meanwhile, and the
+//! file pages of a dequantised matrix are let go, so the process holds the budget's
+//! matrices and not the file besides.
 //! Dequantisation is deterministic, so every result is the same bit for bit whatever the
 //! budget.
 //!
@@ -25,7 +26,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use memmap2::Mmap;
@@ -89,6 +91,8 @@ pub struct ResidentStats {
     pub peak_bytes: u64,
     /// Of `bytes`, those of matrices kept as codes on the device.
     pub codes_bytes: u64,
+    /// Matrices read from the file ahead of their use, on another thread, and then used.
+    pub read_ahead: u64,
     /// The budget, in bytes.
     pub budget: u64,
 }
@@ -115,6 +119,22 @@ struct Entry {
     last: u64,
 }
 
+/// A matrix read from the file on another thread: its slot and the thread.
+struct Ahead {
+    slot: (usize, Tier),
+    thread: JoinHandle<Prepared>,
+}
+
+/// The host's work of reading a matrix from the file (dequantising or decoding its blocks,
+/// undoing the row permutation, transposing), which can be done on another thread; what is
+/// left, taking it to the device, is [`StoredMatrix::finish`].
+enum Prepared {
+    /// The f32 matrix transposed, `[cols, rows]`, row-major.
+    Transposed(Vec<f32>),
+    /// Its codes, rows in Hugging Face order (`None`: unreadable, made NaN).
+    Codes(Option<Codes>),
+}
+
 #[derive(Default)]
 struct Inner {
     entries: HashMap<(usize, Tier), Entry>,
@@ -122,6 +142,10 @@ struct Inner {
     uses: HashMap<(usize, Tier), u64>,
     /// The file bytes of every matrix, by key (keys follow the order of the layers).
     bytes: HashMap<usize, MappedBytes>,
+    /// Every matrix, by key, to read the next one ahead.
+    sources: HashMap<usize, Weak<StoredMatrix>>,
+    /// The matrix being read from the file ahead of its use.
+    ahead: Option<Ahead>,
     clock: u64,
     next_key: usize,
     stats: ResidentStats,
@@ -191,6 +215,10 @@ impl Resident {
         key
     }
 
+    fn register(&self, key: usize, matrix: Weak<StoredMatrix>) {
+        self.lock().sources.insert(key, matrix);
+    }
+
     pub fn stats(&self) -> ResidentStats {
         self.lock().stats
     }
@@ -207,8 +235,8 @@ impl Resident {
 
     /// The codes under `key` on the device, uploaded by `make` when they are not resident.
     /// They are kept like an f32 matrix, and may also let go of any f32 matrix to fit.
-    fn get_codes(&self, key: usize, bytes: u64, make: impl FnOnce() -> DeviceCodes) -> Arc<DeviceCodes> {
-        match self.fetch((key, Tier::Codes), bytes, || Held::Codes(Arc::new(make()))) {
+    fn get_codes(&self, key: usize, bytes: u64, make: impl FnOnce() -> Arc<DeviceCodes>) -> Arc<DeviceCodes> {
+        match self.fetch((key, Tier::Codes), bytes, || Held::Codes(make())) {
             Held::Codes(c) => c,
             Held::Dense(_) => unreachable!("a codes slot holds codes"),
         }
@@ -233,17 +261,43 @@ impl Resident {
             }
             uses
         };
-        // the next matrix of the model (in layer order) is likely the next one needed: have
-        // its bytes read from disk while this one is dequantised and used
-        if let Some(next) = {
-            let g = self.lock();
-            let resident = g.entries.contains_key(&(key + 1, Tier::Dense)) || g.entries.contains_key(&(key + 1, Tier::Codes));
-            g.bytes.get(&(key + 1)).filter(|_| !resident).cloned()
-        } {
-            next.will_need();
-        }
+        // a matrix read from the file: the next matrix of the model (in layer order) is likely
+        // the next one needed, so it is read on another thread while this one is used
+        let (ahead, this) = {
+            let mut g = self.lock();
+            let this = g.sources.get(&key).and_then(Weak::upgrade).filter(|m| m.file_tier() == tier);
+            let ahead = match g.ahead.take() {
+                Some(a) if a.slot == slot => Some(a.thread),
+                other => {
+                    g.ahead = other;
+                    None
+                }
+            };
+            if this.is_some() {
+                let next = g.sources.get(&(key + 1)).and_then(Weak::upgrade);
+                if let Some(next) = next.filter(|n| !g.entries.contains_key(&(key + 1, n.file_tier()))) {
+                    let next_slot = (key + 1, next.file_tier());
+                    if g.ahead.as_ref().is_none_or(|a| a.slot != next_slot) {
+                        let thread = std::thread::Builder::new().name("gelaco-read-ahead".into()).spawn(move || next.prepare());
+                        // no thread to be had: the matrix is read when it is used
+                        g.ahead = thread.ok().map(|thread| Ahead { slot: next_slot, thread });
+                    }
+                }
+            }
+            (ahead, this)
+        };
         // dequantise outside the lock: other threads keep using what is resident
-        let held = make();
+        let read_ahead = match (ahead, this) {
+            (Some(thread), Some(this)) => thread.join().ok().map(|p| this.finish(p)),
+            _ => None,
+        };
+        let held = match read_ahead {
+            Some(held) => {
+                self.lock().stats.read_ahead += 1;
+                held
+            }
+            None => make(),
+        };
         let mut g = self.lock();
         g.stats.loads += 1;
         if g.entries.contains_key(&slot) || bytes > g.stats.budget {
@@ -304,6 +358,7 @@ impl Resident {
     pub fn clear(&self) {
         let mut g = self.lock();
         g.entries.clear();
+        g.ahead = None;
         g.stats.bytes = 0;
         g.stats.codes_bytes = 0;
     }
@@ -374,7 +429,7 @@ impl StoredMatrix {
         permuted_heads: Option<usize>,
         resident: &Arc<Resident>,
         device: &Device,
-    ) -> std::result::Result<Self, String> {
+    ) -> std::result::Result<Arc<Self>, String> {
         if !kind.is_supported() {
             return Err(format!("tensor '{name}' is stored as {}, which this tool cannot read", kind.name()));
         }
@@ -386,7 +441,9 @@ impl StoredMatrix {
             return Err(format!("tensor '{name}': {rows} rows do not split into its heads"));
         }
         let key = resident.key(&bytes);
-        Ok(StoredMatrix { name, kind, bytes, rows, cols, permuted_heads, key, resident: resident.clone(), device: device.clone() })
+        let m = Arc::new(StoredMatrix { name, kind, bytes, rows, cols, permuted_heads, key, resident: resident.clone(), device: device.clone() });
+        resident.register(key, Arc::downgrade(&m));
+        Ok(m)
     }
 
     /// Bytes the file stores it in.
@@ -442,16 +499,39 @@ impl StoredMatrix {
         self.resident.codes_on_device && self.kind.block_layout().is_some_and(|(block, _)| block > 1)
     }
 
-    /// The codes on the device: resident, or read from the file and taken there now.
-    fn device_codes(&self) -> Arc<DeviceCodes> {
-        let bytes = DeviceCodes::bytes_for(self.kind, self.rows, self.cols);
-        self.resident.get_codes(self.key, bytes, || {
-            let (rows, cols) = (self.rows, self.cols);
-            match (self.codes(), burn_scheme(self.kind).filter(|_| !crate::backend::is_cpu(&self.device))) {
+    /// What reading this matrix from the file makes: its codes where the device keeps them,
+    /// else its f32 transpose.
+    fn file_tier(&self) -> Tier {
+        if self.keeps_codes() { Tier::Codes } else { Tier::Dense }
+    }
+
+    /// The host's part of reading this matrix from the file.
+    fn prepare(&self) -> Prepared {
+        match self.file_tier() {
+            Tier::Codes => Prepared::Codes(self.codes()),
+            Tier::Dense => Prepared::Transposed(transpose(&self.host().data, self.rows, self.cols)),
+        }
+    }
+
+    /// Take what [`StoredMatrix::prepare`] made to the device.
+    fn finish(&self, prepared: Prepared) -> Held {
+        let (rows, cols) = (self.rows, self.cols);
+        match prepared {
+            Prepared::Transposed(t) => Held::Dense(Tensor::<2>::from_data(TensorData::new(t, [cols, rows]), &self.device)),
+            Prepared::Codes(c) => Held::Codes(Arc::new(match (c, burn_scheme(self.kind).filter(|_| !crate::backend::is_cpu(&self.device))) {
                 (Some(c), Some(scheme)) => DeviceCodes::upload_quantized(&c, rows, cols, scheme, &self.device),
                 (Some(c), None) => DeviceCodes::upload(&c, rows, cols, &self.device),
                 (None, _) => DeviceCodes::upload(&nan_codes(rows, cols), rows, cols, &self.device),
-            }
+            })),
+        }
+    }
+
+    /// The codes on the device: resident, or read from the file and taken there now.
+    fn device_codes(&self) -> Arc<DeviceCodes> {
+        let bytes = DeviceCodes::bytes_for(self.kind, self.rows, self.cols);
+        self.resident.get_codes(self.key, bytes, || match self.finish(self.prepare()) {
+            Held::Codes(c) => c,
+            Held::Dense(_) => unreachable!("a matrix kept as codes is read as codes"),
         })
     }
 
@@ -462,7 +542,10 @@ impl StoredMatrix {
             if self.keeps_codes() {
                 return self.device_codes().dense_t();
             }
-            upload_transposed(&self.host(), &self.device)
+            match self.finish(self.prepare()) {
+                Held::Dense(t) => t,
+                Held::Codes(c) => c.dense_t(),
+            }
         })
     }
 
@@ -630,13 +713,18 @@ impl DeviceCodes {
 /// `x.matmul(w)` computes `x @ W^T` as PyTorch's `Linear` does.
 pub fn upload_transposed(t: &HostTensor, device: &Device) -> Tensor<2> {
     let (r, c) = (t.shape[0], t.shape[1]);
-    let mut out = vec![0f32; r * c];
-    for i in 0..r {
-        for j in 0..c {
-            out[j * r + i] = t.data[i * c + j];
+    Tensor::<2>::from_data(TensorData::new(transpose(&t.data, r, c), [c, r]), device)
+}
+
+/// The transpose `[cols, rows]` of a row-major `[rows, cols]` matrix.
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[j * rows + i] = data[i * cols + j];
         }
     }
-    Tensor::<2>::from_data(TensorData::new(out, [c, r]), device)
+    out
 }
 
 /// A projection's weight: a device tensor (`[in, out]`, what merging and healing make), or
@@ -812,9 +900,30 @@ mod tests {
     }
 
     #[test]
+    fn the_next_matrix_is_read_ahead_on_another_thread_with_the_same_values() {
+        let device = Device::flex();
+        let (rows, cols) = (16, 64);
+        // room for one matrix of three: two of them stream from the file on every pass
+        let resident = Resident::new((rows * cols * 4) as u64);
+        let files: Vec<_> = (0..3).map(|i| random_matrix(GgmlType::Q4_1, rows, cols, 20 + i)).collect();
+        let matrices: Vec<_> =
+            files.iter().map(|(_, b)| StoredMatrix::new("m".into(), GgmlType::Q4_1, b.clone(), rows, cols, None, &resident, &device).unwrap()).collect();
+        let want: Vec<Vec<f32>> = matrices.iter().map(|m| transpose(&m.host().data, rows, cols)).collect();
+        for pass in 0..3 {
+            for (i, (m, w)) in matrices.iter().zip(&want).enumerate() {
+                let got = crate::model::llama::download(m.dense_t()).unwrap().data;
+                assert!(got.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "pass {pass}, matrix {i}");
+            }
+        }
+        let s = resident.stats();
+        assert!(s.read_ahead >= 3, "{s:?}");
+        assert!(s.bytes <= s.budget, "{s:?}");
+    }
+
+    #[test]
     fn codes_outrank_f32_copies_in_the_budget() {
         let r = Resident::keeping_codes(40, true);
-        let codes = || DeviceCodes::upload(&nan_codes(1, 32), 1, 32, &Device::flex());
+        let codes = || Arc::new(DeviceCodes::upload(&nan_codes(1, 32), 1, 32, &Device::flex()));
         r.get(1, 16, || tensor(1.0));
         r.get(1, 16, || tensor(1.0));
         r.get(2, 16, || tensor(2.0));

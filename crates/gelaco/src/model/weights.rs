@@ -458,7 +458,7 @@ impl ModelFiles {
 
     /// A layer's projection weight (Hugging Face name) as the file stores it, to be
     /// dequantised when used; `None` for a safetensors type that is not 32 or 16 bits.
-    pub fn stored_matrix(&self, name: &str, resident: &Arc<Resident>, device: &Device) -> Result<Option<StoredMatrix>> {
+    pub fn stored_matrix(&self, name: &str, resident: &Arc<Resident>, device: &Device) -> Result<Option<Arc<StoredMatrix>>> {
         let missing = || Error::weights(&self.path, format!("required tensor '{name}' is missing"));
         let (kind, bytes, shape, heads, file) = match &self.source {
             Source::Gguf(g) => {
