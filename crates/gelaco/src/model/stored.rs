@@ -60,12 +60,6 @@ impl MappedBytes {
         self.range.is_empty()
     }
 
-    /// Ask the system to read these bytes from disk now, ahead of their use.
-    pub fn will_need(&self) {
-        #[cfg(unix)]
-        let _ = self.map.advise_range(memmap2::Advice::WillNeed, self.range.start, self.range.len());
-    }
-
     /// Let the process's memory go of these bytes' pages: they stay in the system's page
     /// cache while it has room, and are read from the file again when next used.
     pub fn release(&self) {
@@ -140,9 +134,8 @@ struct Inner {
     entries: HashMap<(usize, Tier), Entry>,
     /// Uses of every matrix so far, resident or not.
     uses: HashMap<(usize, Tier), u64>,
-    /// The file bytes of every matrix, by key (keys follow the order of the layers).
-    bytes: HashMap<usize, MappedBytes>,
-    /// Every matrix, by key, to read the next one ahead.
+    /// Every matrix, by key (keys follow the order of the layers), to read the next one
+    /// ahead.
     sources: HashMap<usize, Weak<StoredMatrix>>,
     /// The matrix being read from the file ahead of its use.
     ahead: Option<Ahead>,
@@ -207,16 +200,16 @@ impl Resident {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn key(&self, bytes: &MappedBytes) -> usize {
-        let mut g = self.lock();
-        g.next_key += 1;
-        let key = g.next_key;
-        g.bytes.insert(key, bytes.clone());
-        key
-    }
-
-    fn register(&self, key: usize, matrix: Weak<StoredMatrix>) {
-        self.lock().sources.insert(key, matrix);
+    /// A new matrix's key, in the order of the layers, and what reads it ahead.
+    fn register(&self, make: impl FnOnce(usize) -> Arc<StoredMatrix>) -> Arc<StoredMatrix> {
+        let key = {
+            let mut g = self.lock();
+            g.next_key += 1;
+            g.next_key
+        };
+        let matrix = make(key);
+        self.lock().sources.insert(key, Arc::downgrade(&matrix));
+        matrix
     }
 
     pub fn stats(&self) -> ResidentStats {
@@ -440,10 +433,9 @@ impl StoredMatrix {
         if permuted_heads.is_some_and(|h| h == 0 || rows % (2 * h) != 0) {
             return Err(format!("tensor '{name}': {rows} rows do not split into its heads"));
         }
-        let key = resident.key(&bytes);
-        let m = Arc::new(StoredMatrix { name, kind, bytes, rows, cols, permuted_heads, key, resident: resident.clone(), device: device.clone() });
-        resident.register(key, Arc::downgrade(&m));
-        Ok(m)
+        Ok(resident.register(|key| {
+            Arc::new(StoredMatrix { name, kind, bytes, rows, cols, permuted_heads, key, resident: resident.clone(), device: device.clone() })
+        }))
     }
 
     /// Bytes the file stores it in.
