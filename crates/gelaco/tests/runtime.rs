@@ -221,6 +221,17 @@ fn sharded_f16_safetensors_load() {
     // f16 keeps about 3 decimal digits of every weight
     assert!(d < 0.05, "sharded f16 logits differ by {d}");
     assert!(d > 0.0, "the f16 shards were not what got loaded");
+    // on WGPU the f16 matrices stay 16-bit on the device, and give the CPU's model
+    let m = load(&hf, &cpu);
+    assert_eq!(m.memory.layers_codes_bytes * 2, m.memory.layers_bytes, "16-bit matrices take half of f32");
+    for d in &devices()[1..] {
+        let on_gpu = load(&hf, d);
+        let c = logits_of(&on_gpu.model, &[PROMPT.to_vec()]);
+        let diff = max_abs_diff(&b, &c);
+        assert!(diff < 1e-3, "{}: f16 logits differ from CPU by {diff}", d.description);
+        let s = on_gpu.model.resident_stats();
+        assert_eq!(s.codes_bytes, m.memory.layers_codes_bytes, "{s:?}");
+    }
 }
 
 #[test]

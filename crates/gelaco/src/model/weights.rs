@@ -515,27 +515,52 @@ impl ModelFiles {
     }
 
     /// The bytes every layer's projection weights take on a device that keeps
-    /// block-quantised matrices as their codes ([`super::stored::DeviceCodes`]), the others
-    /// as f32.
+    /// block-quantised matrices as their codes and 16-bit ones as 16 bits
+    /// ([`super::stored::DeviceCodes`]), the others as f32.
     pub fn layers_codes_bytes(&self) -> u64 {
         let f32_bytes = layer_matrix_bytes_f32(&self.config);
-        let Source::Gguf(g) = &self.source else {
-            return f32_bytes;
-        };
+        // (type, shape) of every layer matrix the files hold
+        let mut matrices: Vec<(GgmlType, Vec<usize>)> = Vec::new();
+        match &self.source {
+            Source::Gguf(g) => {
+                for t in &g.tensors {
+                    let Some((_, suffix)) = t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')) else {
+                        continue;
+                    };
+                    if layer_tensor_gguf(suffix).is_some_and(|l| l.param.is_matrix()) {
+                        matrices.push((t.kind, t.shape()));
+                    }
+                }
+            }
+            Source::Safetensors { shards, .. } => {
+                for shard in shards {
+                    let Ok(st) = SafeTensors::deserialize(&shard.mmap) else {
+                        continue;
+                    };
+                    for (name, view) in st.tensors() {
+                        let Some((_, suffix)) = name.strip_prefix("model.layers.").and_then(|r| r.split_once('.')) else {
+                            continue;
+                        };
+                        let kind = match view.dtype() {
+                            Dtype::F16 => GgmlType::F16,
+                            Dtype::BF16 => GgmlType::BF16,
+                            _ => GgmlType::F32,
+                        };
+                        if layer_tensor_hf(suffix).is_some_and(|l| l.param.is_matrix()) {
+                            matrices.push((kind, view.shape().to_vec()));
+                        }
+                    }
+                }
+            }
+        }
         let mut total = 0;
         let mut seen = 0;
-        for t in &g.tensors {
-            let Some((_, suffix)) = t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')) else {
-                continue;
-            };
-            if !layer_tensor_gguf(suffix).is_some_and(|l| l.param.is_matrix()) {
-                continue;
-            }
-            let [rows, cols] = t.shape()[..] else {
+        for (kind, shape) in matrices {
+            let [rows, cols] = shape[..] else {
                 continue;
             };
             seen += rows as u64 * cols as u64 * 4;
-            total += super::stored::DeviceCodes::bytes_for(t.kind, rows, cols);
+            total += super::stored::DeviceCodes::bytes_for(kind, rows, cols);
         }
         // a file whose matrices were not all recognised counts the rest as f32
         total + f32_bytes.saturating_sub(seen)

@@ -419,6 +419,9 @@ pub(crate) fn random_blocks(kind: GgmlType, blocks: usize, seed: u64) -> Vec<u8>
             b[at..at + 2].copy_from_slice(&f16::from_f32((x as f32 - 128.0) / 97.0).to_le_bytes())
         };
         match kind {
+            // finite 16-bit values: the exponent's top bit cleared (subnormals kept)
+            GgmlType::F16 | GgmlType::BF16 => b[1] &= 0xBF,
+            GgmlType::F32 => b[3] &= 0xBF,
             GgmlType::Q6K => finite(208),
             GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => finite(0),
             _ => {
