@@ -191,9 +191,10 @@ evals = os.path.join(out, "eval", "limit-%d" % limit)
 picks = json.load(open(os.path.join(out, "picks.json")))
 times, days = {}, {}
 for line in open(os.path.join(out, "times.txt")):
+    # a method run again (its .done marker removed) replaces its earlier time
     name, s, *day = line.split()
-    times[name] = times.get(name, 0) + int(s)
-    days.setdefault(name, day[0] if day else "")
+    times[name] = int(s)
+    days[name] = day[0] if day else ""
 times["laco"] = sum(v for k, v in times.items() if k.startswith("laco-")) if any(k.startswith("laco-") for k in times) else None
 def load(name):
     p = os.path.join(evals, name + ".json")
