@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use memmap2::Mmap;
 
-use super::gguf::{codes, dequantize, Codes, GgmlType};
+use super::gguf::{code_layout, codes, dequantize, Codes, GgmlType};
 use super::weights::{unpermute_rows, HostTensor};
 
 /// A byte range of a memory-mapped model file, shared.
@@ -528,7 +528,7 @@ impl StoredMatrix {
         let (rows, cols) = (self.rows, self.cols);
         match prepared {
             Prepared::Transposed(t) => Held::Dense(Tensor::<2>::from_data(TensorData::new(t, [cols, rows]), &self.device)),
-            Prepared::Codes(c) => Held::Codes(Arc::new(match (c, burn_scheme(self.kind).filter(|_| !crate::backend::is_cpu(&self.device))) {
+            Prepared::Codes(c) => Held::Codes(Arc::new(match (c, self.burn_quantised()) {
                 (Some(c), Some(scheme)) => DeviceCodes::upload_quantized(&c, rows, cols, scheme, &self.device),
                 (Some(c), None) => DeviceCodes::upload(&c, rows, cols, &self.device),
                 (None, _) => DeviceCodes::upload(&nan_codes(rows, cols), rows, cols, &self.device),
@@ -565,26 +565,30 @@ impl StoredMatrix {
     /// product dequantises inside the product, and no f32 copy is made), else
     /// [`StoredMatrix::dense_t`].
     pub fn matmul_t(&self) -> Tensor<2> {
-        if self.keeps_codes() && !crate::backend::is_cpu(&self.device) && burn_scheme(self.kind).is_some() {
+        if self.burn_quantised().is_some() {
             if let Some(q) = self.device_codes().quantized_t() {
                 return q;
             }
         }
         self.dense_t()
     }
+
+    /// burn's scheme for this matrix where the device keeps it as burn's block-quantised
+    /// tensor: a GPU that keeps codes, and a type the scheme holds exactly (burn's quantised
+    /// product on the CPU backend is not exact, so there the host dequantises).
+    fn burn_quantised(&self) -> Option<burn::tensor::quantization::QuantScheme> {
+        burn_scheme(self.kind).filter(|_| self.keeps_codes() && !crate::backend::is_cpu(&self.device))
+    }
 }
 
-/// burn's block-quantised scheme that holds a GGUF type exactly (symmetric codes of 8 or 4
-/// bits, one f32 scale per block along each row), with the value subtracted from the stored
-/// codes to make them signed; `None` for the types with offsets (Q4_1, Q5_1, Q4_K, Q5_K).
+/// burn's block-quantised scheme that holds a GGUF type exactly: the symmetric types (no
+/// offset), as signed codes of 8 or 4 bits (the zero subtracted), one f32 scale per group
+/// along each row; `None` for the types with offsets (Q4_1, Q5_1, Q4_K, Q5_K) and the rest.
 fn burn_scheme(kind: GgmlType) -> Option<burn::tensor::quantization::QuantScheme> {
     use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
-    let (value, group) = match kind {
-        GgmlType::Q8_0 | GgmlType::Q5_0 => (QuantValue::Q8S, 32u8),
-        GgmlType::Q6K => (QuantValue::Q8S, 16),
-        GgmlType::Q4_0 => (QuantValue::Q4S, 32),
-        _ => return None,
-    };
+    let layout = code_layout(kind).filter(|l| !l.offsets)?;
+    let value = if layout.bits == 4 { QuantValue::Q4S } else { QuantValue::Q8S };
+    let group = u8::try_from(layout.group).ok()?;
     Some(QuantScheme::default().with_value(value).with_store(QuantStore::PackedU32(0)).per_block([1, group], ScaleDtype::F32))
 }
 
@@ -594,182 +598,157 @@ fn nan_codes(rows: usize, cols: usize) -> Codes {
     Codes { bits: 8, group: cols, zero: 0, codes: vec![0; rows * cols], scales: vec![f32::NAN; rows], offsets: None }
 }
 
-/// A block-quantised matrix `[rows, cols]` on the device as its codes, packed into 32-bit
-/// words along each row (8 codes of 4 bits, or 4 of 8 bits, the first in the lowest bits),
-/// and its groups' scales and offsets `[rows, cols / group]` in f32. [`DeviceCodes::dense_t`]
-/// computes the same f32 values as the host dequantiser: `(code - zero) * scale (+ offset)`.
+/// `values` of `bits` bits each (already within them), packed into 32-bit words, the first
+/// in the lowest bits.
+fn pack_words(values: impl Iterator<Item = u32>, bits: u32) -> Vec<u32> {
+    let per = (32 / bits) as usize;
+    let mut words = Vec::new();
+    for (i, v) in values.enumerate() {
+        if i % per == 0 {
+            words.push(0);
+        }
+        if let Some(w) = words.last_mut() {
+            *w |= v << (bits as usize * (i % per));
+        }
+    }
+    words
+}
+
+fn int_tensor(words: Vec<u32>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
+    Tensor::<2, Int>::from_data(TensorData::new(words.into_iter().map(|w| w as i32).collect::<Vec<i32>>(), shape), device)
+}
+
+/// A matrix `[rows, cols]` kept on the device in less memory than f32, in one of three forms;
+/// [`DeviceCodes::dense_t`] computes from each the same f32 values as the host.
 pub struct DeviceCodes {
-    words: Tensor<2, Int>,
-    scales: Tensor<2>,
-    offsets: Option<Tensor<2>>,
-    bits: u32,
-    zero: i32,
-    group: usize,
     rows: usize,
     cols: usize,
-    /// The same codes as burn's block-quantised tensor `[rows, cols]` (in place of the words
-    /// and scales above, which are then empty), for the types burn's scheme holds exactly.
-    quantized: Option<Tensor<2>>,
-    /// For F16 and BF16, which the words hold two values to a word: which of the two.
-    half: Option<GgmlType>,
+    form: Form,
+}
+
+enum Form {
+    /// A block-quantised matrix's codes packed into 32-bit words along each row (8 codes of
+    /// 4 bits, or 4 of 8 bits, the first in the lowest bits), and its groups' scales and
+    /// offsets `[rows, cols / group]` in f32: `(code - zero) * scale (+ offset)`.
+    Words { words: Tensor<2, Int>, scales: Tensor<2>, offsets: Option<Tensor<2>>, bits: u32, zero: i32, group: usize },
+    /// burn's block-quantised tensor `[rows, cols]`, for the types its scheme holds exactly.
+    Quantized(Tensor<2>),
+    /// F16 or BF16 values two to a 32-bit word, the first in the lower half, with the power
+    /// of two of each exponent.
+    Halves { words: Tensor<2, Int>, kind: GgmlType, powers: Tensor<1> },
 }
 
 impl fmt::Debug for DeviceCodes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceCodes").field("shape", &[self.rows, self.cols]).field("bits", &self.bits).field("group", &self.group).finish()
+        let form = match &self.form {
+            Form::Words { bits, group, .. } => format!("{bits}-bit codes, groups of {group}"),
+            Form::Quantized(_) => "burn's block-quantised tensor".into(),
+            Form::Halves { kind, .. } => kind.name().to_string(),
+        };
+        f.debug_struct("DeviceCodes").field("shape", &[self.rows, self.cols]).field("form", &form).finish()
     }
 }
 
 impl DeviceCodes {
-    /// The device bytes a `[rows, cols]` matrix of `kind` takes as codes: the packed words
-    /// and the f32 scales (and offsets).
+    /// The device bytes a `[rows, cols]` matrix of `kind` takes: the packed codes and the f32
+    /// scales (and offsets) of a block-quantised type, two bytes a value of a 16-bit type
+    /// with an even row, else f32.
     pub fn bytes_for(kind: GgmlType, rows: usize, cols: usize) -> u64 {
-        let (bits, group, offsets) = match kind {
-            GgmlType::Q4_0 => (4, 32, false),
-            GgmlType::Q4_1 | GgmlType::Q4K => (4, 32, true),
-            GgmlType::Q8_0 | GgmlType::Q5_0 => (8, 32, false),
-            GgmlType::Q5_1 | GgmlType::Q5K => (8, 32, true),
-            GgmlType::Q6K => (8, 16, false),
-            GgmlType::F16 | GgmlType::BF16 if cols % 2 == 0 => (16, 1, false),
-            // kept as f32
-            _ => (32, 1, false),
-        };
         let n = rows as u64 * cols as u64;
-        if bits >= 16 {
-            return n * bits / 8;
+        match code_layout(kind) {
+            Some(l) => n * l.bits as u64 / 8 + n / l.group as u64 * 4 * (1 + l.offsets as u64),
+            None if matches!(kind, GgmlType::F16 | GgmlType::BF16) && cols % 2 == 0 => n * 2,
+            None => n * 4,
         }
-        n * bits / 8 + n / group * 4 * (1 + offsets as u64)
     }
 
     /// Take `c` (a `[rows, cols]` matrix's codes, rows whole words long) to `device`.
     pub fn upload(c: &Codes, rows: usize, cols: usize, device: &Device) -> Self {
-        let per = (32 / c.bits) as usize;
-        let words: Vec<u32> = c
-            .codes
-            .chunks(per)
-            .map(|w| w.iter().enumerate().fold(0u32, |acc, (k, &q)| acc | (q as u32) << (c.bits as usize * k)))
-            .collect();
-        let groups = (rows * cols) / c.group;
-        let per_row = groups / rows.max(1);
+        let per_row = c.codes.len() / c.group / rows.max(1);
         let f = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, per_row]), device);
-        DeviceCodes {
-            words: Tensor::<2, Int>::from_data(TensorData::new(words.into_iter().map(|w| w as i32).collect(), [rows, cols / per]), device),
+        let words = pack_words(c.codes.iter().map(|&q| q as u32), c.bits);
+        let form = Form::Words {
+            words: int_tensor(words, [rows, cols * c.bits as usize / 32], device),
             scales: f(&c.scales),
             offsets: c.offsets.as_deref().map(f),
             bits: c.bits,
             zero: c.zero,
             group: c.group,
-            rows,
-            cols,
-            quantized: None,
-            half: None,
-        }
+        };
+        DeviceCodes { rows, cols, form }
     }
 
     /// Take a matrix's 16-bit values (F16 or BF16, `[rows, cols]` with `cols` even) to
     /// `device`, two to a 32-bit word, the first in the lower half.
     fn upload_halves(kind: GgmlType, h: &[u16], rows: usize, cols: usize, device: &Device) -> Self {
-        let words: Vec<i32> = h.chunks_exact(2).map(|p| (p[0] as u32 | (p[1] as u32) << 16) as i32).collect();
-        let empty = Tensor::<2>::from_data(TensorData::new(Vec::<f32>::new(), [0, 0]), device);
-        DeviceCodes {
-            words: Tensor::<2, Int>::from_data(TensorData::new(words, [rows, cols / 2]), device),
-            scales: empty,
-            offsets: None,
-            bits: 16,
-            zero: 0,
-            group: 1,
-            rows,
-            cols,
-            quantized: None,
-            half: Some(kind),
-        }
-    }
-
-    /// F16 or BF16 values `[rows, cols]` as f32, exactly: sign x 2^exponent x significand,
-    /// each factor exact in f32 (a value BF16 holds below f32's smallest normal number may
-    /// be flushed to zero on a GPU).
-    fn halves_dense(&self, kind: GgmlType) -> Tensor<2> {
-        let (rows, cols) = (self.rows, self.cols);
-        let parts: Vec<Tensor<2, Int>> =
-            (0..2).map(|k| self.words.clone().bitwise_right_shift_scalar(16 * k).bitwise_and_scalar(0xFFFF)).collect();
-        let h = Tensor::stack::<3>(parts, 2).reshape([rows, cols]);
-        let (exponent_bits, mantissa_bits, bias) = if kind == GgmlType::BF16 { (8, 7, 127) } else { (5, 10, 15) };
+        let words = int_tensor(pack_words(h.iter().map(|&v| v as u32), 16), [rows, cols / 2], device);
+        // 2^(e - bias) per exponent (subnormals: 2^(1 - bias)), the largest NaN
+        let (exponent_bits, bias) = if kind == GgmlType::BF16 { (8, 127) } else { (5, 15) };
         let top = (1i32 << exponent_bits) - 1;
-        let e = h.clone().bitwise_right_shift_scalar(mantissa_bits).bitwise_and_scalar(top);
-        let m = h.clone().bitwise_and_scalar((1i32 << mantissa_bits) - 1);
-        // the implicit leading one of normal numbers
-        let significand = (m + e.clone().greater_elem(0).int().mul_scalar(1i32 << mantissa_bits)).float();
-        // 2^(e - bias) per exponent (subnormals: 2^(1 - bias)), the largest NaN; the
-        // significand's scale 2^-mantissa_bits is applied last
-        let powers: Vec<f32> = (0..=top)
-            .map(|e| if e == top { f32::NAN } else { 2f32.powi(e.max(1) - bias) })
-            .collect();
-        let powers = Tensor::<1>::from_data(TensorData::new(powers, [(top + 1) as usize]), &self.words.device());
-        let power = powers.select(0, e.reshape([rows * cols])).reshape([rows, cols]);
-        let sign = h.bitwise_right_shift_scalar(15).mul_scalar(-2).add_scalar(1).float();
-        (sign * power * significand).mul_scalar(2f32.powi(-mantissa_bits)).transpose()
+        let powers: Vec<f32> = (0..=top).map(|e| if e == top { f32::NAN } else { 2f32.powi(e.max(1) - bias) }).collect();
+        let powers = Tensor::<1>::from_data(TensorData::new(powers, [(top + 1) as usize]), device);
+        DeviceCodes { rows, cols, form: Form::Halves { words, kind, powers } }
     }
 
     /// Take `c` to `device` as burn's block-quantised tensor in `scheme` (from
     /// [`burn_scheme`]): signed codes packed into 32-bit words along each row, the first in
     /// the lowest bits, then the blocks' f32 scales.
     fn upload_quantized(c: &Codes, rows: usize, cols: usize, scheme: burn::tensor::quantization::QuantScheme, device: &Device) -> Self {
-        let per = (32 / c.bits) as usize;
         let mask = (1u32 << c.bits) - 1;
-        let mut bytes: Vec<u8> = c
-            .codes
-            .chunks(per)
-            .flat_map(|w| {
-                let word = w.iter().enumerate().fold(0u32, |acc, (k, &q)| acc | (((q as i32 - c.zero) as u32) & mask) << (c.bits as usize * k));
-                word.to_le_bytes()
-            })
-            .collect();
+        let signed = c.codes.iter().map(|&q| ((q as i32 - c.zero) as u32) & mask);
+        let mut bytes: Vec<u8> = pack_words(signed, c.bits).into_iter().flat_map(u32::to_le_bytes).collect();
         bytes.extend(c.scales.iter().flat_map(|s| s.to_le_bytes()));
         let data = TensorData::from_bytes_vec(bytes, [rows, cols], burn::tensor::DType::QFloat(scheme));
-        let empty = Tensor::<2>::from_data(TensorData::new(Vec::<f32>::new(), [0, 0]), device);
-        DeviceCodes {
-            words: Tensor::<2, Int>::from_data(TensorData::new(Vec::<i32>::new(), [0, 0]), device),
-            scales: empty,
-            offsets: None,
-            bits: c.bits,
-            zero: c.zero,
-            group: c.group,
-            rows,
-            cols,
-            quantized: Some(Tensor::<2>::from_data(data, device)),
-            half: None,
-        }
+        DeviceCodes { rows, cols, form: Form::Quantized(Tensor::<2>::from_data(data, device)) }
     }
 
     /// burn's block-quantised tensor transposed, `[cols, rows]`, where the codes are kept so.
     pub fn quantized_t(&self) -> Option<Tensor<2>> {
-        self.quantized.as_ref().map(|q| q.clone().transpose())
+        match &self.form {
+            Form::Quantized(q) => Some(q.clone().transpose()),
+            _ => None,
+        }
     }
 
     /// The f32 matrix transposed, `[cols, rows]`, computed on the device.
     pub fn dense_t(&self) -> Tensor<2> {
-        if let Some(q) = &self.quantized {
-            return q.clone().dequantize().transpose();
-        }
-        if let Some(kind) = self.half {
-            return self.halves_dense(kind);
-        }
         let (rows, cols) = (self.rows, self.cols);
-        let per = (32 / self.bits) as usize;
-        let mask = (1i32 << self.bits) - 1;
-        let parts: Vec<Tensor<2, Int>> = (0..per)
-            .map(|k| self.words.clone().bitwise_right_shift_scalar((self.bits as usize * k) as i32).bitwise_and_scalar(mask))
-            .collect();
-        let codes = Tensor::stack::<3>(parts, 2).reshape([rows, cols]);
-        let groups = cols / self.group;
-        let values = codes.sub_scalar(self.zero).float().reshape([rows, groups, self.group]);
-        let values = values * self.scales.clone().unsqueeze_dim::<3>(2);
-        let values = match &self.offsets {
-            Some(o) => values + o.clone().unsqueeze_dim::<3>(2),
-            None => values,
-        };
-        values.reshape([rows, cols]).transpose()
+        match &self.form {
+            Form::Quantized(q) => q.clone().dequantize().transpose(),
+            Form::Halves { words, kind, powers } => halves_dense(words, *kind, powers, rows, cols),
+            Form::Words { words, scales, offsets, bits, zero, group } => {
+                let parts: Vec<Tensor<2, Int>> = (0..32 / bits)
+                    .map(|k| words.clone().bitwise_right_shift_scalar((bits * k) as i32).bitwise_and_scalar((1i32 << bits) - 1))
+                    .collect();
+                let codes = Tensor::stack::<3>(parts, 2).reshape([rows, cols]);
+                let groups = cols / group;
+                let values = codes.sub_scalar(*zero).float().reshape([rows, groups, *group]);
+                let values = values * scales.clone().unsqueeze_dim::<3>(2);
+                let values = match offsets {
+                    Some(o) => values + o.clone().unsqueeze_dim::<3>(2),
+                    None => values,
+                };
+                values.reshape([rows, cols]).transpose()
+            }
+        }
     }
+}
+
+/// F16 or BF16 values `[rows, cols]`, two to a word, as f32 transposed, exactly: sign x
+/// 2^exponent x significand, each factor exact in f32 (a value BF16 holds below f32's
+/// smallest normal number may be flushed to zero on a GPU).
+fn halves_dense(words: &Tensor<2, Int>, kind: GgmlType, powers: &Tensor<1>, rows: usize, cols: usize) -> Tensor<2> {
+    let parts: Vec<Tensor<2, Int>> = (0..2).map(|k| words.clone().bitwise_right_shift_scalar(16 * k).bitwise_and_scalar(0xFFFF)).collect();
+    let h = Tensor::stack::<3>(parts, 2).reshape([rows, cols]);
+    let (exponent_bits, mantissa_bits) = if kind == GgmlType::BF16 { (8, 7) } else { (5, 10) };
+    let e = h.clone().bitwise_right_shift_scalar(mantissa_bits).bitwise_and_scalar((1i32 << exponent_bits) - 1);
+    let m = h.clone().bitwise_and_scalar((1i32 << mantissa_bits) - 1);
+    // the implicit leading one of normal numbers
+    let significand = (m + e.clone().greater_elem(0).int().mul_scalar(1i32 << mantissa_bits)).float();
+    let power = powers.clone().select(0, e.reshape([rows * cols])).reshape([rows, cols]);
+    let sign = h.bitwise_right_shift_scalar(15).mul_scalar(-2).add_scalar(1).float();
+    // the significand's scale 2^-mantissa_bits last
+    (sign * power * significand).mul_scalar(2f32.powi(-mantissa_bits)).transpose()
 }
 
 /// Upload the transpose of a 2-D host matrix `[rows, cols]` as `[cols, rows]`, so that

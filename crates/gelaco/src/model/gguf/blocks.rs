@@ -219,15 +219,22 @@ impl Codes {
     }
 }
 
-/// `n` elements of a block-quantised type as [`Codes`]; `None` for F32, F16 and BF16,
-/// which are not block-quantised.
-pub fn codes(kind: GgmlType, data: &[u8], n: usize) -> std::result::Result<Option<Codes>, String> {
-    let (block, bytes) = kind.block_layout().ok_or_else(|| format!("unknown type {}", kind.name()))?;
-    if n % block != 0 || data.len() != n / block * bytes {
-        return Err(format!("{} bytes do not hold {n} {} elements", data.len(), kind.name()));
-    }
+/// How a block-quantised type's elements are kept as [`Codes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeLayout {
+    /// Bits each code needs: 4 or 8.
+    pub bits: u32,
+    /// Elements sharing one scale (and offset).
+    pub group: usize,
+    /// Subtracted from every code before the scale.
+    pub zero: i32,
+    /// Whether an offset is added after the scale.
+    pub offsets: bool,
+}
+
+/// The codes' layout of a block-quantised type; `None` for the others (F32, F16, BF16).
+pub fn code_layout(kind: GgmlType) -> Option<CodeLayout> {
     let (bits, group, zero, offsets) = match kind {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => return Ok(None),
         GgmlType::Q8_0 => (8, 32, 128, false),
         GgmlType::Q4_0 => (4, 32, 8, false),
         GgmlType::Q4_1 => (4, 32, 0, true),
@@ -236,7 +243,23 @@ pub fn codes(kind: GgmlType, data: &[u8], n: usize) -> std::result::Result<Optio
         GgmlType::Q4K => (4, 32, 0, true),
         GgmlType::Q5K => (8, 32, 0, true),
         GgmlType::Q6K => (8, 16, 32, false),
-        other => return Err(format!("type {} cannot be dequantised", other.name())),
+        _ => return None,
+    };
+    Some(CodeLayout { bits, group, zero, offsets })
+}
+
+/// `n` elements of a block-quantised type as [`Codes`]; `None` for F32, F16 and BF16,
+/// which are not block-quantised.
+pub fn codes(kind: GgmlType, data: &[u8], n: usize) -> std::result::Result<Option<Codes>, String> {
+    let (block, bytes) = kind.block_layout().ok_or_else(|| format!("unknown type {}", kind.name()))?;
+    if n % block != 0 || data.len() != n / block * bytes {
+        return Err(format!("{} bytes do not hold {n} {} elements", data.len(), kind.name()));
+    }
+    let Some(CodeLayout { bits, group, zero, offsets }) = code_layout(kind) else {
+        return match kind {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Ok(None),
+            other => Err(format!("type {} cannot be dequantised", other.name())),
+        };
     };
     let mut out = Codes {
         bits,

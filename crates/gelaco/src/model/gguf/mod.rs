@@ -18,7 +18,7 @@ use crate::model::stored::MappedBytes;
 pub mod blocks;
 pub mod write;
 
-pub use blocks::{can_quantize, codes, dequantize, Codes, f32_bytes, quantize, quantize_q8_0};
+pub use blocks::{can_quantize, code_layout, codes, dequantize, CodeLayout, Codes, f32_bytes, quantize, quantize_q8_0};
 pub use write::{encode, encode_header, write_file, write_streamed, TensorOut};
 
 const MAGIC: &[u8; 4] = b"GGUF";
