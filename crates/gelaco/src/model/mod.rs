@@ -67,7 +67,7 @@ pub struct MemoryPlan {
     /// What the budget leaves for dequantised layer weights.
     pub resident_budget: u64,
     /// Every layer's projection weights on a device that keeps block-quantised matrices as
-    /// their codes (and the rest as f32).
+    /// their codes and 16-bit ones as 16 bits (and the rest as f32).
     pub layers_codes_bytes: u64,
     /// Whether the device keeps them so (WGPU), making f32 copies from the codes on the
     /// device instead of dequantising from the file.

@@ -132,8 +132,15 @@ pub fn layer_tensor_gguf(suffix: &str) -> Option<&'static LayerTensor> {
     LAYER_TENSORS.iter().find(|t| t.gguf == suffix)
 }
 
-fn layer_matrix_bytes_f32(c: &ModelConfig) -> u64 {
-    super::layer_matrix_bytes(c) * c.num_layers as u64
+/// The type a safetensors matrix is kept in as stored (32 or 16 bits); `None` for the
+/// others.
+fn stored_kind(dtype: Dtype) -> Option<GgmlType> {
+    match dtype {
+        Dtype::F32 => Some(GgmlType::F32),
+        Dtype::F16 => Some(GgmlType::F16),
+        Dtype::BF16 => Some(GgmlType::BF16),
+        _ => None,
+    }
 }
 
 /// Whole-model tensors: (Hugging Face, GGUF).
@@ -470,11 +477,8 @@ impl ModelFiles {
                 let shard = &shards[*index.get(name).ok_or_else(missing)?];
                 let st = SafeTensors::deserialize(&shard.mmap).map_err(|e| Error::format(&shard.path, e.to_string()))?;
                 let v = st.tensor(name).map_err(|e| Error::weights(&shard.path, format!("tensor '{name}': {e}")))?;
-                let kind = match v.dtype() {
-                    Dtype::F32 => GgmlType::F32,
-                    Dtype::F16 => GgmlType::F16,
-                    Dtype::BF16 => GgmlType::BF16,
-                    _ => return Ok(None),
+                let Some(kind) = stored_kind(v.dtype()) else {
+                    return Ok(None);
                 };
                 (kind, shard.mapped(v.data()), v.shape().to_vec(), None, shard.path.clone())
             }
@@ -518,7 +522,7 @@ impl ModelFiles {
     /// block-quantised matrices as their codes and 16-bit ones as 16 bits
     /// ([`super::stored::DeviceCodes`]), the others as f32.
     pub fn layers_codes_bytes(&self) -> u64 {
-        let f32_bytes = layer_matrix_bytes_f32(&self.config);
+        let f32_bytes = super::layer_matrix_bytes(&self.config) * self.config.num_layers as u64;
         // (type, shape) of every layer matrix the files hold
         let mut matrices: Vec<(GgmlType, Vec<usize>)> = Vec::new();
         match &self.source {
@@ -541,13 +545,9 @@ impl ModelFiles {
                         let Some((_, suffix)) = name.strip_prefix("model.layers.").and_then(|r| r.split_once('.')) else {
                             continue;
                         };
-                        let kind = match view.dtype() {
-                            Dtype::F16 => GgmlType::F16,
-                            Dtype::BF16 => GgmlType::BF16,
-                            _ => GgmlType::F32,
-                        };
                         if layer_tensor_hf(suffix).is_some_and(|l| l.param.is_matrix()) {
-                            matrices.push((kind, view.shape().to_vec()));
+                            // a type not kept as stored is counted as f32
+                            matrices.push((stored_kind(view.dtype()).unwrap_or(GgmlType::F32), view.shape().to_vec()));
                         }
                     }
                 }
