@@ -28,9 +28,8 @@ impl Linear {
     /// `x`: `[batch, seq, in]` -> `[batch, seq, out]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, s, i] = x.dims();
-        let w = self.weight.matmul_t();
-        let out = w.dims()[1];
-        let y = x.reshape([b * s, i]).matmul(w);
+        let out = self.weight.dims()[1];
+        let y = self.weight.product(x.reshape([b * s, i]));
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze_dim::<2>(0),
             None => y,

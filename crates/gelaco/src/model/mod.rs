@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod gguf;
+pub mod kernel;
 pub mod layer;
 pub mod llama;
 pub mod stored;

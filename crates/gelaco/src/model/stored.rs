@@ -560,17 +560,16 @@ impl StoredMatrix {
         })
     }
 
-    /// The right-hand side of `x.matmul(..)` that computes `x @ W^T`: burn's block-quantised
-    /// tensor where the device keeps the matrix in burn's own format (its quantised matrix
-    /// product dequantises inside the product, and no f32 copy is made), else
-    /// [`StoredMatrix::dense_t`].
-    pub fn matmul_t(&self) -> Tensor<2> {
-        if self.burn_quantised().is_some() {
-            if let Some(q) = self.device_codes().quantized_t() {
-                return q;
-            }
+    /// `x @ W^T` for `x` `[m, cols]`, `[m, rows]`. Where a GPU keeps the matrix as codes it is
+    /// dequantised inside the product and no f32 copy is made: by burn's quantised matrix
+    /// product for the types burn's scheme holds exactly, by the product's own kernel
+    /// ([`super::kernel`]) for the others and the 16-bit types. Elsewhere, an f32 matrix
+    /// product with [`StoredMatrix::dense_t`].
+    pub fn product(&self, x: Tensor<2>) -> Tensor<2> {
+        if self.keeps_codes() && super::kernel::runs_on(&self.device) {
+            return self.device_codes().product(x);
         }
-        self.dense_t()
+        x.matmul(self.dense_t())
     }
 
     /// burn's scheme for this matrix where the device keeps it as burn's block-quantised
@@ -579,6 +578,73 @@ impl StoredMatrix {
     fn burn_quantised(&self) -> Option<burn::tensor::quantization::QuantScheme> {
         burn_scheme(self.kind).filter(|_| self.keeps_codes() && !crate::backend::is_cpu(&self.device))
     }
+}
+
+/// What [`time_product`] measured for one type: `x @ W^T` with W kept as its codes on the
+/// device against an f32 matrix product of the same values, each the median of its runs.
+#[derive(Clone, Debug)]
+pub struct ProductTiming {
+    pub kind: GgmlType,
+    /// How the product dequantises: burn's quantised matrix product, the product's own
+    /// kernel, or an f32 copy (a device that keeps no codes).
+    pub path: &'static str,
+    pub codes_bytes: u64,
+    pub f32_bytes: u64,
+    pub codes_seconds: f64,
+    pub f32_seconds: f64,
+    /// The largest difference between the two products, relative to their largest output.
+    pub difference: f32,
+}
+
+/// Time `x @ W^T` for `x` `[m, cols]` and a random `[rows, cols]` matrix of `kind` kept as
+/// codes on `device` (as a model's layers are), against `x.matmul` of its f32 copy: one
+/// warm-up, then the median of `repeats` runs each, a read of the result waiting for the
+/// device.
+pub fn time_product(kind: GgmlType, m: usize, rows: usize, cols: usize, device: &Device, repeats: usize, seed: u64) -> crate::Result<ProductTiming> {
+    let (block, _) = kind.block_layout().ok_or_else(|| crate::Error::Invalid(format!("type {} has no block layout", kind.name())))?;
+    if rows * cols % block != 0 || cols % 32 != 0 {
+        return Err(crate::Error::Invalid(format!("a {rows} x {cols} matrix is not whole {} blocks", kind.name())));
+    }
+    let data = super::gguf::blocks::random_blocks(kind, rows * cols / block, seed);
+    // a file, as a model's matrices are: its pages can be let go and read again
+    let path = std::env::temp_dir().join(format!("gelaco-product-{}-{seed}-{}.bin", std::process::id(), kind.name()));
+    let io = |e: std::io::Error| crate::Error::Invalid(format!("{}: {e}", path.display()));
+    std::fs::write(&path, &data).map_err(io)?;
+    let file = std::fs::File::open(&path).map_err(io);
+    // SAFETY: a file this function alone writes, under a name of its own
+    let map = file.and_then(|f| unsafe { Mmap::map(&f) }.map_err(io));
+    let _ = std::fs::remove_file(&path);
+    let bytes = MappedBytes::new(Arc::new(map?), 0..data.len());
+    let host = Resident::new(u64::MAX);
+    let codes = Resident::keeping_codes(u64::MAX, !crate::backend::is_cpu(device));
+    let dense = StoredMatrix::new("w".into(), kind, bytes.clone(), rows, cols, None, &host, device).map_err(crate::Error::Invalid)?;
+    let kept = StoredMatrix::new("w".into(), kind, bytes, rows, cols, None, &codes, device).map_err(crate::Error::Invalid)?;
+    let path = if !kept.keeps_codes() {
+        "f32 copy"
+    } else if kept.device_codes().quantized_t().is_some() {
+        "burn's quantised product"
+    } else {
+        "own kernel"
+    };
+    let x = Tensor::<2>::random([m, cols], burn::tensor::Distribution::Normal(0.0, 1.0), device);
+    let f32_matrix = dense.dense_t();
+    let time = |f: &dyn Fn() -> Tensor<2>| -> crate::Result<(f64, Vec<f32>)> {
+        let mut out = super::llama::download(f())?.data;
+        let mut times = Vec::new();
+        for _ in 0..repeats.max(1) {
+            let t = std::time::Instant::now();
+            out = super::llama::download(f())?.data;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        Ok((times[times.len() / 2], out))
+    };
+    let (codes_seconds, got) = time(&|| kept.product(x.clone()))?;
+    let (f32_seconds, want) = time(&|| x.clone().matmul(f32_matrix.clone()))?;
+    let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max).max(f32::MIN_POSITIVE);
+    let difference = want.iter().zip(&got).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max) / scale;
+    let codes_bytes = if kept.keeps_codes() { DeviceCodes::bytes_for(kind, rows, cols) } else { (rows * cols * 4) as u64 };
+    Ok(ProductTiming { kind, path, codes_bytes, f32_bytes: (rows * cols * 4) as u64, codes_seconds, f32_seconds, difference })
 }
 
 /// burn's block-quantised scheme that holds a GGUF type exactly: the symmetric types (no
@@ -683,7 +749,8 @@ impl DeviceCodes {
     fn upload_halves(kind: GgmlType, h: &[u16], rows: usize, cols: usize, device: &Device) -> Self {
         let words = int_tensor(pack_words(h.iter().map(|&v| v as u32), 16), [rows, cols / 2], device);
         // 2^(e - bias) per exponent (subnormals: 2^(1 - bias)), the largest NaN
-        let (exponent_bits, bias) = if kind == GgmlType::BF16 { (8, 127) } else { (5, 15) };
+        let (exponent_bits, _) = half_bits(kind);
+        let bias = (1i32 << (exponent_bits - 1)) - 1;
         let top = (1i32 << exponent_bits) - 1;
         let powers: Vec<f32> = (0..=top).map(|e| if e == top { f32::NAN } else { 2f32.powi(e.max(1) - bias) }).collect();
         let powers = Tensor::<1>::from_data(TensorData::new(powers, [(top + 1) as usize]), device);
@@ -707,6 +774,25 @@ impl DeviceCodes {
         match &self.form {
             Form::Quantized(q) => Some(q.clone().transpose()),
             _ => None,
+        }
+    }
+
+    /// `x @ W^T` for `x` `[m, cols]`, each value dequantised inside the product on a GPU:
+    /// burn's quantised matrix product, or the product's own kernel.
+    pub fn product(&self, x: Tensor<2>) -> Tensor<2> {
+        use super::kernel::{codes_matmul, Decode};
+        let (rows, cols) = (self.rows, self.cols);
+        match &self.form {
+            Form::Quantized(q) => x.matmul(q.clone().transpose()),
+            Form::Words { words, scales, offsets, bits, zero, group } => {
+                let decode = Decode::Codes { bits: *bits, group: *group as u32, zero: *zero, offsets: offsets.is_some() };
+                codes_matmul(x, words, scales, offsets.as_ref(), rows, cols, decode)
+            }
+            Form::Halves { words, kind, powers } => {
+                let (exponent_bits, mantissa_bits) = half_bits(*kind);
+                let powers = powers.clone().unsqueeze_dim::<2>(0);
+                codes_matmul(x, words, &powers, None, rows, cols, Decode::Halves { exponent_bits, mantissa_bits })
+            }
         }
     }
 
@@ -740,7 +826,8 @@ impl DeviceCodes {
 fn halves_dense(words: &Tensor<2, Int>, kind: GgmlType, powers: &Tensor<1>, rows: usize, cols: usize) -> Tensor<2> {
     let parts: Vec<Tensor<2, Int>> = (0..2).map(|k| words.clone().bitwise_right_shift_scalar(16 * k).bitwise_and_scalar(0xFFFF)).collect();
     let h = Tensor::stack::<3>(parts, 2).reshape([rows, cols]);
-    let (exponent_bits, mantissa_bits) = if kind == GgmlType::BF16 { (8, 7) } else { (5, 10) };
+    let (exponent_bits, mantissa_bits) = half_bits(kind);
+    let (exponent_bits, mantissa_bits) = (exponent_bits as i32, mantissa_bits as i32);
     let e = h.clone().bitwise_right_shift_scalar(mantissa_bits).bitwise_and_scalar((1i32 << exponent_bits) - 1);
     let m = h.clone().bitwise_and_scalar((1i32 << mantissa_bits) - 1);
     // the implicit leading one of normal numbers
@@ -749,6 +836,11 @@ fn halves_dense(words: &Tensor<2, Int>, kind: GgmlType, powers: &Tensor<1>, rows
     let sign = h.bitwise_right_shift_scalar(15).mul_scalar(-2).add_scalar(1).float();
     // the significand's scale 2^-mantissa_bits last
     (sign * power * significand).mul_scalar(2f32.powi(-mantissa_bits)).transpose()
+}
+
+/// The exponent's and the significand's bits of a 16-bit type: BF16 (8, 7), F16 (5, 10).
+fn half_bits(kind: GgmlType) -> (u32, u32) {
+    if kind == GgmlType::BF16 { (8, 7) } else { (5, 10) }
 }
 
 /// Upload the transpose of a 2-D host matrix `[rows, cols]` as `[cols, rows]`, so that
@@ -786,12 +878,11 @@ impl Weight {
         }
     }
 
-    /// The right-hand side of `x.matmul(..)` computing `x @ W^T` (see
-    /// [`StoredMatrix::matmul_t`]).
-    pub fn matmul_t(&self) -> Tensor<2> {
+    /// `x @ W^T` for `x` `[m, in]`, `[m, out]` (see [`StoredMatrix::product`]).
+    pub fn product(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
-            Weight::Dense(t) => t.clone(),
-            Weight::Stored(s) => s.matmul_t(),
+            Weight::Dense(t) => x.matmul(t.clone()),
+            Weight::Stored(s) => s.product(x),
         }
     }
 
@@ -924,30 +1015,58 @@ mod tests {
     }
 
     #[test]
-    fn on_a_gpu_the_symmetric_types_multiply_as_burn_quantised_tensors_without_an_f32_copy() {
-        // the WGPU adapter, where burn's quantised matrix product runs
+    fn on_a_gpu_every_kept_type_is_dequantised_inside_the_product_without_an_f32_copy() {
+        // the WGPU adapter, where burn's quantised matrix product and the product's own kernel run
         for device in devices().into_iter().skip(1) {
-            let (rows, cols) = (96, 256);
-            for (i, kind) in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q6K].into_iter().enumerate() {
+            // neither dimension a multiple of the kernel's tile
+            let (rows, cols) = (96, 512);
+            let kinds = [
+                GgmlType::Q8_0,
+                GgmlType::Q4_0,
+                GgmlType::Q5_0,
+                GgmlType::Q6K,
+                GgmlType::Q4_1,
+                GgmlType::Q5_1,
+                GgmlType::Q4K,
+                GgmlType::Q5K,
+                GgmlType::F16,
+                GgmlType::BF16,
+            ];
+            for (i, kind) in kinds.into_iter().enumerate() {
                 let (_file, bytes) = random_matrix(kind, rows, cols, 10 + i as u64);
                 let host = Resident::new(u64::MAX);
                 let codes = Resident::keeping_codes(u64::MAX, true);
                 let a = StoredMatrix::new("m".into(), kind, bytes.clone(), rows, cols, Some(4), &host, &device).unwrap();
                 let b = StoredMatrix::new("m".into(), kind, bytes, rows, cols, Some(4), &codes, &device).unwrap();
-                let w = b.matmul_t();
-                assert!(matches!(w.dtype(), burn::tensor::DType::QFloat(_)), "{}: {:?}", kind.name(), w.dtype());
-                assert_eq!(w.dims(), [cols, rows]);
+                let dense = a.dense_t();
+                for m in [5, 70] {
+                    let x = Tensor::<2>::random([m, cols], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+                    let want = crate::model::llama::download(x.clone().matmul(dense.clone())).unwrap().data;
+                    let got = crate::model::llama::download(b.product(x)).unwrap().data;
+                    assert_eq!(got.len(), m * rows);
+                    let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+                    let worst = want.iter().zip(&got).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+                    assert!(worst <= 1e-5 * scale, "{} ({m} rows): the product differs by {worst} (values up to {scale})", kind.name());
+                }
                 let s = codes.stats();
-                assert_eq!((s.bytes, s.codes_bytes), (DeviceCodes::bytes_for(kind, rows, cols), DeviceCodes::bytes_for(kind, rows, cols)), "no f32 copy");
-                let x = Tensor::<2>::random([5, cols], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-                let want = crate::model::llama::download(x.clone().matmul(a.dense_t())).unwrap().data;
-                let got = crate::model::llama::download(x.matmul(w)).unwrap().data;
-                let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
-                let worst = want.iter().zip(&got).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
-                assert!(worst <= 1e-5 * scale, "{}: the quantised product differs by {worst} (values up to {scale})", kind.name());
+                assert_eq!((s.bytes, s.codes_bytes), (DeviceCodes::bytes_for(kind, rows, cols), DeviceCodes::bytes_for(kind, rows, cols)), "{}: no f32 copy", kind.name());
+                let burns = b.device_codes().quantized_t().is_some();
+                assert_eq!(burns, burn_scheme(kind).is_some(), "{}: burn's quantised tensor where its scheme holds the type", kind.name());
+                if !burns {
+                    // the identity's product reads every value once, as the host dequantises it
+                    let eye = Tensor::<2>::eye(cols, &device);
+                    let got = crate::model::llama::download(b.product(eye)).unwrap().data;
+                    let want = crate::model::llama::download(dense.clone()).unwrap().data;
+                    for (j, (p, q)) in want.iter().zip(&got).enumerate() {
+                        let flushed = *q == 0.0 && p.abs() < f32::MIN_POSITIVE;
+                        let (r, c) = (j % rows, j / rows);
+                        let block = (r * cols + c) / kind.block_layout().unwrap().0;
+                        assert!(p == q || flushed, "{} row {r} column {c} (block {block}): {p} vs {q}", kind.name());
+                    }
+                }
                 // the f32 copy that merging and healing read is the host's, bit for bit
                 let (p, q) = (crate::model::llama::download(a.dense_t()).unwrap().data, crate::model::llama::download(b.dense_t()).unwrap().data);
-                assert!(p.iter().zip(&q).all(|(p, q)| p.to_bits() == q.to_bits()), "{}", kind.name());
+                assert!(p.iter().zip(&q).all(|(p, q)| p.to_bits() == q.to_bits() || (*q == 0.0 && p.abs() < f32::MIN_POSITIVE)), "{}", kind.name());
             }
         }
     }

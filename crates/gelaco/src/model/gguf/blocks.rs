@@ -424,8 +424,7 @@ pub fn f32_bytes(x: &[f32]) -> Vec<u8> {
 }
 
 /// `blocks` blocks of `kind` made of pseudo-random bytes (from `seed`), with every f16 scale
-/// and minimum replaced by a finite value, as a test's stand-in for real weights.
-#[cfg(test)]
+/// and minimum replaced by a finite value: a stand-in for real weights in tests and benchmarks.
 pub(crate) fn random_blocks(kind: GgmlType, blocks: usize, seed: u64) -> Vec<u8> {
     let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
     let mut byte = || {
