@@ -2,8 +2,9 @@
 # GPU figures in one table, on whatever adapter `--device gpu` finds (a real GPU where there
 # is one, else a software one such as Mesa's lavapipe): the adapter, prefill throughput
 # against the CPU backend, fitness evaluations against the bound the adapter's own measured
-# matmul rate sets (the target on a real GPU: within 3x), the scale shapes through
-# fitness, and the parity tests of the WGPU path (logits and fitness of the demo model
+# matmul rate sets (the target on a real GPU: within 3x), matrix products with the weights
+# kept as stored (each GGUF block type, F16, BF16) against f32 products of the same values,
+# the scale shapes through fitness, and the parity tests of the WGPU path (logits and fitness of the demo model
 # against transformers and PyTorch). Every figure is measured in this run.
 #
 # Settings (environment): DEVICE (gpu; gpu:N for another adapter), PLANS (12 random plans
@@ -64,6 +65,15 @@ print(f'| fitness ({sys.argv[2]}, {r["samples"]} x 64 tokens, {r["plans"]} plans
       f'{r["ratio"]:.1f}x the straightforward evaluation |')
 PY
 done
+
+# products with the weights as stored on the device, against an f32 product, same run
+"$bin" bench --suite products --model "$model" --devices "$device" --json >"$out/products.json"
+python3 - "$out/products.json" >>"$table" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    print(f'| product {r["tokens"]} x {r["cols"]} x {r["rows"]}, {r["type"]} ({r["path"]}) | {r["gflops"]:.1f} GFLOP/s, {r["ratio_to_f32"]:.2f}x the f32 product '
+          f'({r["f32_gflops"]:.1f} GFLOP/s); weights {r["weights_bytes"] / 2**20:.1f} MiB against {r["f32_bytes"] / 2**20:.1f}; difference {r["difference"]:.1e} |')
+PY
 
 # scale shapes: peak memory and time of fitness on the adapter
 if [ "$shapes" != none ]; then

@@ -424,3 +424,35 @@ fn devices_are_numbered_as_device_gpu_n_names_them_and_a_missing_one_is_an_error
         assert_input_error(&out, &["--device", "gpu:N"]);
     }
 }
+
+#[test]
+fn bench_products_times_every_kept_type_against_an_f32_product_of_the_same_values() {
+    let (_dir, model, _) = Tiny::default().write_both();
+    let mut devices = vec!["cpu"];
+    if std::env::var("GELACO_SKIP_WGPU").is_err() {
+        devices.push("gpu");
+    }
+    let out = gelaco(&["bench", "--suite", "products", "--model", model.to_str().unwrap(), "--devices", &devices.join(","), "--repeats", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    // the tiny model's down-projection rows (96 wide) are whole blocks of 32, not of 256 (K types)
+    let types = ["Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1", "F16", "BF16"];
+    assert_eq!(rows.len(), types.len() * devices.len(), "{rows:?}");
+    for (i, r) in rows.iter().enumerate() {
+        let (device, kind) = (devices[i / types.len()], types[i % types.len()]);
+        assert_eq!(r["type"], kind, "{r}");
+        assert_eq!((r["tokens"].as_u64(), r["rows"].as_u64(), r["cols"].as_u64()), (Some(1024), Some(64), Some(96)), "{r}");
+        assert!(r["seconds"].as_f64().unwrap() > 0.0 && r["gflops"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["difference"].as_f64().unwrap() <= 1e-5, "{r}");
+        let (kept, f32) = (r["weights_bytes"].as_u64().unwrap(), r["f32_bytes"].as_u64().unwrap());
+        assert_eq!(f32, 64 * 96 * 4, "{r}");
+        let path = r["path"].as_str().unwrap();
+        if device == "cpu" {
+            assert_eq!((path, kept), ("f32 copy", f32), "{r}");
+        } else {
+            let want = if ["Q8_0", "Q4_0", "Q5_0"].contains(&kind) { "burn's quantised product" } else { "own kernel" };
+            assert_eq!(path, want, "{r}");
+            assert!(kept * 2 <= f32, "{r}");
+        }
+    }
+}

@@ -35,6 +35,11 @@ pub enum Suite {
     /// 8B, Mistral 7B) with `--model`'s vocabulary, written to `--scale-dir` where missing,
     /// and what each needs in memory (`scripts/scale.sh` then runs them).
     Scale,
+    /// Matrix products with the weights kept on the device as they are stored (every GGUF
+    /// block type, F16, BF16) against an f32 matrix product of the same values: 1,024
+    /// tokens times a random matrix of `--model`'s MLP down-projection shape, GFLOP/s and
+    /// the ratio, per device.
+    Products,
 }
 
 #[derive(Args)]
@@ -112,6 +117,7 @@ pub fn run(args: BenchArgs, device: Option<DeviceChoice>) -> Result<()> {
         Suite::Objectives => return objectives_bench(&args, devices[0]),
         Suite::Init => return init_bench(&args, devices[0]),
         Suite::Scale => return super::scale::write_models(&args.model, &args.scale_dir, &args.shapes, args.seed, args.json),
+        Suite::Products => return products_bench(&args, &devices),
         Suite::Prefill => {}
     }
     let mut rows = Vec::new();
@@ -163,6 +169,82 @@ pub fn run(args: BenchArgs, device: Option<DeviceChoice>) -> Result<()> {
             );
         }
         println!("(ratio: throughput relative to the first device listed, same shape)");
+    }
+    Ok(())
+}
+
+/// Tokens a product in `--suite products` multiplies: a fitness evaluation's 16 x 64.
+const PRODUCT_TOKENS: usize = 1024;
+
+fn products_bench(args: &BenchArgs, devices: &[DeviceChoice]) -> Result<()> {
+    use gelaco::model::gguf::GgmlType;
+    let kinds = [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q6K,
+        GgmlType::Q4_1,
+        GgmlType::Q5_1,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::F16,
+        GgmlType::BF16,
+    ];
+    let mut out = Vec::new();
+    for choice in devices {
+        let m = super::load(&args.model, *choice)?;
+        let (rows, cols) = (m.model.config.hidden_size, m.model.config.intermediate_size);
+        let flops = 2.0 * (PRODUCT_TOKENS * rows * cols) as f64;
+        for kind in kinds {
+            if cols % kind.block_layout().map_or(1, |(b, _)| b) != 0 {
+                if !args.json {
+                    eprintln!("{}: rows of {cols} are not whole blocks of {}; left out", m.device.description, kind.name());
+                }
+                continue;
+            }
+            let t = gelaco::model::stored::time_product(kind, PRODUCT_TOKENS, rows, cols, &m.device.device, args.repeats, args.seed)?;
+            out.push(json!({
+                "device": m.device.description,
+                "choice": choice,
+                "type": kind.name(),
+                "path": t.path,
+                "tokens": PRODUCT_TOKENS,
+                "rows": rows,
+                "cols": cols,
+                "weights_bytes": t.codes_bytes,
+                "f32_bytes": t.f32_bytes,
+                "seconds": t.codes_seconds,
+                "f32_seconds": t.f32_seconds,
+                "gflops": flops / t.codes_seconds / 1e9,
+                "f32_gflops": flops / t.f32_seconds / 1e9,
+                "ratio_to_f32": t.f32_seconds / t.codes_seconds,
+                "difference": t.difference,
+            }));
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("| device | type | product | weights (MiB, f32) | GFLOP/s | f32 GFLOP/s | speed against f32 | largest difference |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for r in &out {
+            let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {} | {} | {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.2}x | {:.1e} |",
+                r["device"].as_str().unwrap_or(""),
+                r["type"].as_str().unwrap_or(""),
+                r["path"].as_str().unwrap_or(""),
+                f("weights_bytes") / 1048576.0,
+                f("f32_bytes") / 1048576.0,
+                f("gflops"),
+                f("f32_gflops"),
+                f("ratio_to_f32"),
+                f("difference"),
+            );
+        }
+        if let Some(r) = out.first() {
+            println!("({} tokens x a {} x {} matrix; median of {} runs after a warm-up; difference relative to the largest output)", PRODUCT_TOKENS, r["rows"], r["cols"], args.repeats.max(1));
+        }
     }
     Ok(())
 }
