@@ -6,8 +6,9 @@
 #   DEVICES="cpu gpu"                 the backends (default: cpu)
 #   DIR=runs/scale                    where the models and runs go
 #   SEARCH=0                          skip the searches
-#   PLAIN=0                           skip fitness under the default budget
-#   BUDGETS="llama-3-8b=4G"          also run fitness of these shapes under these budgets
+#   PLAIN=0                           skip fitness and search under the default budget
+#   BUDGETS="llama-3-8b=4G"          also run fitness (and the search, unless SEARCH=0) of
+#                                     these shapes under these budgets
 #   BIN, MODEL                        a gelaco binary and the vocabulary's model to use
 #                                     (default: a release build here, the demo model)
 set -euo pipefail
@@ -33,6 +34,12 @@ measure() { # shape device label command...
   if [ $ok = 1 ]; then result=$(grep -Eo '"fitness": [0-9.e-]+' "$log" | head -1 || true); else result="failed: $(grep -m1 error: "$log" || tail -1 "$log")"; fi
   printf '| %s | %s | %s | %s GiB | %s s | %s |\n' "$shape" "$device" "$label" "$(awk -v k="${kb:-0}" 'BEGIN { printf "%.2f", k / 1048576 }')" "${secs:-?}" "${result:-ok}"
 }
+search() { # shape device model [budget flags...]: a 2-generation search of 8 plans
+  local shape=$1 device=$2 m=$3; shift 3
+  local out=$DIR/search-$shape-$device${2:+-$2}
+  rm -rf "$out"
+  measure "$shape" "$device" "search (2 generations)${1:+ $1 $2}" "$bin" search --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --generations 2 --population 8 --validation none --heal-picks none --out "$out" --device "$device" --json "$@"
+}
 for shape in $SHAPES; do
   m=$DIR/$shape.gguf
   layers=$("$bin" inspect --model "$m" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["layers"])')
@@ -40,14 +47,12 @@ for shape in $SHAPES; do
   for device in $DEVICES; do
     measure "$shape" "$device" inspect "$bin" inspect --model "$m" --device "$device"
     [ "${PLAIN:-1}" = 0 ] || measure "$shape" "$device" fitness "$bin" fitness --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --merges "$merges" --device "$device" --json
-    if [ "$SEARCH" = 1 ]; then
-      rm -rf "$DIR/search-$shape-$device"
-      measure "$shape" "$device" "search (2 generations)" "$bin" search --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --generations 2 --population 8 --validation none --heal-picks none --out "$DIR/search-$shape-$device" --device "$device" --json
-    fi
+    if [ "$SEARCH" = 1 ] && [ "${PLAIN:-1}" != 0 ]; then search "$shape" "$device" "$m"; fi
     for pair in ${BUDGETS:-}; do
       [ "${pair%%=*}" = "$shape" ] || continue
       budget=${pair#*=}
       measure "$shape" "$device" "fitness --memory-budget $budget" "$bin" fitness --model "$m" --calib "$calib" --samples 16 --max-tokens 64 --merges "$merges" --device "$device" --memory-budget "$budget" --json
+      if [ "$SEARCH" = 1 ]; then search "$shape" "$device" "$m" --memory-budget "$budget"; fi
     done
   done
 done
