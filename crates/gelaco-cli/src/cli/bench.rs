@@ -177,25 +177,12 @@ pub fn run(args: BenchArgs, device: Option<DeviceChoice>) -> Result<()> {
 const PRODUCT_TOKENS: usize = 1024;
 
 fn products_bench(args: &BenchArgs, devices: &[DeviceChoice]) -> Result<()> {
-    use gelaco::model::gguf::GgmlType;
-    let kinds = [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q5_0,
-        GgmlType::Q6K,
-        GgmlType::Q4_1,
-        GgmlType::Q5_1,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::F16,
-        GgmlType::BF16,
-    ];
     let mut out = Vec::new();
     for choice in devices {
         let m = super::load(&args.model, *choice)?;
         let (rows, cols) = (m.model.config.hidden_size, m.model.config.intermediate_size);
         let flops = 2.0 * (PRODUCT_TOKENS * rows * cols) as f64;
-        for kind in kinds {
+        for kind in gelaco::model::stored::KEPT_TYPES {
             if cols % kind.block_layout().map_or(1, |(b, _)| b) != 0 {
                 if !args.json {
                     eprintln!("{}: rows of {cols} are not whole blocks of {}; left out", m.device.description, kind.name());

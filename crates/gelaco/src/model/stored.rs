@@ -580,6 +580,21 @@ impl StoredMatrix {
     }
 }
 
+/// Every type a GPU keeps as codes (block-quantised) or 16 bits: the first four multiply as
+/// burn's quantised tensors, the rest through the product's own kernel.
+pub const KEPT_TYPES: [GgmlType; 10] = [
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q5_0,
+    GgmlType::Q6K,
+    GgmlType::Q4_1,
+    GgmlType::Q5_1,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::F16,
+    GgmlType::BF16,
+];
+
 /// What [`time_product`] measured for one type: `x @ W^T` with W kept as its codes on the
 /// device against an f32 matrix product of the same values, each the median of its runs.
 #[derive(Clone, Debug)]
@@ -1020,19 +1035,7 @@ mod tests {
         for device in devices().into_iter().skip(1) {
             // neither dimension a multiple of the kernel's tile
             let (rows, cols) = (96, 512);
-            let kinds = [
-                GgmlType::Q8_0,
-                GgmlType::Q4_0,
-                GgmlType::Q5_0,
-                GgmlType::Q6K,
-                GgmlType::Q4_1,
-                GgmlType::Q5_1,
-                GgmlType::Q4K,
-                GgmlType::Q5K,
-                GgmlType::F16,
-                GgmlType::BF16,
-            ];
-            for (i, kind) in kinds.into_iter().enumerate() {
+            for (i, kind) in KEPT_TYPES.into_iter().enumerate() {
                 let (_file, bytes) = random_matrix(kind, rows, cols, 10 + i as u64);
                 let host = Resident::new(u64::MAX);
                 let codes = Resident::keeping_codes(u64::MAX, true);
