@@ -4,6 +4,7 @@
 # against the CPU backend, fitness evaluations against the bound the adapter's own measured
 # matmul rate sets (the target on a real GPU: within 3x), matrix products with the weights
 # kept as stored (each GGUF block type, F16, BF16) against f32 products of the same values,
+# fitness and products again with `--precision f16` where the adapter's shaders have f16,
 # the scale shapes through fitness, and the parity tests of the WGPU path (logits and fitness of the demo model
 # against transformers and PyTorch). Every figure is measured in this run.
 #
@@ -35,9 +36,11 @@ a = d["adapters"]
 if index is None or index >= len(a):
     sys.exit(f"gpu_check.sh: no WGPU adapter {want} (gelaco devices lists {len(a)})")
 x = a[index]
-print(f'{x["name"]} [{x["api"]}, {x["type"]}{"" if x["hardware"] else ", software"}]')
+print(f'{x["name"]} [{x["api"]}, {x["type"]}{"" if x["hardware"] else ", software"}{", f16" if x.get("f16") else ""}]')
 PY
 )
+precisions=f32
+case "$adapter" in *", f16]") precisions="f32 f16" ;; esac
 {
   echo "| check | figure |"
   echo "|---|---|"
@@ -54,26 +57,31 @@ for r in rows[len(rows) // 2:]:
     print(f'| prefill {r["batch"]} x {r["seq"]} tokens | {r["tokens_per_second"]:.0f} tokens/s, {r["ratio_to_first"]:.2f}x the CPU backend |')
 PY
 
-# fitness: seconds per evaluation against the adapter's matmul bound
+# fitness: seconds per evaluation against the adapter's matmul bound, in each precision
+for precision in $precisions; do
 for objective in $objectives; do
-  "$bin" bench --suite fitness --model "$model" --calib "$calib" --devices "$device" --plans "$plans" --objective "$objective" --json >"$out/fitness-$objective.json"
-  python3 - "$out/fitness-$objective.json" "$objective" >>"$table" <<'PY'
+  "$bin" bench --suite fitness --model "$model" --calib "$calib" --devices "$device" --plans "$plans" --objective "$objective" --precision "$precision" --json >"$out/fitness-$objective-$precision.json"
+  python3 - "$out/fitness-$objective-$precision.json" "$objective" "$precision" >>"$table" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))[0]
-print(f'| fitness ({sys.argv[2]}, {r["samples"]} x 64 tokens, {r["plans"]} plans) | {r["engine_seconds_per_evaluation"]:.3f} s per evaluation = '
+print(f'| fitness ({sys.argv[2]}, {sys.argv[3]}, {r["samples"]} x 64 tokens, {r["plans"]} plans) | {r["engine_seconds_per_evaluation"]:.3f} s per evaluation = '
       f'{r["ratio_to_matmul_bound"]:.2f}x its {r["matmul_flops_per_evaluation"] / 1e9:.1f} GFLOP at the measured {r["matmul_flops_per_second"] / 1e9:.1f} GFLOP/s; '
       f'{r["ratio"]:.1f}x the straightforward evaluation |')
 PY
 done
+done
 
-# products with the weights as stored on the device, against an f32 product, same run
-"$bin" bench --suite products --model "$model" --devices "$device" --json >"$out/products.json"
-python3 - "$out/products.json" >>"$table" <<'PY'
+# products with the weights as stored on the device, in each precision, against an f32
+# product, same run
+for precision in $precisions; do
+"$bin" bench --suite products --model "$model" --devices "$device" --precision "$precision" --json >"$out/products-$precision.json"
+python3 - "$out/products-$precision.json" >>"$table" <<'PY'
 import json, sys
 for r in json.load(open(sys.argv[1])):
-    print(f'| product {r["tokens"]} x {r["cols"]} x {r["rows"]}, {r["type"]} ({r["path"]}) | {r["gflops"]:.1f} GFLOP/s, {r["ratio_to_f32"]:.2f}x the f32 product '
+    print(f'| product {r["tokens"]} x {r["cols"]} x {r["rows"]}, {r["type"]} ({r["path"]}, {r["precision"]}) | {r["gflops"]:.1f} GFLOP/s, {r["ratio_to_f32"]:.2f}x the f32 product '
           f'({r["f32_gflops"]:.1f} GFLOP/s); weights {r["weights_bytes"] / 2**20:.1f} MiB against {r["f32_bytes"] / 2**20:.1f}; difference {r["difference"]:.1e} |')
 PY
+done
 
 # scale shapes: peak memory and time of fitness on the adapter
 if [ "$shapes" != none ]; then

@@ -454,5 +454,21 @@ fn bench_products_times_every_kept_type_against_an_f32_product_of_the_same_value
             assert_eq!(path, want, "{r}");
             assert!(kept * 2 <= f32, "{r}");
         }
+        assert_eq!(r["precision"], "f32", "{r}");
+    }
+    // f16 products: only on an adapter with f16 shaders, never on the CPU backend
+    let out = gelaco(&["bench", "--suite", "products", "--model", model.to_str().unwrap(), "--devices", "cpu", "--precision", "f16", "--repeats", "1"]);
+    assert_input_error(&out, &["--precision f16", "CPU backend"]);
+    if devices.len() > 1 {
+        let out = gelaco(&["bench", "--suite", "products", "--model", model.to_str().unwrap(), "--devices", "gpu", "--precision", "f16", "--repeats", "1", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rows.len(), types.len(), "{rows:?}");
+        for r in &rows {
+            assert_eq!(r["precision"], "f16", "{r}");
+            // burn's quantised product takes f16 operands; the own kernel computes in f32
+            let most = if r["path"] == "own kernel" { 1e-5 } else { 2e-3 };
+            assert!(r["difference"].as_f64().unwrap() <= most, "{r}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::Tiny;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use gelaco::backend::DeviceChoice;
+use gelaco::backend::{DeviceChoice, Precision};
 use gelaco_studio::app::CalibKind;
 use gelaco_studio::{App, Launch, Settings};
 
@@ -204,5 +204,25 @@ fn a_memory_budget_set_in_the_window_reaches_the_model_card_and_the_search() {
     });
     h.get_by_label("▶ Run").click();
     step_until(&mut h, "the failure", 60, |a| a.banner.as_ref().is_some_and(|(e, t)| *e && t.contains("The memory budget") && t.contains("too small")));
+    step_until(&mut h, "the worker to end", 30, |a| !a.running());
+}
+
+#[test]
+fn f16_precision_is_offered_only_where_the_device_has_it() {
+    let (dir, model, calib) = fixture();
+    let launch = Launch { model: Some(model), ephemeral: true, out: Some(dir.path().join("f16")), ..Launch::default() };
+    let app = App::new(&egui::Context::default(), Some(settings(dir.path(), &calib)), launch);
+    let mut h = harness(app);
+    step_until(&mut h, "the model card", 60, |a| matches!(a.card, Some(Ok(_))));
+    h.get_by_label("Precision");
+    assert_eq!(h.state().settings.precision, Precision::F32);
+    // the CPU backend computes in f32 only: f16 is shown but cannot be chosen
+    assert!(!h.state().settings.device_has_f16());
+    // a setting kept from another device: marked, and a search is refused with the reason
+    h.state_mut().settings.precision = Precision::F16;
+    h.step();
+    h.get_by_label("the device has no f16");
+    h.get_by_label("▶ Run").click();
+    step_until(&mut h, "the refusal", 60, |a| a.banner.as_ref().is_some_and(|(e, t)| *e && t.contains("needs a WGPU adapter whose shaders compute in f16")));
     step_until(&mut h, "the worker to end", 30, |a| !a.running());
 }

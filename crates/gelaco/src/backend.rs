@@ -82,6 +82,76 @@ impl From<DeviceChoice> for String {
     }
 }
 
+/// What the forward's matrix products compute in, written `f32` or `f16`: with `f16` (on a
+/// WGPU adapter whose shaders compute in f16) each projection with a weight burn can multiply
+/// in f16 and attention's two products take f16 operands, as PyTorch's autocast does, while
+/// norms, RoPE, softmax, the residual stream and the LM head stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Precision {
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            _ => Err(format!("'{text}' is not a precision: write f32 or f16")),
+        }
+    }
+}
+
+impl TryFrom<String> for Precision {
+    type Error = String;
+    fn try_from(text: String) -> std::result::Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<Precision> for String {
+    fn from(p: Precision) -> String {
+        p.to_string()
+    }
+}
+
+/// The devices started on an adapter whose shaders compute in f16.
+static F16_DEVICES: Mutex<Vec<Device>> = Mutex::new(Vec::new());
+
+/// Whether `device` computes in `precision`: f32 everywhere; f16 on a WGPU adapter with f16
+/// shaders, not on the CPU backend (whose f16 arithmetic is far slower than its f32). The
+/// error says which device lacks it.
+pub fn check_precision(device: &Device, precision: Precision) -> Result<()> {
+    if precision.is_f32() || F16_DEVICES.lock().is_ok_and(|d| d.contains(device)) {
+        return Ok(());
+    }
+    let which = if is_cpu(device) {
+        "the CPU backend computes in f32 only".to_string()
+    } else {
+        "this WGPU adapter's shaders have no f16 (`gelaco devices` marks those that do)".to_string()
+    };
+    Err(Error::Invalid(format!("{precision} precision (--precision {precision}) needs a WGPU adapter whose shaders compute in f16: {which}; use f32")))
+}
+
 /// The kind of backend a device runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,6 +177,8 @@ pub struct ComputeDevice {
     /// than dequantised on the host from the memory-mapped file (the CPU backend, whose
     /// memory the mapped file already is).
     pub codes_on_device: bool,
+    /// What the forward's matrix products compute in (see [`Precision`]).
+    pub precision: Precision,
 }
 
 /// burn compiles its WGPU kernels on CubeCL's device threads, where a kernel whose
@@ -141,6 +213,9 @@ pub struct AdapterDesc {
     pub api: wgpu::Backend,
     pub device_type: wgpu::DeviceType,
     pub driver: String,
+    /// Whether its shaders compute in f16 (wgpu's `SHADER_F16`), which `--precision f16`
+    /// needs.
+    pub shader_f16: bool,
 }
 
 impl AdapterDesc {
@@ -163,7 +238,8 @@ impl AdapterDesc {
 
     pub fn describe(&self) -> String {
         let driver = if self.driver.is_empty() { String::new() } else { format!(", {}", self.driver) };
-        format!("{} [{}, {:?}{}]", self.name, self.backend, self.device_type, driver)
+        let f16 = if self.shader_f16 { ", f16" } else { "" };
+        format!("{} [{}, {:?}{}{}]", self.name, self.backend, self.device_type, driver, f16)
     }
 }
 
@@ -195,6 +271,7 @@ pub fn adapters() -> Vec<AdapterDesc> {
                         api: info.backend,
                         device_type: info.device_type,
                         driver: info.driver_info,
+                        shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
                     }
                 })
                 .collect();
@@ -252,13 +329,22 @@ fn adapter_device(all: &[AdapterDesc], index: usize, notice: Option<String>) -> 
             adapter.api
         )));
     }
+    let device = wgpu_device(api, kind)?;
+    if adapter.shader_f16 {
+        if let Ok(mut d) = F16_DEVICES.lock() {
+            if !d.contains(&device) {
+                d.push(device.clone());
+            }
+        }
+    }
     Ok(ComputeDevice {
-        device: wgpu_device(api, kind)?,
+        device,
         backend: BackendKind::Wgpu,
         description: format!("wgpu gpu:{index}: {}", adapter.describe()),
         notice,
         memory_budget: None,
         codes_on_device: true,
+        precision: Precision::F32,
     })
 }
 
@@ -270,6 +356,7 @@ fn cpu() -> ComputeDevice {
         notice: None,
         memory_budget: None,
         codes_on_device: false,
+        precision: Precision::F32,
     }
 }
 
@@ -379,7 +466,7 @@ mod tests {
     }
 
     fn adapter(name: &str, device_type: wgpu::DeviceType, api: wgpu::Backend) -> AdapterDesc {
-        AdapterDesc { name: name.into(), backend: format!("{api:?}"), api, device_type, driver: String::new() }
+        AdapterDesc { name: name.into(), backend: format!("{api:?}"), api, device_type, driver: String::new(), shader_f16: false }
     }
 
     #[test]

@@ -90,7 +90,7 @@ const SHAPES: [(usize, usize); 2] = [(16, 64), (1, 512)];
 /// The paper's fitness (module-wise similarity, no healing), which the fitness, merge-ops
 /// and init suites measure.
 fn paper_options() -> EngineOptions {
-    EngineOptions { objective: gelaco::fitness::Objective::Similarity, heal: gelaco::fitness::Heal::None, ..EngineOptions::default() }
+    EngineOptions { objective: gelaco::fitness::Objective::Similarity, heal: gelaco::fitness::Heal::None, precision: super::precision(), ..EngineOptions::default() }
 }
 
 fn prefill_seconds(model: &Llama, batch: usize, seq: usize) -> Result<f64> {
@@ -189,12 +189,13 @@ fn products_bench(args: &BenchArgs, devices: &[DeviceChoice]) -> Result<()> {
                 }
                 continue;
             }
-            let t = gelaco::model::stored::time_product(kind, PRODUCT_TOKENS, rows, cols, &m.device.device, args.repeats, args.seed)?;
+            let t = gelaco::model::stored::time_product(kind, PRODUCT_TOKENS, rows, cols, &m.device.device, m.model.precision, args.repeats, args.seed)?;
             out.push(json!({
                 "device": m.device.description,
                 "choice": choice,
                 "type": kind.name(),
                 "path": t.path,
+                "precision": m.model.precision.to_string(),
                 "tokens": PRODUCT_TOKENS,
                 "rows": rows,
                 "cols": cols,
@@ -212,15 +213,16 @@ fn products_bench(args: &BenchArgs, devices: &[DeviceChoice]) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("| device | type | product | weights (MiB, f32) | GFLOP/s | f32 GFLOP/s | speed against f32 | largest difference |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("| device | type | product | precision | weights (MiB, f32) | GFLOP/s | f32 GFLOP/s | speed against f32 | largest difference |");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for r in &out {
             let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
             println!(
-                "| {} | {} | {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.2}x | {:.1e} |",
+                "| {} | {} | {} | {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.2}x | {:.1e} |",
                 r["device"].as_str().unwrap_or(""),
                 r["type"].as_str().unwrap_or(""),
                 r["path"].as_str().unwrap_or(""),
+                r["precision"].as_str().unwrap_or(""),
                 f("weights_bytes") / 1048576.0,
                 f("f32_bytes") / 1048576.0,
                 f("gflops"),
@@ -293,6 +295,7 @@ fn fitness_bench(args: &BenchArgs, devices: &[DeviceChoice]) -> Result<()> {
         let row = json!({
             "device": m.device.description,
             "objective": engine.options.objective.name(),
+            "precision": engine.options.precision.to_string(),
             "naive_evaluations_per_second": naive_rate,
             "engine_evaluations_per_second": engine_rate,
             "ratio": engine_rate / naive_rate,
@@ -417,7 +420,7 @@ fn objectives_bench(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
     let objectives = [Objective::Similarity, Objective::Kl, Objective::Nll];
     let engines: Vec<FitnessEngine> = objectives
         .iter()
-        .map(|&objective| FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective, heal: gelaco::fitness::Heal::None, ..EngineOptions::default() }))
+        .map(|&objective| FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective, heal: gelaco::fitness::Heal::None, precision: m.model.precision, ..EngineOptions::default() }))
         .collect::<gelaco::Result<_>>()?;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let max_removed = 15.min(layers - 1);

@@ -93,6 +93,7 @@ impl CalibArgs {
             kl_top_k: self.kl_top_k,
             heal: self.heal,
             first_chunk_tokens: None,
+            precision: super::precision(),
         }
     }
 }
@@ -312,6 +313,7 @@ pub fn run(args: FitnessArgs, device: DeviceChoice) -> Result<()> {
             "merge_op": variant.as_ref().map(|v| v.merge_op.name()).or(args.compress.merge_op.op().map(|o| o.name())),
             "keep_norms": settings.keep_base_norms,
             "device": m.device.description,
+            "precision": engine.options.precision.to_string(),
             "reference_seconds": prepare,
             "evaluation_seconds": seconds,
             "memory": memory_json(&m, &engine),
@@ -343,7 +345,7 @@ pub fn run(args: FitnessArgs, device: DeviceChoice) -> Result<()> {
         let spans: Vec<String> = r.canonical.iter().map(|s| format!("({},{}) {}", s.cb, s.ce, s.op)).collect();
         println!("canonical    {}", if spans.is_empty() { "identity".into() } else { spans.join(", ") });
         println!("calibration  {} samples, {} tokens, {}", cal.samples.len(), cal.tokens(), gelaco::util::short_hash(&cal.hash));
-        println!("time         {prepare:.2}s reference, {seconds:.3}s evaluation on {}", m.device.description);
+        println!("time         {prepare:.2}s reference, {seconds:.3}s evaluation on {} ({})", m.device.description, engine.options.precision);
     }
     Ok(())
 }

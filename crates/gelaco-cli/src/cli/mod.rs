@@ -48,6 +48,23 @@ pub struct Common {
     /// machine reports available, less a quarter.
     #[arg(long, global = true, value_name = "SIZE", value_parser = parse_budget)]
     pub memory_budget: Option<u64>,
+    /// What the forward's matrix products compute in: f32 (the default), or f16 on a WGPU
+    /// adapter whose shaders have it (`gelaco devices` marks them), with f16 operands for
+    /// the projections burn multiplies and for attention's products, and norms, softmax,
+    /// the residual stream and the LM head in f32.
+    #[arg(long, global = true, value_name = "f32|f16", value_parser = parse_precision)]
+    pub precision: Option<gelaco::backend::Precision>,
+}
+
+fn parse_precision(text: &str) -> std::result::Result<gelaco::backend::Precision, String> {
+    text.parse()
+}
+
+/// The `--precision` of this command, once parsed.
+static PRECISION: std::sync::OnceLock<gelaco::backend::Precision> = std::sync::OnceLock::new();
+
+pub fn precision() -> gelaco::backend::Precision {
+    PRECISION.get().copied().unwrap_or_default()
 }
 
 fn parse_budget(text: &str) -> std::result::Result<u64, String> {
@@ -145,7 +162,7 @@ enum Command {
 #[derive(Args, Debug, Default)]
 pub struct DevicesArgs {
     /// Print them as JSON: {"adapters": [{"device", "name", "api", "type", "driver",
-    /// "hardware"}], "auto"}.
+    /// "hardware", "f16"}], "auto"}.
     #[arg(long)]
     json: bool,
 }
@@ -211,6 +228,7 @@ pub fn init_logging(verbose: bool) {
 pub fn choose_device(choice: DeviceChoice) -> Result<ComputeDevice> {
     let mut d = backend::select(choice)?;
     d.memory_budget = memory_budget();
+    d.precision = precision();
     if let Some(n) = &d.notice {
         eprintln!("note: {n}");
     }
@@ -278,6 +296,7 @@ fn dispatch() -> Result<()> {
     let common = cli.common;
     init_logging(common.verbose);
     let _ = MEMORY_BUDGET.set(common.memory_budget);
+    let _ = PRECISION.set(common.precision.unwrap_or_default());
     let device = common.device.unwrap_or_default();
     let Some(command) = cli.command else {
         return gui(GuiArgs::default(), common.device);
@@ -422,6 +441,7 @@ fn dispatch() -> Result<()> {
                             "type": format!("{:?}", d.device_type),
                             "driver": d.driver,
                             "hardware": d.is_hardware(),
+                            "f16": d.shader_f16,
                         })
                     })
                     .collect();

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::worker::{ModelCard, Placement, Reply, Request, Worker};
 use gelaco::export::{ExportFormat, Variant};
-use gelaco::backend::DeviceChoice;
+use gelaco::backend::{DeviceChoice, Precision};
 use gelaco::collapse::{MergeOp, MergeSettings, Plan};
 use gelaco::eval::choice::TaskScore;
 use gelaco::export::recipe::plan_of;

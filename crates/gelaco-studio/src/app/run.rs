@@ -131,7 +131,7 @@ impl App {
                 seed: s.seed,
                 ..CalibOptions::default()
             },
-            engine: EngineOptions { objective: s.objective, heal: s.heal, ..EngineOptions::default() },
+            engine: EngineOptions { objective: s.objective, heal: s.heal, precision: s.precision, ..EngineOptions::default() },
             settings,
             out,
             baselines: s.baselines,

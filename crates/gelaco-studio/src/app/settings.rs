@@ -20,6 +20,8 @@ pub struct Settings {
     /// The memory a model may use, as `gelaco --memory-budget` takes it (`4G`, `512M`);
     /// empty: what the machine reports available, less a quarter.
     pub memory_budget: String,
+    /// What the search's matrix products compute in (f16 on an adapter with f16 shaders).
+    pub precision: Precision,
     pub pareto: bool,
     pub target_removed: usize,
     pub population: usize,
@@ -72,6 +74,7 @@ impl Default for Settings {
             recent_runs: Vec::new(),
             device: DeviceChoice::Auto,
             memory_budget: String::new(),
+            precision: Precision::F32,
             pareto: true,
             target_removed: 8,
             population: 40,
@@ -115,6 +118,19 @@ impl Settings {
             Some(b) => Ok(Some(b)),
             None => Err(format!("Memory budget: '{t}' is not a size (write it as 4G, 512M or 16GiB, or leave it empty for the default)")),
         }
+    }
+
+    /// Whether the chosen device computes in f16, as far as the adapters found so far tell
+    /// (the CPU backend never does; `auto` takes the first hardware adapter).
+    pub fn device_has_f16(&self) -> bool {
+        let adapters = gelaco::backend::known_adapters().unwrap_or_default();
+        let adapter = match self.device {
+            DeviceChoice::Cpu => None,
+            DeviceChoice::Auto => adapters.iter().find(|a| a.is_hardware()),
+            DeviceChoice::Gpu => adapters.first(),
+            DeviceChoice::Adapter(n) => adapters.get(usize::from(n)),
+        };
+        adapter.is_some_and(|a| a.shader_f16)
     }
 
     /// Where evaluations go: `None` on this machine alone.

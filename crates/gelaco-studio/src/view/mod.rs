@@ -8,7 +8,7 @@ use egui_plot::{Legend, Line, MarkerShape, Plot, PlotPoint, PlotPoints, Points};
 
 use super::app::{Action, App, CalibKind, Solution, Tab};
 use gelaco::export::ExportFormat;
-use gelaco::backend::DeviceChoice;
+use gelaco::backend::{DeviceChoice, Precision};
 use gelaco::collapse::MergeOp;
 use gelaco::search::Init;
 use gelaco::fitness::{FitnessResult, Heal, Objective};

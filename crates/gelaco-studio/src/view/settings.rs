@@ -213,6 +213,25 @@ pub(super) fn run_settings(app: &mut App, ui: &mut Ui) {
                 }
             });
             ui.end_row();
+            let l = ui.label("Precision");
+            let has_f16 = s.device_has_f16();
+            ui.horizontal(|ui| {
+                tip(ui.radio_value(&mut s.precision, Precision::F32, "f32"), "Every matrix product in f32").labelled_by(l.id);
+                let f16 = ui.add_enabled(has_f16, egui::RadioButton::new(s.precision == Precision::F16, "f16"));
+                if f16.clicked() {
+                    s.precision = Precision::F16;
+                }
+                let why = if has_f16 {
+                    "Matrix products with f16 operands (projections burn multiplies, attention), as PyTorch's autocast does; norms, softmax, the residual stream and the fitness stay f32, and the product's own kernel (Q4_1, Q5_1, Q4_K, Q5_K, F16, BF16) computes in f32"
+                } else {
+                    "f16 needs a WGPU adapter whose shaders compute in f16: the chosen device has none (the CPU backend computes in f32)"
+                };
+                f16.on_hover_text(why).on_disabled_hover_text(why);
+                if s.precision == Precision::F16 && !has_f16 {
+                    ui.label(RichText::new("the device has no f16").color(BAD));
+                }
+            });
+            ui.end_row();
             ui.label("Workers");
             ui.vertical(|ui| {
                 ui.horizontal(|ui| {

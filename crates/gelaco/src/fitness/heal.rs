@@ -71,7 +71,7 @@ impl FitnessEngine {
     /// layer). Recipes, exports and a run's healed picks all heal through it, so the same
     /// plan and samples give the same model.
     pub fn healer(base: &Llama, calibration: Calibration, merge: MergeSettings, method: Heal) -> Result<Self> {
-        let options = EngineOptions { merge, objective: Objective::Nll, heal: method, ..EngineOptions::default() };
+        let options = EngineOptions { merge, objective: Objective::Nll, heal: method, precision: base.precision, ..EngineOptions::default() };
         FitnessEngine::new(base, calibration, options)
     }
 

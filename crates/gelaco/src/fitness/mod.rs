@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::collapse::{MergeSettings, Plan, Span, build};
 use crate::error::{Error, Result};
+use crate::backend::Precision;
 use crate::model::{Llama, gib};
 use crate::model::stored::Reservation;
 use calibration::Calibration;
@@ -139,6 +140,10 @@ pub struct EngineOptions {
     /// (`None`: every chunk `batch_size` samples, as run folders written before it had).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_chunk_tokens: Option<usize>,
+    /// What the forward's matrix products compute in, the original's and the candidates'
+    /// alike (run folders written before it existed, and every f32 run: f32).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl Default for EngineOptions {
@@ -151,6 +156,7 @@ impl Default for EngineOptions {
             kl_top_k: None,
             heal: DEFAULT_HEAL,
             first_chunk_tokens: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -268,6 +274,7 @@ impl FitnessEngine {
     /// Prepare the engine: chunk the samples and cache as many chunks' reference
     /// activations as `cache_mb` holds.
     pub fn new(model: &Llama, calibration: Calibration, options: EngineOptions) -> Result<Self> {
+        let model = &model.with_precision(options.precision)?;
         crate::limits::token_samples("calibration samples", &calibration.samples, &calibration.hash, Some(model.config.vocab_size))
             .map_err(|m| Error::Invalid(format!("the calibration set is not usable: {m}")))?;
         if options.heal == Heal::Linear {
@@ -576,5 +583,24 @@ impl FitnessEngine {
             kl: kl.filter(|v| v.is_finite()),
             nll: nll.is_finite().then_some(nll),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_records_its_precision_and_older_runs_read_as_f32() {
+        let f32 = serde_json::to_value(EngineOptions::default()).unwrap();
+        assert!(f32.get("precision").is_none(), "an f32 run's settings are written as before: {f32}");
+        let f16 = serde_json::to_value(EngineOptions { precision: Precision::F16, ..EngineOptions::default() }).unwrap();
+        assert_eq!(f16["precision"], "f16");
+        assert_eq!(serde_json::from_value::<EngineOptions>(f16).unwrap().precision, Precision::F16);
+        assert_eq!(serde_json::from_value::<EngineOptions>(f32.clone()).unwrap().precision, Precision::F32);
+        let mut bad = f32;
+        bad["precision"] = "f64".into();
+        let e = serde_json::from_value::<EngineOptions>(bad).unwrap_err().to_string();
+        assert!(e.contains("write f32 or f16"), "{e}");
     }
 }

@@ -3,11 +3,12 @@
 //! forward, and the module outputs ("taps") the fitness reads.
 
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use super::config::ModelConfig;
 use super::llama::download;
 pub use super::stored::Weight;
+use crate::backend::Precision;
 use super::weights::{HostTensor, LAYER_TENSORS, LayerParam, LayerTensor};
 use crate::error::{Error, Result};
 
@@ -25,16 +26,41 @@ impl Linear {
         self.weight.dense_t()
     }
 
-    /// `x`: `[batch, seq, in]` -> `[batch, seq, out]`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// `x`: `[batch, seq, in]` -> `[batch, seq, out]`, the product in `precision` where the
+    /// weight allows it (see [`Weight::product_in`]); f32 in and out.
+    pub fn forward(&self, x: Tensor<3>, precision: Precision) -> Tensor<3> {
         let [b, s, i] = x.dims();
         let out = self.weight.dims()[1];
-        let y = self.weight.product(x.reshape([b * s, i]));
+        let y = self.weight.product_in(x.reshape([b * s, i]), precision);
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze_dim::<2>(0),
             None => y,
         };
         y.reshape([b, s, out])
+    }
+}
+
+/// `t` as an f16 operand of a product, each slice along `dim` divided by its largest
+/// magnitude, and those magnitudes (f32, `dim` of length 1) to multiply the product by in
+/// f32: operands then lie within [-1, 1] and a product over `k` terms within `k` times its
+/// other operand's largest magnitude, where f16 (largest value 65504) holds activations of
+/// any size.
+pub(crate) fn f16_scaled<const D: usize>(t: Tensor<D>, dim: usize) -> (Tensor<D>, Tensor<D>) {
+    let scale = t.clone().abs().max_dim(dim).clamp_min(f32::MIN_POSITIVE);
+    ((t / scale.clone()).cast(FloatDType::F16), scale)
+}
+
+/// `x @ w` for `x` `[m, k]` (f32) in `precision`: with f16, `x`'s rows scaled as
+/// [`f16_scaled`] does and `w` (f32, f16 or burn's quantised tensor) cast to f16 where it is
+/// a float tensor; f32 out.
+pub(crate) fn product_in(x: Tensor<2>, w: Tensor<2>, precision: Precision) -> Tensor<2> {
+    match precision {
+        Precision::F32 => x.matmul(w),
+        Precision::F16 => {
+            let (x, scale) = f16_scaled(x, 1);
+            let w = if matches!(w.dtype(), burn::tensor::DType::QFloat(_)) { w } else { w.cast(FloatDType::F16) };
+            x.matmul(w).cast(FloatDType::F32) * scale
+        }
     }
 }
 
@@ -87,9 +113,11 @@ impl Attention {
     /// Grouped-query self-attention with RoPE on the normed input `xn` `[batch, seq,
     /// hidden]`; with a cache, the keys and values of earlier positions are prepended and
     /// the cache extended.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         c: &ModelConfig,
+        precision: Precision,
         xn: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
@@ -98,9 +126,9 @@ impl Attention {
     ) -> AttentionOut {
         let [b, s, _] = xn.dims();
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let q_out = self.q.forward(xn.clone());
-        let k_out = self.k.forward(xn.clone());
-        let v_out = self.v.forward(xn);
+        let q_out = self.q.forward(xn.clone(), precision);
+        let k_out = self.k.forward(xn.clone(), precision);
+        let v_out = self.v.forward(xn, precision);
 
         let mut q = q_out.clone().reshape([b, s, nh, hd]).swap_dims(1, 2);
         let mut k = k_out.clone().reshape([b, s, nkv, hd]).swap_dims(1, 2);
@@ -124,33 +152,51 @@ impl Attention {
             k = k.unsqueeze_dim::<5>(2).repeat_dim(2, rep).reshape([b, nh, t, hd]);
             v = v.unsqueeze_dim::<5>(2).repeat_dim(2, rep).reshape([b, nh, t, hd]);
         }
-        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut scores = match precision {
+            Precision::F32 => q.matmul(k.swap_dims(2, 3)).mul_scalar(scale),
+            Precision::F16 => {
+                // each query's and each key's row scaled into f16's range, the scales applied after
+                let (q, sq) = f16_scaled(q, 3);
+                let (k, sk) = f16_scaled(k, 3);
+                (q.matmul(k.swap_dims(2, 3)).cast(FloatDType::F32) * sq * sk.swap_dims(2, 3)).mul_scalar(scale)
+            }
+        };
         if let Some(m) = mask {
             scores = scores + m.clone();
         }
-        let attn = softmax(scores, 3).matmul(v);
+        let weights = softmax(scores, 3);
+        let attn = match precision {
+            Precision::F32 => weights.matmul(v),
+            Precision::F16 => {
+                // the weights lie in [0, 1]; each feature of the values scaled over the positions
+                let (v, sv) = f16_scaled(v, 2);
+                weights.cast(FloatDType::F16).matmul(v).cast(FloatDType::F32) * sv
+            }
+        };
         let attn = attn.swap_dims(1, 2).reshape([b, s, nh * hd]);
-        AttentionOut { q: q_out, k: k_out, v: v_out, o: self.o.forward(attn) }
+        AttentionOut { q: q_out, k: k_out, v: v_out, o: self.o.forward(attn, precision) }
     }
 }
 
 impl Mlp {
     /// SwiGLU on the normed input `xn` `[batch, seq, hidden]`.
-    pub fn forward(&self, xn: Tensor<3>) -> MlpOut {
-        let gate = self.gate.forward(xn.clone());
-        let up = self.up.forward(xn);
-        let down = self.down.forward(silu(gate.clone()) * up.clone());
+    pub fn forward(&self, xn: Tensor<3>, precision: Precision) -> MlpOut {
+        let gate = self.gate.forward(xn.clone(), precision);
+        let up = self.up.forward(xn, precision);
+        let down = self.down.forward(silu(gate.clone()) * up.clone(), precision);
         MlpOut { gate, up, down }
     }
 }
 
 impl Layer {
-    /// The layer on the residual stream `x` `[batch, seq, hidden]`, with the module outputs
-    /// when `want_taps`.
+    /// The layer on the residual stream `x` `[batch, seq, hidden]`, its matrix products in
+    /// `precision`, with the module outputs when `want_taps`.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         c: &ModelConfig,
+        precision: Precision,
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
@@ -158,9 +204,9 @@ impl Layer {
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
         want_taps: bool,
     ) -> (Tensor<3>, Option<LayerTaps>) {
-        let attention = self.attention.forward(c, rms_norm(x.clone(), &self.input_norm, c.rms_norm_eps), cos, sin, mask, cache);
+        let attention = self.attention.forward(c, precision, rms_norm(x.clone(), &self.input_norm, c.rms_norm_eps), cos, sin, mask, cache);
         let x = x + attention.o.clone();
-        let mlp = self.mlp.forward(rms_norm(x.clone(), &self.post_attn_norm, c.rms_norm_eps));
+        let mlp = self.mlp.forward(rms_norm(x.clone(), &self.post_attn_norm, c.rms_norm_eps), precision);
         let out = x + mlp.down.clone();
         let taps = want_taps.then(|| LayerTaps {
             q: attention.q,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::config::{ModelConfig, RopeScaling};
+pub use crate::backend::Precision;
 use super::layer::rms_norm;
 pub use super::layer::{Attention, Layer, LayerTaps, Linear, Mlp, ParamTensor};
 pub use super::stored::upload_transposed;
@@ -197,6 +198,8 @@ pub struct Llama {
     pub device: Device,
     /// The dequantised projection weights of the model file's layers, within the budget.
     resident: Arc<Resident>,
+    /// What the layers' matrix products compute in.
+    pub precision: Precision,
 }
 
 
@@ -258,6 +261,7 @@ impl Llama {
             inv_freq,
             device: device.clone(),
             resident,
+            precision: Precision::F32,
         })
     }
 
@@ -282,6 +286,13 @@ impl Llama {
     /// lives beside them, until the reservation is dropped (see [`Resident::reserve`]).
     pub fn reserve_memory(&self, bytes: u64) -> Reservation {
         self.resident.reserve(bytes)
+    }
+
+    /// The same model with its layers' matrix products computed in `precision`; an error
+    /// where its device cannot (see [`crate::backend::check_precision`]).
+    pub fn with_precision(&self, precision: Precision) -> Result<Self> {
+        crate::backend::check_precision(&self.device, precision)?;
+        Ok(Llama { precision, ..self.clone() })
     }
 
     /// A model with the same embeddings, norm and head but another list of layers
@@ -352,7 +363,7 @@ impl Llama {
         };
         for l in range {
             let entry = cache.as_deref_mut().map(|c| &mut c.entries[l]);
-            let (h, t) = self.layers[l].forward(&self.config, hidden, &cos, &sin, mask.as_ref(), entry, taps.is_some());
+            let (h, t) = self.layers[l].forward(&self.config, self.precision, hidden, &cos, &sin, mask.as_ref(), entry, taps.is_some());
             hidden = h;
             if let (Some(out), Some(t)) = (taps.as_deref_mut(), t) {
                 out.push(t);

@@ -263,13 +263,14 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 /// Open, validate and load a model onto `device`, within its memory budget.
 pub fn load(path: &Path, device: ComputeDevice) -> Result<LoadedModel> {
+    crate::backend::check_precision(&device.device, device.precision)?;
     let files = ModelFiles::open(path)?;
     let plan = MemoryPlan { codes_on_device: device.codes_on_device, ..plan_memory(&files, device.memory_budget, available_memory())? };
     if plan.streams() {
         tracing::info!(budget = plan.budget, layers = plan.layers_bytes, "the layers' weights do not all fit: streaming them from the file");
     }
     let tokenizer = load_tokenizer(&files)?;
-    let model = Llama::load(&files, &device.device, plan.resident_budget, device.codes_on_device)?;
+    let model = Llama::load(&files, &device.device, plan.resident_budget, device.codes_on_device)?.with_precision(device.precision)?;
     Ok(LoadedModel {
         files,
         model,

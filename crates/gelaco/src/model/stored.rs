@@ -34,6 +34,8 @@ use memmap2::Mmap;
 
 use super::gguf::{code_layout, codes, dequantize, Codes, GgmlType};
 use super::weights::{unpermute_rows, HostTensor};
+use super::layer::product_in;
+use crate::backend::Precision;
 
 /// A byte range of a memory-mapped model file, shared.
 #[derive(Clone)]
@@ -566,10 +568,17 @@ impl StoredMatrix {
     /// ([`super::kernel`]) for the others and the 16-bit types. Elsewhere, an f32 matrix
     /// product with [`StoredMatrix::dense_t`].
     pub fn product(&self, x: Tensor<2>) -> Tensor<2> {
+        self.product_in(x, Precision::F32)
+    }
+
+    /// [`StoredMatrix::product`] in `precision`: with `f16`, burn's quantised product takes
+    /// an f16 `x`, and a dequantised matrix is multiplied as f16; the product's own kernel
+    /// reads and sums in f32 whatever the precision. f32 in and out.
+    pub fn product_in(&self, x: Tensor<2>, precision: Precision) -> Tensor<2> {
         if self.keeps_codes() && super::kernel::runs_on(&self.device) {
-            return self.device_codes().product(x);
+            return self.device_codes().product_in(x, precision);
         }
-        x.matmul(self.dense_t())
+        product_in(x, self.dense_t(), precision)
     }
 
     /// burn's scheme for this matrix where the device keeps it as burn's block-quantised
@@ -612,10 +621,12 @@ pub struct ProductTiming {
 }
 
 /// Time `x @ W^T` for `x` `[m, cols]` and a random `[rows, cols]` matrix of `kind` kept as
-/// codes on `device` (as a model's layers are), against `x.matmul` of its f32 copy: one
-/// warm-up, then the median of `repeats` runs each, a read of the result waiting for the
-/// device.
-pub fn time_product(kind: GgmlType, m: usize, rows: usize, cols: usize, device: &Device, repeats: usize, seed: u64) -> crate::Result<ProductTiming> {
+/// codes on `device` (as a model's layers are), computed in `precision`, against `x.matmul` of
+/// its f32 copy in f32: one warm-up, then the median of `repeats` runs each, a read of the
+/// result waiting for the device.
+#[allow(clippy::too_many_arguments)]
+pub fn time_product(kind: GgmlType, m: usize, rows: usize, cols: usize, device: &Device, precision: Precision, repeats: usize, seed: u64) -> crate::Result<ProductTiming> {
+    crate::backend::check_precision(device, precision)?;
     let (block, _) = kind.block_layout().ok_or_else(|| crate::Error::Invalid(format!("type {} has no block layout", kind.name())))?;
     if cols % block.max(32) != 0 {
         return Err(crate::Error::Invalid(format!("rows of {cols} are not whole {} blocks (and words of codes)", kind.name())));
@@ -654,7 +665,7 @@ pub fn time_product(kind: GgmlType, m: usize, rows: usize, cols: usize, device: 
         times.sort_by(f64::total_cmp);
         Ok((times[times.len() / 2], out))
     };
-    let (codes_seconds, got) = time(&|| kept.product(x.clone()))?;
+    let (codes_seconds, got) = time(&|| kept.product_in(x.clone(), precision))?;
     let (f32_seconds, want) = time(&|| x.clone().matmul(f32_matrix.clone()))?;
     let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max).max(f32::MIN_POSITIVE);
     let difference = want.iter().zip(&got).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max) / scale;
@@ -795,10 +806,16 @@ impl DeviceCodes {
     /// `x @ W^T` for `x` `[m, cols]`, each value dequantised inside the product on a GPU:
     /// burn's quantised matrix product, or the product's own kernel.
     pub fn product(&self, x: Tensor<2>) -> Tensor<2> {
+        self.product_in(x, Precision::F32)
+    }
+
+    /// [`DeviceCodes::product`] with burn's quantised product taking `x` in `precision`; the
+    /// product's own kernel computes in f32. f32 in and out.
+    pub fn product_in(&self, x: Tensor<2>, precision: Precision) -> Tensor<2> {
         use super::kernel::{codes_matmul, Decode};
         let (rows, cols) = (self.rows, self.cols);
         match &self.form {
-            Form::Quantized(q) => x.matmul(q.clone().transpose()),
+            Form::Quantized(q) => product_in(x, q.clone().transpose(), precision),
             Form::Words { words, scales, offsets, bits, zero, group } => {
                 let decode = Decode::Codes { bits: *bits, group: *group as u32, zero: *zero, offsets: offsets.is_some() };
                 codes_matmul(x, words, scales, offsets.as_ref(), rows, cols, decode)
@@ -895,9 +912,15 @@ impl Weight {
 
     /// `x @ W^T` for `x` `[m, in]`, `[m, out]` (see [`StoredMatrix::product`]).
     pub fn product(&self, x: Tensor<2>) -> Tensor<2> {
+        self.product_in(x, Precision::F32)
+    }
+
+    /// [`Weight::product`] in `precision` (a dense weight is cast to f16 for each product in
+    /// `f16`; see [`StoredMatrix::product_in`] for stored ones); f32 in and out.
+    pub fn product_in(&self, x: Tensor<2>, precision: Precision) -> Tensor<2> {
         match self {
-            Weight::Dense(t) => x.matmul(t.clone()),
-            Weight::Stored(s) => s.product(x),
+            Weight::Dense(t) => product_in(x, t.clone(), precision),
+            Weight::Stored(s) => s.product_in(x, precision),
         }
     }
 
@@ -1070,6 +1093,45 @@ mod tests {
                 // the f32 copy that merging and healing read is the host's, bit for bit
                 let (p, q) = (crate::model::llama::download(a.dense_t()).unwrap().data, crate::model::llama::download(b.dense_t()).unwrap().data);
                 assert!(p.iter().zip(&q).all(|(p, q)| p.to_bits() == q.to_bits() || (*q == 0.0 && p.abs() < f32::MIN_POSITIVE)), "{}", kind.name());
+            }
+        }
+    }
+
+    #[test]
+    fn on_an_adapter_with_f16_shaders_products_in_f16_stay_within_a_part_in_500() {
+        for device in devices().into_iter().skip(1) {
+            if crate::backend::check_precision(&device, Precision::F16).is_err() {
+                eprintln!("{device:?} has no f16 shaders: nothing to compare");
+                continue;
+            }
+            let (rows, cols) = (96, 512);
+            // activations in the thousands, whose products f16 could not hold unscaled
+            let x = Tensor::<2>::random([70, cols], burn::tensor::Distribution::Normal(0.0, 1000.0), &device);
+            let compare = |name: &str, w: &Weight, kernel: bool| {
+                let want = crate::model::llama::download(w.product_in(x.clone(), Precision::F32)).unwrap().data;
+                let got_t = w.product_in(x.clone(), Precision::F16);
+                assert_eq!(got_t.dtype(), burn::tensor::DType::F32, "{name}: f32 out");
+                let got = crate::model::llama::download(got_t).unwrap().data;
+                let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+                let worst = want.iter().zip(&got).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+                eprintln!("{name}: f16 against f32 differs by {:.2e} of the largest output", worst / scale);
+                if kernel {
+                    // the product's own kernel reads and sums in f32 whatever the precision
+                    assert_eq!(worst, 0.0, "{name}");
+                } else {
+                    assert!(worst > 0.0, "{name}: an f16 product rounds its operands");
+                    assert!(worst <= 2e-3 * scale, "{name}: f16 differs by {worst} (values up to {scale})");
+                }
+            };
+            for (i, kind) in KEPT_TYPES.into_iter().chain([GgmlType::F32]).enumerate() {
+                let (_file, bytes) = random_matrix(kind, rows, cols, 40 + i as u64);
+                let codes = Resident::keeping_codes(u64::MAX, true);
+                let m = StoredMatrix::new("m".into(), kind, bytes, rows, cols, None, &codes, &device).unwrap();
+                let kernel = m.keeps_codes() && burn_scheme(kind).is_none();
+                compare(&kind.name(), &Weight::Stored(m.clone()), kernel);
+                if i == 0 {
+                    compare("a dense weight", &Weight::Dense(m.dense_t()), false);
+                }
             }
         }
     }
