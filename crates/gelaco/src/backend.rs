@@ -87,7 +87,7 @@ impl From<DeviceChoice> for String {
 /// in f16 and attention's two products take f16 operands, as PyTorch's autocast does, while
 /// norms, RoPE, softmax, the residual stream and the LM head stay f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
     F32,
@@ -118,19 +118,6 @@ impl std::str::FromStr for Precision {
             "f16" => Ok(Precision::F16),
             _ => Err(format!("'{text}' is not a precision: write f32 or f16")),
         }
-    }
-}
-
-impl TryFrom<String> for Precision {
-    type Error = String;
-    fn try_from(text: String) -> std::result::Result<Self, String> {
-        text.parse()
-    }
-}
-
-impl From<Precision> for String {
-    fn from(p: Precision) -> String {
-        p.to_string()
     }
 }
 

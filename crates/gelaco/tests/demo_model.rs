@@ -10,6 +10,11 @@ use gelaco::eval::perplexity::perplexity;
 use gelaco::model::llama::{LayerTaps, download};
 use gelaco::model::{self, ModelFiles, load_tokenizer};
 
+/// `GELACO_SKIP_WGPU=1` leaves WGPU out on a machine without any adapter.
+fn wgpu_skipped() -> bool {
+    std::env::var("GELACO_SKIP_WGPU").is_ok()
+}
+
 fn fixture() -> serde_json::Value {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_reference.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
@@ -72,7 +77,7 @@ fn logits_match_transformers_on_cpu() {
 
 #[test]
 fn logits_match_transformers_on_wgpu() {
-    if std::env::var("GELACO_SKIP_WGPU").is_ok() {
+    if wgpu_skipped() {
         return;
     }
     check_parity(DeviceChoice::Gpu, Precision::F32, 1e-2);
@@ -81,7 +86,7 @@ fn logits_match_transformers_on_wgpu() {
 /// f16 products on WGPU (lavapipe has f16 shaders), against transformers in f32.
 #[test]
 fn logits_in_f16_stay_near_transformers_on_wgpu() {
-    if std::env::var("GELACO_SKIP_WGPU").is_ok() {
+    if wgpu_skipped() {
         return;
     }
     check_parity(DeviceChoice::Gpu, Precision::F16, 5e-2);
@@ -182,7 +187,7 @@ fn fitness_matches_pytorch_on_cpu() {
 
 #[test]
 fn fitness_matches_pytorch_on_wgpu() {
-    if std::env::var("GELACO_SKIP_WGPU").is_ok() {
+    if wgpu_skipped() {
         return;
     }
     check_fitness_parity(DeviceChoice::Gpu, Precision::F32, 1e-3);
@@ -192,7 +197,7 @@ fn fitness_matches_pytorch_on_wgpu() {
 /// f32.
 #[test]
 fn fitness_in_f16_stays_near_pytorch_on_wgpu() {
-    if std::env::var("GELACO_SKIP_WGPU").is_ok() {
+    if wgpu_skipped() {
         return;
     }
     check_fitness_parity(DeviceChoice::Gpu, Precision::F16, 2e-3);

@@ -436,19 +436,21 @@ pub(crate) fn random_blocks(kind: GgmlType, blocks: usize, seed: u64) -> Vec<u8>
     let bytes = kind.block_layout().map_or(1, |(_, b)| b);
     let mut data: Vec<u8> = (0..blocks * bytes).map(|_| byte()).collect();
     for b in data.chunks_exact_mut(bytes) {
-        let mut finite = |at: usize| {
+        let mut finite = |at: usize, size: f32| {
             let x = byte();
-            b[at..at + 2].copy_from_slice(&f16::from_f32((x as f32 - 128.0) / 97.0).to_le_bytes())
+            b[at..at + 2].copy_from_slice(&f16::from_f32((x as f32 - 128.0) / 97.0 * size).to_le_bytes())
         };
         match kind {
             // finite 16-bit values: the exponent's top bit cleared (subnormals kept)
             GgmlType::F16 | GgmlType::BF16 => b[1] &= 0xBF,
             GgmlType::F32 => b[3] &= 0xBF,
-            GgmlType::Q6K => finite(208),
-            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => finite(0),
+            // Q6_K's scale multiplies 8-bit sub-scales and 6-bit codes (up to 4,096 together):
+            // weights within about 1.3, as a model's are, not thousands
+            GgmlType::Q6K => finite(208, 1.0 / 4096.0),
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => finite(0, 1.0),
             _ => {
-                finite(0);
-                finite(2);
+                finite(0, 1.0);
+                finite(2, 1.0);
             }
         }
     }
