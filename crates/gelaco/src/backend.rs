@@ -132,9 +132,9 @@ pub fn check_precision(device: &Device, precision: Precision) -> Result<()> {
         return Ok(());
     }
     let which = if is_cpu(device) {
-        "the CPU backend computes in f32 only".to_string()
+        "the CPU backend computes in f32 only"
     } else {
-        "this WGPU adapter's shaders have no f16 (`gelaco devices` marks those that do)".to_string()
+        "this WGPU adapter's shaders have no f16 (`gelaco devices` marks those that do)"
     };
     Err(Error::Invalid(format!("{precision} precision (--precision {precision}) needs a WGPU adapter whose shaders compute in f16: {which}; use f32")))
 }
@@ -347,6 +347,11 @@ fn cpu() -> ComputeDevice {
     }
 }
 
+/// The adapter of `all` that `auto` takes: the first real GPU (`None`: the CPU backend).
+pub fn auto_adapter(all: &[AdapterDesc]) -> Option<usize> {
+    all.iter().position(AdapterDesc::is_hardware)
+}
+
 /// Choose the compute device for `choice`.
 pub fn select(choice: DeviceChoice) -> Result<ComputeDevice> {
     match choice {
@@ -375,7 +380,7 @@ pub fn select(choice: DeviceChoice) -> Result<ComputeDevice> {
         }
         DeviceChoice::Auto => {
             let all = adapters();
-            match all.iter().position(|a| a.is_hardware()) {
+            match auto_adapter(&all) {
                 Some(best) => adapter_device(&all, best, Some(format!("using GPU adapter {}", all[best].describe()))),
                 None => {
                     let mut c = cpu();

@@ -126,7 +126,7 @@ impl Settings {
         let adapters = gelaco::backend::known_adapters().unwrap_or_default();
         let adapter = match self.device {
             DeviceChoice::Cpu => None,
-            DeviceChoice::Auto => adapters.iter().find(|a| a.is_hardware()),
+            DeviceChoice::Auto => gelaco::backend::auto_adapter(&adapters).map(|i| &adapters[i]),
             DeviceChoice::Gpu => adapters.first(),
             DeviceChoice::Adapter(n) => adapters.get(usize::from(n)),
         };

@@ -270,7 +270,9 @@ pub fn load(path: &Path, device: ComputeDevice) -> Result<LoadedModel> {
         tracing::info!(budget = plan.budget, layers = plan.layers_bytes, "the layers' weights do not all fit: streaming them from the file");
     }
     let tokenizer = load_tokenizer(&files)?;
-    let model = Llama::load(&files, &device.device, plan.resident_budget, device.codes_on_device)?.with_precision(device.precision)?;
+    // the precision was checked for this device before the file was opened
+    let mut model = Llama::load(&files, &device.device, plan.resident_budget, device.codes_on_device)?;
+    model.precision = device.precision;
     Ok(LoadedModel {
         files,
         model,
