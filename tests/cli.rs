@@ -408,6 +408,12 @@ fn devices_are_numbered_as_device_gpu_n_names_them_and_a_missing_one_is_an_error
     for (i, a) in adapters.iter().enumerate() {
         assert_eq!(a["device"], format!("gpu:{i}"), "{v}");
         assert!(a["name"].is_string() && a["api"].is_string() && a["hardware"].is_boolean(), "{v}");
+        // own memory only on a discrete GPU, and then its device-local heap
+        let discrete = a["type"] == "DiscreteGpu";
+        assert!(if discrete { a["memory"] == a["device_local_heap"] } else { a["memory"].is_null() }, "{v}");
+        if a["api"] == "Vulkan" {
+            assert!(a["device_local_heap"].as_u64().is_some_and(|h| h > 0), "{v}");
+        }
     }
     assert!(v["auto"].is_string(), "{v}");
     let text = String::from_utf8_lossy(&gelaco(&["devices"]).stdout).into_owned();

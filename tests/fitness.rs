@@ -377,6 +377,29 @@ fn a_model_streamed_under_a_small_memory_budget_scores_bit_for_bit_as_when_resid
 }
 
 #[test]
+fn a_gpus_own_memory_bounds_the_default_budget_where_it_is_less_than_the_hosts() {
+    let tiny = Tiny { layers: 6, ..Tiny::default() };
+    let (_dir, g, _) = tiny.write_both();
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let host = model::load(&g, cpu.clone()).unwrap().memory;
+    assert!(!host.available.device_bounds() && host.budget_text().unwrap().contains("available memory"));
+    // a device with room for the fixed tensors, the reserve and two layers of its own
+    let own = (host.minimum() + host.layer_bytes) / 3 * 4;
+    let m = model::load(&g, ComputeDevice { device_memory: Some(own), ..cpu.clone() }).unwrap();
+    assert!(m.memory.available.device_bounds(), "{:?}", m.memory.available);
+    assert_eq!(m.memory.budget, own / 4 * 3);
+    assert!(m.memory.streams(), "six layers do not fit in two layers' room");
+    let text = m.memory.budget_text().unwrap();
+    assert!(text.contains("the GPU's own memory, less a quarter"), "{text}");
+    // a given budget is the budget, whatever the device has
+    let given = model::load(&g, ComputeDevice { device_memory: Some(own), memory_budget: Some(host.budget), ..cpu.clone() }).unwrap();
+    assert_eq!(given.memory.budget, host.budget);
+    // a device too small for one layer: refused before loading, naming the GPU's memory
+    let e = model::load(&g, ComputeDevice { device_memory: Some(host.layer_bytes), ..cpu }).err().unwrap().to_string();
+    assert!(e.contains("the GPU's own memory") && e.contains("one layer") && e.contains("GiB"), "{e}");
+}
+
+#[test]
 fn an_evaluation_counts_the_matmul_work_of_the_layers_it_runs_and_of_the_head() {
     let tiny = Tiny { layers: 6, ..Tiny::default() };
     let cpu = backend::select(DeviceChoice::Cpu).unwrap();

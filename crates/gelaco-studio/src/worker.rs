@@ -36,7 +36,8 @@ pub struct ModelCard {
 }
 
 /// Where a request's model runs: the device, and the memory budget it is loaded under
-/// (`None`: what the machine reports available, less a quarter).
+/// (`None`: what the machine reports available, or a discrete GPU's own memory where that
+/// is less, less a quarter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     pub device: DeviceChoice,
@@ -179,7 +180,7 @@ impl State {
                 let d = place.select()?;
                 let memory = gelaco::model::MemoryPlan {
                     codes_on_device: d.codes_on_device,
-                    ..gelaco::model::estimate_memory(&files, d.memory_budget, gelaco::model::available_memory())
+                    ..gelaco::model::estimate_memory(&files, d.memory_budget, gelaco::model::Available::on(&d))
                 };
                 Ok(Reply::Card(Ok(ModelCard {
                     path: model.clone(),

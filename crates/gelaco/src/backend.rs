@@ -157,8 +157,12 @@ pub struct ComputeDevice {
     /// A one-line notice for the user when `auto` fell back or chose something unexpected.
     pub notice: Option<String>,
     /// The memory a loaded model may use, in bytes; `None`: what the machine reports
-    /// available, less a quarter (see [`crate::model::plan_memory`]).
+    /// available (or a discrete GPU's own memory, where that is less), less a quarter (see
+    /// [`crate::model::plan_memory`]).
     pub memory_budget: Option<u64>,
+    /// The memory of the device's own, where it has memory apart from the host's (a
+    /// discrete GPU; see [`AdapterDesc::own_memory`]).
+    pub device_memory: Option<u64>,
     /// Whether block-quantised weights are kept on the device as their codes and
     /// dequantised there when used (WGPU: the device's memory is what limits it), rather
     /// than dequantised on the host from the memory-mapped file (the CPU backend, whose
@@ -203,6 +207,9 @@ pub struct AdapterDesc {
     /// Whether its shaders compute in f16 (wgpu's `SHADER_F16`), which `--precision f16`
     /// needs.
     pub shader_f16: bool,
+    /// Its largest device-local memory heap, in bytes, as Vulkan reports it (`None` on
+    /// Metal and DX12, whose memory this tool does not read).
+    pub heap: Option<u64>,
 }
 
 impl AdapterDesc {
@@ -223,10 +230,19 @@ impl AdapterDesc {
         }
     }
 
+    /// The memory of its own that bounds what a model may keep on it: a discrete GPU's
+    /// device-local heap. An integrated GPU or a software adapter uses the host's memory
+    /// (its device-local heap, where it reports one, is a part of that memory or a small
+    /// carve-out beside what it can use), so the host's available memory bounds it instead.
+    pub fn own_memory(&self) -> Option<u64> {
+        self.heap.filter(|_| self.device_type == wgpu::DeviceType::DiscreteGpu)
+    }
+
     pub fn describe(&self) -> String {
         let driver = if self.driver.is_empty() { String::new() } else { format!(", {}", self.driver) };
         let f16 = if self.shader_f16 { ", f16" } else { "" };
-        format!("{} [{}, {:?}{}{}]", self.name, self.backend, self.device_type, driver, f16)
+        let memory = self.own_memory().map(|m| format!(", {}", crate::model::gib(m))).unwrap_or_default();
+        format!("{} [{}, {:?}{}{}{}]", self.name, self.backend, self.device_type, driver, f16, memory)
     }
 }
 
@@ -259,6 +275,7 @@ pub fn adapters() -> Vec<AdapterDesc> {
                         device_type: info.device_type,
                         driver: info.driver_info,
                         shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
+                        heap: vulkan_heap(a),
                     }
                 })
                 .collect();
@@ -266,6 +283,34 @@ pub fn adapters() -> Vec<AdapterDesc> {
             found
         })
         .clone()
+}
+
+/// A Vulkan adapter's largest device-local memory heap, in bytes (`None` for other APIs).
+fn vulkan_heap(adapter: &wgpu::Adapter) -> Option<u64> {
+    const DEVICE_LOCAL: u32 = 0x1;
+    // SAFETY: only reads the physical device's memory properties through the instance that
+    // enumerated it; nothing is created, kept or destroyed.
+    let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+    let properties = unsafe { hal.shared_instance().raw_instance().get_physical_device_memory_properties(hal.raw_physical_device()) };
+    let count = (properties.memory_heap_count as usize).min(properties.memory_heaps.len());
+    properties.memory_heaps[..count].iter().filter(|h| h.flags.as_raw() & DEVICE_LOCAL != 0).map(|h| h.size).max()
+}
+
+/// The own memory ([`AdapterDesc::own_memory`]) of the device `choice` selects, without
+/// starting it: `None` for the CPU backend, an adapter that shares the host's memory, or a
+/// choice that names no adapter.
+pub fn own_memory(choice: DeviceChoice) -> Option<u64> {
+    if choice == DeviceChoice::Cpu {
+        return None;
+    }
+    let all = adapters();
+    let index = match choice {
+        DeviceChoice::Cpu => None,
+        DeviceChoice::Gpu => Some(0),
+        DeviceChoice::Adapter(n) => Some(usize::from(n)),
+        DeviceChoice::Auto => auto_adapter(&all),
+    }?;
+    all.get(index)?.own_memory()
 }
 
 /// How burn addresses adapter `index` of `all`: its graphics API, and its kind numbered
@@ -330,6 +375,7 @@ fn adapter_device(all: &[AdapterDesc], index: usize, notice: Option<String>) -> 
         description: format!("wgpu gpu:{index}: {}", adapter.describe()),
         notice,
         memory_budget: None,
+        device_memory: adapter.own_memory(),
         codes_on_device: true,
         precision: Precision::F32,
     })
@@ -342,6 +388,7 @@ fn cpu() -> ComputeDevice {
         description: "cpu: burn flex".into(),
         notice: None,
         memory_budget: None,
+        device_memory: None,
         codes_on_device: false,
         precision: Precision::F32,
     }
@@ -458,7 +505,7 @@ mod tests {
     }
 
     fn adapter(name: &str, device_type: wgpu::DeviceType, api: wgpu::Backend) -> AdapterDesc {
-        AdapterDesc { name: name.into(), backend: format!("{api:?}"), api, device_type, driver: String::new(), shader_f16: false }
+        AdapterDesc { name: name.into(), backend: format!("{api:?}"), api, device_type, driver: String::new(), shader_f16: false, heap: None }
     }
 
     #[test]
@@ -476,6 +523,34 @@ mod tests {
         assert_eq!(address(&all, 2), (WgpuBackend::Vulkan, DeviceKind::DiscreteGpu(1)));
         assert_eq!(address(&all, 3), (WgpuBackend::Vulkan, DeviceKind::IntegratedGpu(0)));
         assert_eq!(address(&all, 4), (WgpuBackend::Vulkan, DeviceKind::Cpu));
+    }
+
+    #[test]
+    fn only_a_discrete_gpu_has_memory_of_its_own() {
+        use wgpu::{Backend, DeviceType};
+        let with_heap = |t| AdapterDesc { heap: Some(8 << 30), ..adapter("a", t, Backend::Vulkan) };
+        assert_eq!(with_heap(DeviceType::DiscreteGpu).own_memory(), Some(8 << 30));
+        assert!(with_heap(DeviceType::DiscreteGpu).describe().contains(", 8.00 GiB]"));
+        for shared in [DeviceType::IntegratedGpu, DeviceType::Cpu, DeviceType::VirtualGpu] {
+            assert_eq!(with_heap(shared).own_memory(), None, "{shared:?}");
+            assert!(!with_heap(shared).describe().contains("GiB"));
+        }
+        assert_eq!(adapter("a", DeviceType::DiscreteGpu, Backend::Dx12).own_memory(), None);
+        assert_eq!(own_memory(DeviceChoice::Cpu), None);
+    }
+
+    /// Every Vulkan adapter reports its memory heaps; software Vulkan (lavapipe) is enough.
+    #[test]
+    fn vulkan_adapters_report_their_device_local_memory() {
+        let all = adapters();
+        let vulkan: Vec<&AdapterDesc> = all.iter().filter(|a| a.api == wgpu::Backend::Vulkan).collect();
+        if vulkan.is_empty() {
+            eprintln!("skipped: no Vulkan adapter (install mesa-vulkan-drivers)");
+            return;
+        }
+        for a in vulkan {
+            assert!(a.heap.is_some_and(|h| h >= 64 << 20), "{}: heap {:?}", a.describe(), a.heap);
+        }
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub struct Common {
     /// The memory a model may use (e.g. 4G, 512M, 16GiB; binary units): its layers'
     /// weights stay as the file stores them and only as many are kept dequantised as fit,
     /// the rest dequantised from the file each time they are used. Default: what the
-    /// machine reports available, less a quarter.
+    /// machine reports available (on a discrete GPU, its own memory where that is less),
+    /// less a quarter.
     #[arg(long, global = true, value_name = "SIZE", value_parser = parse_budget)]
     pub memory_budget: Option<u64>,
     /// What the forward's matrix products compute in: f32 (the default), or f16 on a WGPU
@@ -162,7 +163,8 @@ enum Command {
 #[derive(Args, Debug, Default)]
 pub struct DevicesArgs {
     /// Print them as JSON: {"adapters": [{"device", "name", "api", "type", "driver",
-    /// "hardware", "f16"}], "auto"}.
+    /// "hardware", "f16", "memory" (a discrete GPU's own memory in bytes, else null),
+    /// "device_local_heap" (as Vulkan reports it)}], "auto"}.
     #[arg(long)]
     json: bool,
 }
@@ -304,7 +306,7 @@ fn dispatch() -> Result<()> {
     match command {
         Command::Gui(args) => gui(args, common.device),
         Command::Inspect { model, json } => {
-            inspect(&model, json)
+            inspect(&model, json, device)
         }
         Command::Generate {
             model,
@@ -442,6 +444,8 @@ fn dispatch() -> Result<()> {
                             "driver": d.driver,
                             "hardware": d.is_hardware(),
                             "f16": d.shader_f16,
+                            "memory": d.own_memory(),
+                            "device_local_heap": d.heap,
                         })
                     })
                     .collect();
@@ -459,13 +463,13 @@ fn dispatch() -> Result<()> {
     }
 }
 
-fn inspect(path: &Path, json_out: bool) -> Result<()> {
+fn inspect(path: &Path, json_out: bool, device: DeviceChoice) -> Result<()> {
     let files = ModelFiles::open(path)?;
     let c = &files.config;
     let (storage, types) = files.storage_summary();
     let tokenizer = model::load_tokenizer(&files).ok();
     let params = c.total_params();
-    let memory = model::estimate_memory(&files, memory_budget(), model::available_memory());
+    let memory = model::estimate_memory(&files, memory_budget(), model::Available::for_choice(device));
     if json_out {
         print_json(&json!({
             "path": path,

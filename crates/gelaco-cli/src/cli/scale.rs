@@ -29,7 +29,8 @@ pub fn write_models(vocab_model: &Path, dir: &Path, names: &[String], seed: u64,
     let shapes = chosen(names)?;
     std::fs::create_dir_all(dir).map_err(|e| gelaco::Error::io(dir, e))?;
     let vocab = gelaco::model::gguf::GgufFile::open(vocab_model)?;
-    let available = model::available_memory();
+    // the host's memory: the table says what loads on the CPU backend, the budget's baseline
+    let available = model::Available::host();
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let mut rows = Vec::new();
     if !json_out {

@@ -18,7 +18,8 @@ pub struct Settings {
     pub recent_runs: Vec<PathBuf>,
     pub device: DeviceChoice,
     /// The memory a model may use, as `gelaco --memory-budget` takes it (`4G`, `512M`);
-    /// empty: what the machine reports available, less a quarter.
+    /// empty: what the machine reports available (a discrete GPU's own memory where that is
+    /// less), less a quarter.
     pub memory_budget: String,
     /// What the search's matrix products compute in (f16 on an adapter with f16 shaders).
     pub precision: Precision,

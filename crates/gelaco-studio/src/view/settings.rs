@@ -198,7 +198,7 @@ pub(super) fn run_settings(app: &mut App, ui: &mut Ui) {
             ui.horizontal(|ui| {
                 let field = tip(
                     ui.add(egui::TextEdit::singleline(&mut s.memory_budget).hint_text("default").desired_width(70.0)),
-                    "The memory the model may use (4G, 512M, 16GiB): its layers' weights stay as the file stores them, as many are kept dequantised as fit, the others are dequantised from the file each time they are used, and the cached activations of the original model share the budget. Empty: what the machine reports available, less a quarter",
+                    "The memory the model may use (4G, 512M, 16GiB): its layers' weights stay as the file stores them, as many are kept dequantised as fit, the others are dequantised from the file each time they are used, and the cached activations of the original model share the budget. Empty: what the machine reports available (on a discrete GPU, its own memory where that is less), less a quarter",
                 )
                 .labelled_by(l.id);
                 match s.memory_budget() {

@@ -62,9 +62,12 @@ pub struct MemoryPlan {
     /// One layer's.
     pub layer_bytes: u64,
     /// The memory budget, and whether it was given (or is the default: what the machine
-    /// reports available, less a quarter for activations and everything else).
+    /// reports available, or a discrete GPU's own memory where that is less, less a quarter
+    /// for activations and everything else).
     pub budget: u64,
     pub given: bool,
+    /// What the default budget is taken from.
+    pub available: Available,
     /// What the budget leaves for dequantised layer weights.
     pub resident_budget: u64,
     /// Every layer's projection weights on a device that keeps block-quantised matrices as
@@ -138,7 +141,13 @@ impl MemoryPlan {
         } else {
             "every layer's weights stay dequantised".to_string()
         };
-        let source = if self.given { "the memory budget" } else { "available memory, less a quarter" };
+        let source = if self.given {
+            "the memory budget"
+        } else if self.available.device_bounds() {
+            "the GPU's own memory, less a quarter"
+        } else {
+            "available memory, less a quarter"
+        };
         Some(format!("{} ({source}): {effect}", gib(self.budget)))
     }
 }
@@ -149,7 +158,7 @@ pub(crate) fn gib(bytes: u64) -> String {
 
 /// The memory plan of `files` under `budget` (bytes; `None`: the default from `available`),
 /// or an error with the numbers when even the fixed tensors and one layer do not fit.
-pub fn plan_memory(files: &ModelFiles, budget: Option<u64>, available: Option<u64>) -> Result<MemoryPlan> {
+pub fn plan_memory(files: &ModelFiles, budget: Option<u64>, available: Available) -> Result<MemoryPlan> {
     let plan = estimate_memory(files, budget, available);
     let c = &files.config;
     let what = format!(
@@ -164,21 +173,22 @@ pub fn plan_memory(files: &ModelFiles, budget: Option<u64>, available: Option<u6
     if plan.given && plan.budget < plan.minimum() {
         return Err(Error::setting("memory_budget", format!("{} is too small for {}: {what}", gib(plan.budget), files.path.display())));
     }
-    if let Some(have) = available.filter(|&a| !plan.given && plan.minimum() > a) {
-        return Err(Error::weights(&files.path, format!("{what}, more than the {} of memory available", gib(have))));
+    if let Some(have) = available.bytes().filter(|&a| !plan.given && plan.minimum() > a) {
+        let whose = if available.device_bounds() { "the GPU's own memory" } else { "memory available" };
+        return Err(Error::weights(&files.path, format!("{what}, more than the {} of {whose}", gib(have))));
     }
     Ok(plan)
 }
 
 /// The memory plan of `files` under `budget`, whether or not the model fits.
-pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Option<u64>) -> MemoryPlan {
+pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Available) -> MemoryPlan {
     let c = &files.config;
     let embed = (c.vocab_size * c.hidden_size) as u64 * 4;
     let layer_bytes = layer_matrix_bytes(c);
     let heads = if c.tie_word_embeddings { 1 } else { 2 };
     let fixed_bytes = heads * embed + (c.hidden_size as u64 + c.num_layers as u64 * layer_vector_params(c)) * 4;
     let given = budget.is_some();
-    let budget = budget.unwrap_or_else(|| available.map(|a| a / 4 * 3).unwrap_or(u64::MAX));
+    let budget = budget.unwrap_or_else(|| available.bytes().map(|a| a / 4 * 3).unwrap_or(u64::MAX));
     let mut plan = MemoryPlan {
         file_bytes: files.file_bytes(),
         fixed_bytes,
@@ -186,6 +196,7 @@ pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Optio
         layer_bytes,
         budget,
         given,
+        available,
         resident_budget: 0,
         layers_codes_bytes: files.layers_codes_bytes(),
         codes_on_device: false,
@@ -214,6 +225,47 @@ fn layer_vector_params(c: &ModelConfig) -> u64 {
         n += 2 * c.head_dim;
     }
     n as u64
+}
+
+/// The memory a default budget is taken from: what the host has available, and the own
+/// memory of a device that has memory apart from the host's (a discrete GPU, where the
+/// weights, the reference cache and the activations live).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Available {
+    /// [`available_memory`], in bytes.
+    pub host: Option<u64>,
+    /// The device's own memory, in bytes ([`crate::backend::AdapterDesc::own_memory`]).
+    pub device: Option<u64>,
+}
+
+impl Available {
+    /// The host's alone (the CPU backend's).
+    pub fn host() -> Self {
+        Available { host: available_memory(), device: None }
+    }
+
+    /// For a model on `device`.
+    pub fn on(device: &ComputeDevice) -> Self {
+        Available { host: available_memory(), device: device.device_memory }
+    }
+
+    /// For a model on the device `choice` selects, without starting it.
+    pub fn for_choice(choice: crate::backend::DeviceChoice) -> Self {
+        Available { host: available_memory(), device: crate::backend::own_memory(choice) }
+    }
+
+    /// The lesser of the two that are known.
+    pub fn bytes(&self) -> Option<u64> {
+        match (self.host, self.device) {
+            (Some(h), Some(d)) => Some(h.min(d)),
+            (h, d) => h.or(d),
+        }
+    }
+
+    /// Whether the device's own memory is what bounds a default budget.
+    pub fn device_bounds(&self) -> bool {
+        self.device.is_some_and(|d| self.host.is_none_or(|h| d < h))
+    }
 }
 
 /// Memory this process may use, in bytes: what the system reports available, or
@@ -265,7 +317,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
 pub fn load(path: &Path, device: ComputeDevice) -> Result<LoadedModel> {
     crate::backend::check_precision(&device.device, device.precision)?;
     let files = ModelFiles::open(path)?;
-    let plan = MemoryPlan { codes_on_device: device.codes_on_device, ..plan_memory(&files, device.memory_budget, available_memory())? };
+    let plan = MemoryPlan { codes_on_device: device.codes_on_device, ..plan_memory(&files, device.memory_budget, Available::on(&device))? };
     if plan.streams() {
         tracing::info!(budget = plan.budget, layers = plan.layers_bytes, "the layers' weights do not all fit: streaming them from the file");
     }

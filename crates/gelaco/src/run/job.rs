@@ -104,8 +104,8 @@ pub enum JobSpec {
     New {
         model: PathBuf,
         device: DeviceChoice,
-        /// The memory the model may use, in bytes (`None`: what the machine has available,
-        /// less a quarter).
+        /// The memory the model may use, in bytes (`None`: what the machine has available, or
+        /// a discrete GPU's own memory where that is less, less a quarter).
         memory_budget: Option<u64>,
         calib: CalibSource,
         calib_options: CalibOptions,
