@@ -377,6 +377,43 @@ fn a_model_streamed_under_a_small_memory_budget_scores_bit_for_bit_as_when_resid
 }
 
 #[test]
+fn merged_and_healed_weights_are_kept_in_f16_where_the_device_computes_in_f16_and_score_as_in_f32() {
+    let tiny = Tiny { layers: 6, ..Tiny::default() };
+    let (_dir, g, hf) = tiny.write_both();
+    let cal = calibration(16);
+    let plan = Plan::from_ranges(&[(1, 3)], 6, MergeOp::Rdsc).unwrap();
+    let mut nll = Vec::new();
+    for d in devices() {
+        // the GGUF file's layers are Q8_0, the Hugging Face folder's f32
+        for (path, narrow) in [(&g, true), (&hf, false)] {
+            let m = model::load(path, d.clone()).unwrap();
+            let kept_f16 = narrow && backend::computes_f16(&d.device);
+            let what = format!("{} {}", d.description, path.display());
+            let merged = build(&m.model, &plan, MergeSettings::default());
+            let merged_layer = &merged.layers[1];
+            for w in [&merged_layer.attention.q.weight, &merged_layer.mlp.gate.weight, &merged_layer.mlp.down.weight] {
+                assert_eq!(w.is_f16(), kept_f16, "{what}: merged");
+            }
+            assert!(!merged.layers[0].mlp.down.weight.is_f16(), "{what}: an untouched layer stays the file's");
+            let opts = EngineOptions { batch_size: 4, objective: Objective::Nll, heal: Heal::Linear, ..EngineOptions::default() };
+            let engine = FitnessEngine::new(&m.model, cal.clone(), opts).unwrap();
+            let healed = engine.heal(&merged, &plan, 1).unwrap();
+            assert_eq!(healed.layers[1].mlp.down.weight.is_f16(), kept_f16, "{what}: healed");
+            // the merged layer's weights read back as the f32 values they hold
+            let host = healed.layers[1].mlp.down.weight.host().unwrap();
+            assert!(host.data.iter().all(|v| v.is_finite()) && host.data.iter().any(|&v| v != 0.0), "{what}");
+            nll.push((what, narrow, engine.evaluate(&plan).unwrap().nll.unwrap()));
+        }
+    }
+    // f16 keeps about 3 decimal digits of each weight: the score moves by far less than that
+    let cpu: Vec<f64> = nll.iter().take(2).map(|r| r.2).collect();
+    for (i, (what, _, x)) in nll.iter().enumerate() {
+        let base = cpu[i % 2];
+        assert!((x - base).abs() / base < 1e-3, "{what}: nll {x} against {base} on the CPU backend");
+    }
+}
+
+#[test]
 fn a_gpus_own_memory_bounds_the_default_budget_where_it_is_less_than_the_hosts() {
     let tiny = Tiny { layers: 6, ..Tiny::default() };
     let (_dir, g, _) = tiny.write_both();

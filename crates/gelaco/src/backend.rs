@@ -124,11 +124,16 @@ impl std::str::FromStr for Precision {
 /// The devices started on an adapter whose shaders compute in f16.
 static F16_DEVICES: Mutex<Vec<Device>> = Mutex::new(Vec::new());
 
+/// Whether `device` has f16 arithmetic worth using: a WGPU adapter with f16 shaders.
+pub fn computes_f16(device: &Device) -> bool {
+    F16_DEVICES.lock().is_ok_and(|d| d.contains(device))
+}
+
 /// Whether `device` computes in `precision`: f32 everywhere; f16 on a WGPU adapter with f16
 /// shaders, not on the CPU backend (whose f16 arithmetic is far slower than its f32). The
 /// error says which device lacks it.
 pub fn check_precision(device: &Device, precision: Precision) -> Result<()> {
-    if precision.is_f32() || F16_DEVICES.lock().is_ok_and(|d| d.contains(device)) {
+    if precision.is_f32() || computes_f16(device) {
         return Ok(());
     }
     let which = if is_cpu(device) {

@@ -157,7 +157,7 @@ fn add(acc: &mut Option<Tensor<2>>, x: Tensor<2>) {
 /// The layer with `T` folded into its down projection.
 fn fold(layer: &Layer, t: Tensor<2>) -> Layer {
     let mut healed = layer.clone();
-    healed.mlp.down.weight = Weight::Dense(layer.mlp.down.weight_t().matmul(t.clone()));
+    healed.mlp.down.weight = Weight::made(layer.mlp.down.weight_t().matmul(t.clone()), &layer.mlp.down.weight);
     healed.mlp.down.bias = layer.mlp.down.bias.clone().map(|b| b.unsqueeze_dim::<2>(0).matmul(t).squeeze_dim::<1>(0));
     healed
 }

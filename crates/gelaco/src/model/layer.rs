@@ -296,7 +296,7 @@ impl Layer {
 
     /// A layer of the same structure whose every parameter is mapped: `vector` for norms
     /// and biases, `matrix` for the projections' weights (to device tensors, transposed
-    /// `[in, out]`).
+    /// `[in, out]`, kept as [`Weight::made`] keeps them).
     pub fn map(
         &self,
         mut vector: impl FnMut(LayerParam, &Tensor<1>) -> Tensor<1>,
@@ -309,7 +309,7 @@ impl Layer {
         let q_norm = a.q_norm.as_ref().map(|t| vector(P::QNorm, t));
         let k_norm = a.k_norm.as_ref().map(|t| vector(P::KNorm, t));
         let mut linear = |w: LayerParam, bias: Option<LayerParam>, l: &Linear| Linear {
-            weight: Weight::Dense(matrix(w, &l.weight)),
+            weight: Weight::made(matrix(w, &l.weight), &l.weight),
             bias: bias.and_then(|b| l.bias.as_ref().map(|t| vector(b, t))),
         };
         Layer {

@@ -893,19 +893,47 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// A projection's weight: a device tensor (`[in, out]`, what merging and healing make), or
-/// the stored matrix of the model file.
+/// A projection's weight: a device tensor (`[in, out]`, what merging and healing make: f32,
+/// or f16 where [`Weight::made`] keeps it so), or the stored matrix of the model file.
 #[derive(Clone, Debug)]
 pub enum Weight {
     Dense(Tensor<2>),
     Stored(Arc<StoredMatrix>),
 }
 
+/// `t` as f32 (a no-op for an f32 tensor).
+fn as_f32(t: &Tensor<2>) -> Tensor<2> {
+    if t.dtype() == burn::tensor::DType::F32 { t.clone() } else { t.clone().cast(burn::tensor::FloatDType::F32) }
+}
+
 impl Weight {
-    /// The weight transposed, `[in, out]`, on the device.
+    /// A matrix this tool made (`[in, out]`, computed in f32) in place of `source` (a
+    /// merge's base weight, a healed projection's own), as it is kept: in f16 where `source`
+    /// holds a weight in 16 bits or fewer (a quantised or 16-bit type) and the device
+    /// computes in f16 (a WGPU adapter with f16 shaders), which halves its memory and is
+    /// the operand an f16 product takes; in f32 where the source is f32, and on the CPU
+    /// backend, whose f16 arithmetic is far slower than its f32.
+    pub fn made(t: Tensor<2>, source: &Weight) -> Weight {
+        let narrow = match source {
+            Weight::Stored(s) => s.kind != GgmlType::F32,
+            Weight::Dense(d) => d.dtype() == burn::tensor::DType::F16,
+        };
+        if narrow && crate::backend::computes_f16(&t.device()) {
+            Weight::Dense(t.cast(burn::tensor::FloatDType::F16))
+        } else {
+            Weight::Dense(t)
+        }
+    }
+
+    /// Whether it is kept as an f16 device tensor.
+    pub fn is_f16(&self) -> bool {
+        matches!(self, Weight::Dense(t) if t.dtype() == burn::tensor::DType::F16)
+    }
+
+    /// The weight transposed, `[in, out]`, on the device, in f32.
     pub fn dense_t(&self) -> Tensor<2> {
         match self {
-            Weight::Dense(t) => t.clone(),
+            Weight::Dense(t) => as_f32(t),
             Weight::Stored(s) => s.dense_t(),
         }
     }
@@ -915,10 +943,12 @@ impl Weight {
         self.product_in(x, Precision::F32)
     }
 
-    /// [`Weight::product`] in `precision` (a dense weight is cast to f16 for each product in
-    /// `f16`; see [`StoredMatrix::product_in`] for stored ones); f32 in and out.
+    /// [`Weight::product`] in `precision` (a dense weight kept in f32 is cast to f16 for each
+    /// product in `f16`, one kept in f16 to f32 for each in `f32`; see
+    /// [`StoredMatrix::product_in`] for stored ones); f32 in and out.
     pub fn product_in(&self, x: Tensor<2>, precision: Precision) -> Tensor<2> {
         match self {
+            Weight::Dense(t) if precision.is_f32() => product_in(x, as_f32(t), precision),
             Weight::Dense(t) => product_in(x, t.clone(), precision),
             Weight::Stored(s) => s.product_in(x, precision),
         }
@@ -927,7 +957,7 @@ impl Weight {
     /// The weight on the host in Hugging Face layout `[out, in]`.
     pub fn host(&self) -> crate::Result<HostTensor> {
         match self {
-            Weight::Dense(t) => super::llama::download(t.clone().transpose()),
+            Weight::Dense(t) => super::llama::download(as_f32(t).transpose()),
             Weight::Stored(s) => Ok(s.host()),
         }
     }
