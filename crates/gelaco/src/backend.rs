@@ -305,17 +305,14 @@ fn vulkan_heap(adapter: &wgpu::Adapter) -> Option<u64> {
 /// starting it: `None` for the CPU backend, an adapter that shares the host's memory, or a
 /// choice that names no adapter.
 pub fn own_memory(choice: DeviceChoice) -> Option<u64> {
-    if choice == DeviceChoice::Cpu {
-        return None;
-    }
-    let all = adapters();
+    // the CPU backend names no adapter, and the adapters are not asked for it
     let index = match choice {
-        DeviceChoice::Cpu => None,
-        DeviceChoice::Gpu => Some(0),
-        DeviceChoice::Adapter(n) => Some(usize::from(n)),
-        DeviceChoice::Auto => auto_adapter(&all),
-    }?;
-    all.get(index)?.own_memory()
+        DeviceChoice::Cpu => return None,
+        DeviceChoice::Gpu => 0,
+        DeviceChoice::Adapter(n) => usize::from(n),
+        DeviceChoice::Auto => auto_adapter(&adapters())?,
+    };
+    adapters().get(index)?.own_memory()
 }
 
 /// How burn addresses adapter `index` of `all`: its graphics API, and its kind numbered
