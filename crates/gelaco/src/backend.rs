@@ -301,18 +301,26 @@ fn vulkan_heap(adapter: &wgpu::Adapter) -> Option<u64> {
     properties.memory_heaps[..count].iter().filter(|h| h.flags.as_raw() & DEVICE_LOCAL != 0).map(|h| h.size).max()
 }
 
+/// The adapter of `all` that `choice` selects, as [`select`] takes it (`None`: the CPU
+/// backend, or a number past the last adapter).
+pub fn chosen_adapter(choice: DeviceChoice, all: &[AdapterDesc]) -> Option<&AdapterDesc> {
+    match choice {
+        DeviceChoice::Cpu => None,
+        DeviceChoice::Gpu => all.first(),
+        DeviceChoice::Adapter(n) => all.get(usize::from(n)),
+        DeviceChoice::Auto => auto_adapter(all).map(|i| &all[i]),
+    }
+}
+
 /// The own memory ([`AdapterDesc::own_memory`]) of the device `choice` selects, without
 /// starting it: `None` for the CPU backend, an adapter that shares the host's memory, or a
 /// choice that names no adapter.
 pub fn own_memory(choice: DeviceChoice) -> Option<u64> {
     // the CPU backend names no adapter, and the adapters are not asked for it
-    let index = match choice {
-        DeviceChoice::Cpu => return None,
-        DeviceChoice::Gpu => 0,
-        DeviceChoice::Adapter(n) => usize::from(n),
-        DeviceChoice::Auto => auto_adapter(&adapters())?,
-    };
-    adapters().get(index)?.own_memory()
+    if choice == DeviceChoice::Cpu {
+        return None;
+    }
+    chosen_adapter(choice, &adapters())?.own_memory()
 }
 
 /// How burn addresses adapter `index` of `all`: its graphics API, and its kind numbered

@@ -125,13 +125,7 @@ impl Settings {
     /// (the CPU backend never does; `auto` takes the first hardware adapter).
     pub fn device_has_f16(&self) -> bool {
         let adapters = gelaco::backend::known_adapters().unwrap_or_default();
-        let adapter = match self.device {
-            DeviceChoice::Cpu => None,
-            DeviceChoice::Auto => gelaco::backend::auto_adapter(&adapters).map(|i| &adapters[i]),
-            DeviceChoice::Gpu => adapters.first(),
-            DeviceChoice::Adapter(n) => adapters.get(usize::from(n)),
-        };
-        adapter.is_some_and(|a| a.shader_f16)
+        gelaco::backend::chosen_adapter(self.device, &adapters).is_some_and(|a| a.shader_f16)
     }
 
     /// Where evaluations go: `None` on this machine alone.
