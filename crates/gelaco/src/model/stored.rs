@@ -916,7 +916,7 @@ impl Weight {
     pub fn made(t: Tensor<2>, source: &Weight) -> Weight {
         let narrow = match source {
             Weight::Stored(s) => s.kind != GgmlType::F32,
-            Weight::Dense(d) => d.dtype() == burn::tensor::DType::F16,
+            Weight::Dense(_) => source.is_f16(),
         };
         if narrow && crate::backend::computes_f16(&t.device()) {
             Weight::Dense(t.cast(burn::tensor::FloatDType::F16))
