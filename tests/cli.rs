@@ -432,6 +432,40 @@ fn devices_are_numbered_as_device_gpu_n_names_them_and_a_missing_one_is_an_error
 }
 
 #[test]
+fn inspect_plans_memory_for_the_device_it_names() {
+    let (_dir, g, hf) = Tiny::default().write_both();
+    let plan = |model: &Path, device: &str| {
+        let out = gelaco(&["inspect", "--model", model.to_str().unwrap(), "--device", device, "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["memory"].clone()
+    };
+    let budget = |model: &Path, device: &str| {
+        let out = gelaco(&["inspect", "--model", model.to_str().unwrap(), "--device", device, "--memory-budget", "8G"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().find(|l| l.starts_with("budget")).unwrap_or_else(|| panic!("no budget line: {text}")).to_string()
+    };
+    // the CPU backend dequantises from the mapped file
+    let m = plan(&g, "cpu");
+    assert_eq!(m["codes_on_device"], false, "{m}");
+    assert!(budget(&g, "cpu").ends_with("every layer's weights stay dequantised"));
+    let adapters = serde_json::from_slice::<serde_json::Value>(&gelaco(&["devices", "--json"]).stdout).unwrap()["adapters"].as_array().unwrap().len();
+    if adapters == 0 || std::env::var("GELACO_SKIP_WGPU").is_ok() {
+        eprintln!("no WGPU adapter: only the CPU backend's plan is checked");
+        return;
+    }
+    // a WGPU adapter keeps the Q8_0 layers as their codes, as loading the model does
+    let m = plan(&g, "gpu:0");
+    assert_eq!(m["codes_on_device"], true, "{m}");
+    assert!(m["layers_codes_bytes"].as_u64().unwrap() < m["layers_bytes"].as_u64().unwrap(), "{m}");
+    let line = budget(&g, "gpu:0");
+    assert!(line.contains("every layer's weights stay on the device as codes, with room for 100% of them dequantised as well"), "{line}");
+    // an f32 model has no codes: its layers stay dequantised on any device
+    assert!(budget(&hf, "gpu:0").ends_with("every layer's weights stay dequantised"));
+}
+
+#[test]
 fn bench_products_times_every_kept_type_against_an_f32_product_of_the_same_values() {
     let (_dir, model, _) = Tiny::default().write_both();
     let mut devices = vec!["cpu"];

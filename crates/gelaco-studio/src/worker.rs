@@ -178,10 +178,7 @@ impl State {
                 let mut types: Vec<(String, usize)> = types.into_iter().collect();
                 types.sort_by(|a, b| b.1.cmp(&a.1));
                 let d = place.select()?;
-                let memory = gelaco::model::MemoryPlan {
-                    codes_on_device: d.codes_on_device,
-                    ..gelaco::model::estimate_memory(&files, d.memory_budget, gelaco::model::Available::on(&d))
-                };
+                let memory = gelaco::model::estimate_memory(&files, d.memory_budget, gelaco::model::Available::on(&d), d.codes_on_device);
                 Ok(Reply::Card(Ok(ModelCard {
                     path: model.clone(),
                     architecture: c.arch.name().to_string(),

@@ -323,6 +323,13 @@ pub fn own_memory(choice: DeviceChoice) -> Option<u64> {
     chosen_adapter(choice, &adapters())?.own_memory()
 }
 
+/// Whether the device `choice` selects keeps block-quantised weights on the device as their
+/// codes (as [`ComputeDevice::codes_on_device`] says once it is started): any WGPU adapter,
+/// not the CPU backend.
+pub fn codes_on_device(choice: DeviceChoice) -> bool {
+    choice != DeviceChoice::Cpu && chosen_adapter(choice, &adapters()).is_some()
+}
+
 /// How burn addresses adapter `index` of `all`: its graphics API, and its kind numbered
 /// among the adapters of that kind and API before it.
 fn address(all: &[AdapterDesc], index: usize) -> (WgpuBackend, DeviceKind) {

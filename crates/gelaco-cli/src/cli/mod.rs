@@ -469,7 +469,7 @@ fn inspect(path: &Path, json_out: bool, device: DeviceChoice) -> Result<()> {
     let (storage, types) = files.storage_summary();
     let tokenizer = model::load_tokenizer(&files).ok();
     let params = c.total_params();
-    let memory = model::estimate_memory(&files, memory_budget(), model::Available::for_choice(device));
+    let memory = model::estimate_memory(&files, memory_budget(), model::Available::for_choice(device), backend::codes_on_device(device));
     if json_out {
         print_json(&json!({
             "path": path,

@@ -46,7 +46,7 @@ pub fn write_models(vocab_model: &Path, dir: &Path, names: &[String], seed: u64,
             eprintln!("wrote {} in {:.0} s", path.display(), t.elapsed().as_secs_f64());
         }
         let files = ModelFiles::open(&path)?;
-        let plan = model::estimate_memory(&files, super::memory_budget(), available);
+        let plan = model::estimate_memory(&files, super::memory_budget(), available, false);
         rows.push(json!({
             "shape": shape.name,
             "path": path,

@@ -96,6 +96,12 @@ impl MemoryPlan {
         self.resident_budget < self.resident_need()
     }
 
+    /// Whether the device keeps some of the layers' weights in fewer bytes than f32 (as their
+    /// codes, or 16 bits): not so on the CPU backend, or for a model stored in f32.
+    fn keeps_codes(&self) -> bool {
+        self.codes_on_device && self.layers_codes_bytes < self.layers_bytes
+    }
+
     /// What the layers' weights take when all of them stay on the device: as codes where
     /// the device keeps them, else dequantised.
     fn resident_need(&self) -> u64 {
@@ -128,15 +134,16 @@ impl MemoryPlan {
         let effect = if self.budget < self.minimum() {
             "too small to run it".to_string()
         } else if self.streams() {
-            let what = if self.codes_on_device { "stay on the device as codes" } else { "stay dequantised" };
+            let what = if self.keeps_codes() { "stay on the device as codes" } else { "stay dequantised" };
             format!(
                 "{:.0}% of the layers' weights {what}, the rest are read from the file when used",
                 100.0 * self.resident_budget as f64 / self.resident_need().max(1) as f64
             )
-        } else if self.codes_on_device && self.resident_budget < self.layers_bytes {
+        } else if self.keeps_codes() {
+            let dequantised = (self.resident_budget - self.layers_codes_bytes).min(self.layers_bytes);
             format!(
-                "every layer's weights stay on the device as codes, and {:.0}% of them dequantised as well",
-                100.0 * (self.resident_budget - self.layers_codes_bytes) as f64 / self.layers_bytes.max(1) as f64
+                "every layer's weights stay on the device as codes, with room for {:.0}% of them dequantised as well",
+                100.0 * dequantised as f64 / self.layers_bytes.max(1) as f64
             )
         } else {
             "every layer's weights stay dequantised".to_string()
@@ -156,10 +163,12 @@ pub(crate) fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
-/// The memory plan of `files` under `budget` (bytes; `None`: the default from `available`),
-/// or an error with the numbers when even the fixed tensors and one layer do not fit.
-pub fn plan_memory(files: &ModelFiles, budget: Option<u64>, available: Available) -> Result<MemoryPlan> {
-    let plan = estimate_memory(files, budget, available);
+/// The memory plan of `files` under `budget` (bytes; `None`: the default from `available`)
+/// on a device that keeps block-quantised weights as their codes or not (see
+/// [`MemoryPlan::codes_on_device`]), or an error with the numbers when even the fixed
+/// tensors and one layer do not fit.
+pub fn plan_memory(files: &ModelFiles, budget: Option<u64>, available: Available, codes_on_device: bool) -> Result<MemoryPlan> {
+    let plan = estimate_memory(files, budget, available, codes_on_device);
     let c = &files.config;
     let what = format!(
         "running it needs at least {} (embeddings, head and norms {} as f32, one layer's weights {} and {} for activations and dequantisation; all {} layers dequantised would take {})",
@@ -181,7 +190,7 @@ pub fn plan_memory(files: &ModelFiles, budget: Option<u64>, available: Available
 }
 
 /// The memory plan of `files` under `budget`, whether or not the model fits.
-pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Available) -> MemoryPlan {
+pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Available, codes_on_device: bool) -> MemoryPlan {
     let c = &files.config;
     let embed = (c.vocab_size * c.hidden_size) as u64 * 4;
     let layer_bytes = layer_matrix_bytes(c);
@@ -199,7 +208,7 @@ pub fn estimate_memory(files: &ModelFiles, budget: Option<u64>, available: Avail
         available,
         resident_budget: 0,
         layers_codes_bytes: files.layers_codes_bytes(),
-        codes_on_device: false,
+        codes_on_device,
     };
     plan.resident_budget = budget.saturating_sub(fixed_bytes + plan.reserve());
     plan
@@ -317,7 +326,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
 pub fn load(path: &Path, device: ComputeDevice) -> Result<LoadedModel> {
     crate::backend::check_precision(&device.device, device.precision)?;
     let files = ModelFiles::open(path)?;
-    let plan = MemoryPlan { codes_on_device: device.codes_on_device, ..plan_memory(&files, device.memory_budget, Available::on(&device))? };
+    let plan = plan_memory(&files, device.memory_budget, Available::on(&device), device.codes_on_device)?;
     if plan.streams() {
         tracing::info!(budget = plan.budget, layers = plan.layers_bytes, "the layers' weights do not all fit: streaming them from the file");
     }
