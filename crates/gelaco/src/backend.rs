@@ -83,9 +83,9 @@ impl From<DeviceChoice> for String {
 }
 
 /// What the forward's matrix products compute in, written `f32` or `f16`: with `f16` (on a
-/// WGPU adapter whose shaders compute in f16) each projection with a weight burn can multiply
-/// in f16 and attention's two products take f16 operands, as PyTorch's autocast does, while
-/// norms, RoPE, softmax, the residual stream and the LM head stay f32.
+/// WGPU adapter whose shaders compute in f16) every projection (whatever type its weight is
+/// kept in) and attention's two products take f16 operands, as PyTorch's autocast does,
+/// while norms, RoPE, softmax, the residual stream and the LM head stay f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

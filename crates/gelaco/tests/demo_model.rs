@@ -21,14 +21,15 @@ fn fixture() -> serde_json::Value {
 }
 
 /// Logits and module outputs against transformers' (f32), within `tolerance` for logits,
-/// 1e-4 relative for the outputs' norms and 2e-3 for their values (in f16: 1e-3, and 5e-3
-/// relative to values above one).
+/// 1e-4 relative for the outputs' norms and 2e-3 for their values (in f16: 1e-3, and 1e-2
+/// relative to values above one: every projection then multiplies f16 operands, and a value
+/// near zero carries the rounding of the whole sum it comes from).
 fn check_parity(choice: DeviceChoice, precision: Precision, tolerance: f32) {
     let fx = fixture();
     let mut device = backend::select(choice).unwrap();
     device.precision = precision;
     let desc = format!("{} ({precision})", device.description);
-    let (norm_tolerance, value_tolerance) = if precision == Precision::F16 { (1e-3, 5e-3) } else { (1e-4, 2e-3) };
+    let (norm_tolerance, value_tolerance) = if precision == Precision::F16 { (1e-3, 1e-2) } else { (1e-4, 2e-3) };
     let lm = model::load(&common::demo_model(), device).unwrap();
     let ids = lm.tokenizer.encode(fx["prompt"].as_str().unwrap()).unwrap();
     let want_ids: Vec<u32> = serde_json::from_value(fx["prompt_ids"].clone()).unwrap();
@@ -36,7 +37,9 @@ fn check_parity(choice: DeviceChoice, precision: Precision, tolerance: f32) {
     let mut taps = Vec::new();
     let h = lm.model.forward(&[ids.clone()], Some(&mut taps)).unwrap();
     let s = ids.len();
-    // module outputs of layers 0, 14 and 29 against transformers' forward hooks
+    // module outputs of layers 0, 14 and 29 against transformers' forward hooks: the worst
+    // of each check (as a share of its bound) is printed before any is asserted
+    let (mut norms, mut values) = ((0f64, String::new()), (0f64, String::new()));
     for (key, want) in fx["taps_last_sample"].as_object().unwrap() {
         let (layer, module) = key.split_once('.').unwrap();
         let layer: usize = layer.parse().unwrap();
@@ -44,15 +47,21 @@ fn check_parity(choice: DeviceChoice, precision: Precision, tolerance: f32) {
         let got = download(taps[layer].all()[i].clone()).unwrap().data;
         let norm = got.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
         let want_norm = want["norm"].as_f64().unwrap();
-        assert!((norm - want_norm).abs() / want_norm < norm_tolerance, "{desc}: {key} norm {norm} vs {want_norm}");
+        let share = (norm - want_norm).abs() / want_norm / norm_tolerance;
+        if share > norms.0 {
+            norms = (share, format!("{key} norm {norm} vs {want_norm}"));
+        }
         let width = got.len() / s;
         for (j, w) in want["first"].as_array().unwrap().iter().enumerate() {
             let g = got[(s - 1) * width + j] as f64;
             let w = w.as_f64().unwrap();
             let bound = if precision == Precision::F16 { value_tolerance * w.abs().max(1.0) } else { value_tolerance };
-            assert!((g - w).abs() < bound, "{desc}: {key}[{j}] {g} vs {w}");
+            if (g - w).abs() / bound > values.0 {
+                values = ((g - w).abs() / bound, format!("{key}[{j}] {g} vs {w}"));
+            }
         }
     }
+    eprintln!("{desc}: worst norm at {:.2} of its bound ({}), worst value at {:.2} ({})", norms.0, norms.1, values.0, values.1);
     let logits = download(lm.model.logits(h.slice_dim(1, s - 1..s))).unwrap().data;
 
     let top = gelaco::eval::generate::top_k(&logits, 10);
@@ -67,6 +76,8 @@ fn check_parity(choice: DeviceChoice, precision: Precision, tolerance: f32) {
         worst = worst.max((logits[id] - want.as_f64().unwrap() as f32).abs());
     }
     eprintln!("{desc}: max |logit - transformers| = {worst:.2e}");
+    assert!(norms.0 < 1.0, "{desc}: {}", norms.1);
+    assert!(values.0 < 1.0, "{desc}: {}", values.1);
     assert!(worst < tolerance, "{desc}: logits differ from transformers by {worst}");
 }
 

@@ -51,8 +51,8 @@ pub struct Common {
     pub memory_budget: Option<u64>,
     /// What the forward's matrix products compute in: f32 (the default), or f16 on a WGPU
     /// adapter whose shaders have it (`gelaco devices` marks them), with f16 operands for
-    /// the projections burn multiplies and for attention's products, and norms, softmax,
-    /// the residual stream and the LM head in f32.
+    /// every projection and for attention's products, and norms, softmax, the residual
+    /// stream and the LM head in f32.
     #[arg(long, global = true, value_name = "f32|f16", value_parser = parse_precision)]
     pub precision: Option<gelaco::backend::Precision>,
 }

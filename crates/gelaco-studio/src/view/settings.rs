@@ -222,7 +222,7 @@ pub(super) fn run_settings(app: &mut App, ui: &mut Ui) {
                     s.precision = Precision::F16;
                 }
                 let why = if has_f16 {
-                    "Matrix products with f16 operands (projections burn multiplies, attention), as PyTorch's autocast does; norms, softmax, the residual stream and the fitness stay f32, and the product's own kernel (Q4_1, Q5_1, Q4_K, Q5_K, F16, BF16) computes in f32"
+                    "Matrix products with f16 operands (every projection, attention), as PyTorch's autocast does; norms, softmax, the residual stream and the fitness stay f32"
                 } else {
                     "f16 needs a WGPU adapter whose shaders compute in f16: the chosen device has none (the CPU backend computes in f32)"
                 };

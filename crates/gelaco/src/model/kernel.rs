@@ -5,7 +5,11 @@
 //! types (F16, BF16). Each value is computed as the host's dequantiser computes it; only the
 //! order in which the products are summed differs from an f32 matrix product.
 //!
-//! The kernel is written in CubeCL and reaches burn's tensors through a backend extension, so
+//! In `--precision f16` the same decoding writes the matrix once as f16 (each value the
+//! host's, rounded to f16) for burn's f16 matrix product, which a GPU runs on its f16 units;
+//! that copy is made for one product and let go, and takes half the bytes of an f32 one.
+//!
+//! The kernels are written in CubeCL and reaches burn's tensors through a backend extension, so
 //! it runs on every CubeCL runtime burn's WGPU backend uses (Vulkan, Metal, DX12), fused or not.
 
 use burn::backend::backend_extension;
@@ -14,6 +18,7 @@ use burn_cubecl::cubecl;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
+use half::f16;
 
 /// Outputs a cube computes along each side of its tile.
 const TILE: usize = 64;
@@ -176,6 +181,35 @@ fn codes_matmul_kernel(
     }
 }
 
+/// Units of a cube of [`codes_to_f16_kernel`], along a row.
+const ROW_UNITS: usize = 256;
+
+/// `out[row, col]` = W's value there (read through [`weight_at`]) rounded to f16, for W
+/// `[rows, cols]`: a cube for each `ROW_UNITS` values of a row.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn codes_to_f16_kernel(
+    words: &[u32],
+    scales: &[f32],
+    offsets: &[f32],
+    out: &mut [f16],
+    cols: u32,
+    #[comptime] bits: u32,
+    #[comptime] group: u32,
+    #[comptime] zero: i32,
+    #[comptime] has_offsets: bool,
+    #[comptime] exponent_bits: u32,
+    #[comptime] mantissa_bits: u32,
+) {
+    let cols = cols as usize;
+    let row = CUBE_POS_Y as usize;
+    let col = CUBE_POS_X as usize * ROW_UNITS + UNIT_POS_X as usize;
+    if col < cols {
+        let value = weight_at(words, scales, offsets, row, col, cols, bits, group, zero, has_offsets, exponent_bits, mantissa_bits);
+        out[row * cols + col] = f16::cast_from(value);
+    }
+}
+
 /// The shape of `x @ W^T` for `x` `[m, k]` and W kept as `words` `[n, ..]`.
 fn product_shape(x: &Shape, words: &Shape) -> Shape {
     Shape::new([x[0], words[0]])
@@ -194,6 +228,20 @@ pub trait CodesMatmul: burn::backend::Backend {
         cols: usize,
         decode: Decode,
     ) -> burn::backend::tensor::FloatTensor<Self>;
+
+    #[fusion(dtype = burn::tensor::DType::F16, shape = matrix_shape(words, cols))]
+    fn codes_to_f16(
+        words: burn::backend::tensor::IntTensor<Self>,
+        scales: burn::backend::tensor::FloatTensor<Self>,
+        offsets: burn::backend::tensor::FloatTensor<Self>,
+        cols: usize,
+        decode: Decode,
+    ) -> burn::backend::tensor::FloatTensor<Self>;
+}
+
+/// The shape `[rows, cols]` of W kept as `words` `[rows, ..]`.
+fn matrix_shape(words: &Shape, cols: &usize) -> Shape {
+    Shape::new([words[0], *cols])
 }
 
 impl CodesMatmul for CubeBackend {
@@ -232,6 +280,42 @@ impl CodesMatmul for CubeBackend {
         }
         out
     }
+
+    fn codes_to_f16(words: CubeTensor, scales: CubeTensor, offsets: CubeTensor, cols: usize, decode: Decode) -> CubeTensor {
+        use burn_cubecl::kernel::into_contiguous;
+        let (words, scales, offsets) = (into_contiguous(words), into_contiguous(scales), into_contiguous(offsets));
+        let rows = words.meta.shape()[0];
+        let out = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+            words.client.clone(),
+            words.device.clone(),
+            Shape::new([rows, cols]),
+            burn::tensor::DType::F16,
+        );
+        let count = CubeCount::Static(cols.div_ceil(ROW_UNITS) as u32, rows as u32, 1);
+        let (bits, group, zero, has_offsets, exponent_bits, mantissa_bits) = decode.comptime();
+        // SAFETY: every index the kernel reads is within W `[rows, cols]` in its words, its
+        // scales and offsets one per group (see [`codes_to_f16`]); it writes only within
+        // `[rows, cols]`, one cube row per matrix row.
+        unsafe {
+            codes_to_f16_kernel::launch_unchecked(
+                &out.client,
+                count,
+                CubeDim::new_1d(ROW_UNITS as u32),
+                words.into_buffer_arg(),
+                scales.into_buffer_arg(),
+                offsets.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                cols as u32,
+                bits,
+                group,
+                zero,
+                has_offsets,
+                exponent_bits,
+                mantissa_bits,
+            );
+        }
+        out
+    }
 }
 
 /// `x @ W^T` for `x` `[m, cols]` and W `[rows, cols]` kept on the device as `words`
@@ -253,6 +337,25 @@ pub fn codes_matmul(x: Tensor<2>, words: &Tensor<2, Int>, scales: &Tensor<2>, of
         decode,
     );
     Tensor::<2>::from_dispatch(y)
+}
+
+/// W `[rows, cols]` kept as in [`codes_matmul`], as an f16 tensor `[rows, cols]` on its
+/// device: each value as the host dequantises it, rounded to f16 (to the nearest, ties to
+/// even; beyond f16's range, infinite).
+pub fn codes_to_f16(words: &Tensor<2, Int>, scales: &Tensor<2>, offsets: Option<&Tensor<2>>, rows: usize, cols: usize, decode: Decode) -> Tensor<2> {
+    debug_assert_eq!(words.dims()[0], rows);
+    if rows == 0 || cols == 0 {
+        return Tensor::<2>::zeros([rows, cols], &words.device()).cast(burn::tensor::FloatDType::F16);
+    }
+    let offsets = offsets.unwrap_or(scales).clone();
+    let w = <burn::backend::Dispatch as CodesMatmul>::codes_to_f16(
+        words.clone().into_dispatch(),
+        scales.clone().into_dispatch(),
+        offsets.into_dispatch(),
+        cols,
+        decode,
+    );
+    Tensor::<2>::from_dispatch(w)
 }
 
 /// Whether `device` runs the kernel: a CubeCL device (the WGPU backend), not the CPU backend.

@@ -571,9 +571,9 @@ impl StoredMatrix {
         self.product_in(x, Precision::F32)
     }
 
-    /// [`StoredMatrix::product`] in `precision`: with `f16`, burn's quantised product takes
-    /// an f16 `x`, and a dequantised matrix is multiplied as f16; the product's own kernel
-    /// reads and sums in f32 whatever the precision. f32 in and out.
+    /// [`StoredMatrix::product`] in `precision`: with `f16`, the product takes f16 operands
+    /// (see [`DeviceCodes::product_in`]), and a dequantised matrix is multiplied as f16. f32
+    /// in and out.
     pub fn product_in(&self, x: Tensor<2>, precision: Precision) -> Tensor<2> {
         if self.keeps_codes() && super::kernel::runs_on(&self.device) {
             return self.device_codes().product_in(x, precision);
@@ -649,8 +649,10 @@ pub fn time_product(kind: GgmlType, m: usize, rows: usize, cols: usize, device: 
         "f32 copy"
     } else if kept.device_codes().quantized_t().is_some() {
         "burn's quantised product"
-    } else {
+    } else if precision.is_f32() {
         "own kernel"
+    } else {
+        "f16 copy (own kernel)"
     };
     let x = Tensor::<2>::random([m, cols], burn::tensor::Distribution::Normal(0.0, 1.0), device);
     let f32_matrix = dense.dense_t();
@@ -728,6 +730,14 @@ enum Form {
     /// F16 or BF16 values two to a 32-bit word, the first in the lower half, with the power
     /// of two of each exponent.
     Halves { words: Tensor<2, Int>, kind: GgmlType, powers: Tensor<1> },
+}
+
+/// How a product reads a matrix kept as codes: burn's quantised tensor, or what the product's
+/// own kernel reads (its words, their scales, or for 16-bit values the powers of two of
+/// their exponents, and offsets, and how to decode them).
+enum Read<'a> {
+    Burn(&'a Tensor<2>),
+    Kernel { words: &'a Tensor<2, Int>, scales: Tensor<2>, offsets: Option<&'a Tensor<2>>, decode: super::kernel::Decode },
 }
 
 impl fmt::Debug for DeviceCodes {
@@ -809,21 +819,45 @@ impl DeviceCodes {
         self.product_in(x, Precision::F32)
     }
 
-    /// [`DeviceCodes::product`] with burn's quantised product taking `x` in `precision`; the
-    /// product's own kernel computes in f32. f32 in and out.
+    /// [`DeviceCodes::product`] in `precision`: with `f16`, burn's quantised product takes
+    /// an f16 `x`, and a matrix the product's own kernel reads is multiplied as its
+    /// [`DeviceCodes::f16_copy`] by burn's f16 product. f32 in and out.
     pub fn product_in(&self, x: Tensor<2>, precision: Precision) -> Tensor<2> {
-        use super::kernel::{codes_matmul, Decode};
-        let (rows, cols) = (self.rows, self.cols);
+        match self.read() {
+            Read::Burn(q) => product_in(x, q.clone().transpose(), precision),
+            Read::Kernel { words, scales, offsets, decode } if precision.is_f32() => {
+                super::kernel::codes_matmul(x, words, &scales, offsets, self.rows, self.cols, decode)
+            }
+            Read::Kernel { words, scales, offsets, decode } => {
+                let w = super::kernel::codes_to_f16(words, &scales, offsets, self.rows, self.cols, decode);
+                product_in(x, w.transpose(), precision)
+            }
+        }
+    }
+
+    /// The matrix `[rows, cols]` as f16, written by the product's own kernel from the codes
+    /// it reads (see [`super::kernel::codes_to_f16`]): made for one product and let go, half
+    /// the bytes of an f32 copy. `None` for burn's quantised tensor.
+    pub fn f16_copy(&self) -> Option<Tensor<2>> {
+        match self.read() {
+            Read::Kernel { words, scales, offsets, decode } => Some(super::kernel::codes_to_f16(words, &scales, offsets, self.rows, self.cols, decode)),
+            Read::Burn(_) => None,
+        }
+    }
+
+    /// How a product reads the matrix.
+    fn read(&self) -> Read<'_> {
+        use super::kernel::Decode;
         match &self.form {
-            Form::Quantized(q) => product_in(x, q.clone().transpose(), precision),
+            Form::Quantized(q) => Read::Burn(q),
             Form::Words { words, scales, offsets, bits, zero, group } => {
                 let decode = Decode::Codes { bits: *bits, group: *group as u32, zero: *zero, offsets: offsets.is_some() };
-                codes_matmul(x, words, scales, offsets.as_ref(), rows, cols, decode)
+                Read::Kernel { words, scales: scales.clone(), offsets: offsets.as_ref(), decode }
             }
             Form::Halves { words, kind, powers } => {
                 let (exponent_bits, mantissa_bits) = half_bits(*kind);
-                let powers = powers.clone().unsqueeze_dim::<2>(0);
-                codes_matmul(x, words, &powers, None, rows, cols, Decode::Halves { exponent_bits, mantissa_bits })
+                let decode = Decode::Halves { exponent_bits, mantissa_bits };
+                Read::Kernel { words, scales: powers.clone().unsqueeze_dim::<2>(0), offsets: None, decode }
             }
         }
     }
@@ -1119,6 +1153,19 @@ mod tests {
                         let block = (r * cols + c) / kind.block_layout().unwrap().0;
                         assert!(p == q || flushed, "{} row {r} column {c} (block {block}): {p} vs {q}", kind.name());
                     }
+                    // the f16 copy an f16 product multiplies: each value the host's, rounded to f16
+                    let halves = b.device_codes().f16_copy().unwrap();
+                    assert_eq!((halves.dims(), halves.dtype()), ([rows, cols], burn::tensor::DType::F16), "{}", kind.name());
+                    let got = crate::model::llama::download(halves.cast(burn::tensor::FloatDType::F32)).unwrap().data;
+                    for (j, q) in got.iter().enumerate() {
+                        let (r, c) = (j / cols, j % cols);
+                        let p = want[c * rows + r];
+                        let rounded = half::f16::from_f32(p).to_f32();
+                        // a GPU may flush a value below f16's smallest normal number to zero
+                        let flushed = *q == 0.0 && rounded.abs() < half::f16::MIN_POSITIVE.to_f32();
+                        let block = (r * cols + c) / kind.block_layout().unwrap().0;
+                        assert!(rounded == *q || flushed, "{} as f16, row {r} column {c} (block {block}): {p} rounds to {rounded}, got {q}", kind.name());
+                    }
                 }
                 // the f32 copy that merging and healing read is the host's, bit for bit
                 let (p, q) = (crate::model::llama::download(a.dense_t()).unwrap().data, crate::model::llama::download(b.dense_t()).unwrap().data);
@@ -1137,7 +1184,7 @@ mod tests {
             let (rows, cols) = (96, 512);
             // activations in the thousands, whose products f16 could not hold unscaled
             let x = Tensor::<2>::random([70, cols], burn::tensor::Distribution::Normal(0.0, 1000.0), &device);
-            let compare = |name: &str, w: &Weight, kernel: bool| {
+            let compare = |name: &str, w: &Weight| {
                 let want = crate::model::llama::download(w.product_in(x.clone(), Precision::F32)).unwrap().data;
                 let got_t = w.product_in(x.clone(), Precision::F16);
                 assert_eq!(got_t.dtype(), burn::tensor::DType::F32, "{name}: f32 out");
@@ -1145,22 +1192,22 @@ mod tests {
                 let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
                 let worst = want.iter().zip(&got).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
                 eprintln!("{name}: f16 against f32 differs by {:.2e} of the largest output", worst / scale);
-                if kernel {
-                    // the product's own kernel reads and sums in f32 whatever the precision
-                    assert_eq!(worst, 0.0, "{name}");
-                } else {
-                    assert!(worst > 0.0, "{name}: an f16 product rounds its operands");
-                    assert!(worst <= 2e-3 * scale, "{name}: f16 differs by {worst} (values up to {scale})");
-                }
+                // every kept type, the product's own kernel's too, multiplies f16 operands
+                assert!(worst > 0.0, "{name}: an f16 product rounds its operands");
+                assert!(worst <= 2e-3 * scale, "{name}: f16 differs by {worst} (values up to {scale})");
             };
             for (i, kind) in KEPT_TYPES.into_iter().chain([GgmlType::F32]).enumerate() {
                 let (_file, bytes) = random_matrix(kind, rows, cols, 40 + i as u64);
                 let codes = Resident::keeping_codes(u64::MAX, true);
                 let m = StoredMatrix::new("m".into(), kind, bytes, rows, cols, None, &codes, &device).unwrap();
-                let kernel = m.keeps_codes() && burn_scheme(kind).is_none();
-                compare(&kind.name(), &Weight::Stored(m.clone()), kernel);
+                compare(&kind.name(), &Weight::Stored(m.clone()));
+                if m.keeps_codes() {
+                    // and keeps no f32 copy of the matrix to do so
+                    let s = codes.stats();
+                    assert_eq!(s.bytes, s.codes_bytes, "{}: {} bytes beside the codes", kind.name(), s.bytes - s.codes_bytes);
+                }
                 if i == 0 {
-                    compare("a dense weight", &Weight::Dense(m.dense_t()), false);
+                    compare("a dense weight", &Weight::Dense(m.dense_t()));
                 }
             }
         }
