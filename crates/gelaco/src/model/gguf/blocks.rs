@@ -534,7 +534,7 @@ mod tests {
     fn q5_0_block() {
         let mut b = Vec::new();
         b.extend_from_slice(&h(1.0));
-        // high bit set for element 1 (bit 1) and element 16 (bit 16 -> j=0 of upper half uses bit 12+0+4? no: bit j+16)
+        // the fifth bit set for element 1 (bit 1) and element 16 (element 16 + j takes bit 16 + j)
         let qh: u32 = (1 << 1) | (1 << 16);
         b.extend_from_slice(&qh.to_le_bytes());
         for _ in 0..16 {
