@@ -408,12 +408,16 @@ fn devices_are_numbered_as_device_gpu_n_names_them_and_a_missing_one_is_an_error
     for (i, a) in adapters.iter().enumerate() {
         assert_eq!(a["device"], format!("gpu:{i}"), "{v}");
         assert!(a["name"].is_string() && a["api"].is_string() && a["hardware"].is_boolean(), "{v}");
-        // own memory only on a discrete GPU, and then its device-local heap
+        // own memory only on a discrete GPU, and then what its driver's budget leaves of its
+        // device-local heap, or the heap where the driver reports no budget
         let discrete = a["type"] == "DiscreteGpu";
-        assert!(if discrete { a["memory"] == a["device_local_heap"] } else { a["memory"].is_null() }, "{v}");
+        let heap = a["device_local_heap"].as_u64();
+        let free = a["device_local_free"].as_u64();
+        assert!(if discrete { a["memory"].as_u64() == free.or(heap) } else { a["memory"].is_null() }, "{v}");
         if a["api"] == "Vulkan" {
-            assert!(a["device_local_heap"].as_u64().is_some_and(|h| h > 0), "{v}");
+            assert!(heap.is_some_and(|h| h > 0), "{v}");
         }
+        assert!(free.is_none_or(|f| f > 0 && Some(f) <= heap), "{v}");
     }
     assert!(v["auto"].is_string(), "{v}");
     let text = String::from_utf8_lossy(&gelaco(&["devices"]).stdout).into_owned();

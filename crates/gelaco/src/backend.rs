@@ -215,6 +215,9 @@ pub struct AdapterDesc {
     /// Its largest device-local memory heap, in bytes, as Vulkan reports it (`None` on
     /// Metal and DX12, whose memory this tool does not read).
     pub heap: Option<u64>,
+    /// What of that heap the driver's budget leaves this process (memory other programs
+    /// hold on the device is not in it), where the driver reports it (`VK_EXT_memory_budget`).
+    pub heap_free: Option<u64>,
 }
 
 impl AdapterDesc {
@@ -236,11 +239,12 @@ impl AdapterDesc {
     }
 
     /// The memory of its own that bounds what a model may keep on it: a discrete GPU's
-    /// device-local heap. An integrated GPU or a software adapter uses the host's memory
+    /// device-local heap, or what of it the driver's budget leaves this process where the
+    /// driver reports that. An integrated GPU or a software adapter uses the host's memory
     /// (its device-local heap, where it reports one, is a part of that memory or a small
     /// carve-out beside what it can use), so the host's available memory bounds it instead.
     pub fn own_memory(&self) -> Option<u64> {
-        self.heap.filter(|_| self.device_type == wgpu::DeviceType::DiscreteGpu)
+        self.heap_free.or(self.heap).filter(|_| self.device_type == wgpu::DeviceType::DiscreteGpu)
     }
 
     pub fn describe(&self) -> String {
@@ -273,6 +277,7 @@ pub fn adapters() -> Vec<AdapterDesc> {
                 .iter()
                 .map(|a| {
                     let info = a.get_info();
+                    let heap = vulkan_heap(a);
                     AdapterDesc {
                         name: info.name,
                         backend: format!("{:?}", info.backend),
@@ -280,7 +285,8 @@ pub fn adapters() -> Vec<AdapterDesc> {
                         device_type: info.device_type,
                         driver: info.driver_info,
                         shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
-                        heap: vulkan_heap(a),
+                        heap: heap.map(|(size, _)| size),
+                        heap_free: heap.and_then(|(_, free)| free),
                     }
                 })
                 .collect();
@@ -290,15 +296,39 @@ pub fn adapters() -> Vec<AdapterDesc> {
         .clone()
 }
 
-/// A Vulkan adapter's largest device-local memory heap, in bytes (`None` for other APIs).
-fn vulkan_heap(adapter: &wgpu::Adapter) -> Option<u64> {
-    const DEVICE_LOCAL: u32 = 0x1;
+/// A Vulkan adapter's largest device-local memory heap (`None` for other APIs): its size, and
+/// what of it the driver's budget leaves this process (the heap's budget less this process's
+/// use, through `VK_EXT_memory_budget`), where the driver reports one.
+fn vulkan_heap(adapter: &wgpu::Adapter) -> Option<(u64, Option<u64>)> {
+    use ash::vk;
+    const DEVICE_LOCAL: vk::MemoryHeapFlags = vk::MemoryHeapFlags::DEVICE_LOCAL;
     // SAFETY: only reads the physical device's memory properties through the instance that
     // enumerated it; nothing is created, kept or destroyed.
     let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
-    let properties = unsafe { hal.shared_instance().raw_instance().get_physical_device_memory_properties(hal.raw_physical_device()) };
+    let instance = hal.shared_instance();
+    let physical = hal.raw_physical_device();
+    let capabilities = hal.physical_device_capabilities();
+    // vkGetPhysicalDeviceMemoryProperties2 is Vulkan 1.1, for the instance and the device
+    let v1_1 = instance.instance_api_version() >= vk::API_VERSION_1_1 && capabilities.properties().api_version >= vk::API_VERSION_1_1;
+    let reports_budget = v1_1 && capabilities.supports_extension(ash::ext::memory_budget::NAME);
+    let mut budget = vk::PhysicalDeviceMemoryBudgetPropertiesEXT::default();
+    let properties = if v1_1 {
+        let mut properties = vk::PhysicalDeviceMemoryProperties2::default();
+        if reports_budget {
+            properties = properties.push_next(&mut budget);
+        }
+        // SAFETY: as above; the budget structure is chained only where the device has the
+        // extension that defines it
+        unsafe { instance.raw_instance().get_physical_device_memory_properties2(physical, &mut properties) };
+        properties.memory_properties
+    } else {
+        // SAFETY: as above
+        unsafe { instance.raw_instance().get_physical_device_memory_properties(physical) }
+    };
     let count = (properties.memory_heap_count as usize).min(properties.memory_heaps.len());
-    properties.memory_heaps[..count].iter().filter(|h| h.flags.as_raw() & DEVICE_LOCAL != 0).map(|h| h.size).max()
+    let (i, heap) = properties.memory_heaps[..count].iter().enumerate().filter(|(_, h)| h.flags.contains(DEVICE_LOCAL)).max_by_key(|(_, h)| h.size)?;
+    let free = reports_budget.then(|| budget.heap_budget[i].saturating_sub(budget.heap_usage[i])).filter(|&f| f > 0);
+    Some((heap.size, free))
 }
 
 /// The adapter of `all` that `choice` selects, as [`select`] takes it (`None`: the CPU
@@ -522,7 +552,7 @@ mod tests {
     }
 
     fn adapter(name: &str, device_type: wgpu::DeviceType, api: wgpu::Backend) -> AdapterDesc {
-        AdapterDesc { name: name.into(), backend: format!("{api:?}"), api, device_type, driver: String::new(), shader_f16: false, heap: None }
+        AdapterDesc { name: name.into(), backend: format!("{api:?}"), api, device_type, driver: String::new(), shader_f16: false, heap: None, heap_free: None }
     }
 
     #[test]
@@ -552,11 +582,17 @@ mod tests {
             assert_eq!(with_heap(shared).own_memory(), None, "{shared:?}");
             assert!(!with_heap(shared).describe().contains("GiB"));
         }
+        // what the driver's budget leaves, where it reports one, bounds it instead
+        let busy = AdapterDesc { heap_free: Some(5 << 30), ..with_heap(DeviceType::DiscreteGpu) };
+        assert_eq!(busy.own_memory(), Some(5 << 30));
+        assert!(busy.describe().contains(", 5.00 GiB]"));
+        assert_eq!(AdapterDesc { heap_free: Some(5 << 30), ..with_heap(DeviceType::IntegratedGpu) }.own_memory(), None);
         assert_eq!(adapter("a", DeviceType::DiscreteGpu, Backend::Dx12).own_memory(), None);
         assert_eq!(own_memory(DeviceChoice::Cpu), None);
     }
 
-    /// Every Vulkan adapter reports its memory heaps; software Vulkan (lavapipe) is enough.
+    /// Every Vulkan adapter reports its memory heaps, and what of them its budget leaves where
+    /// it reports one; software Vulkan (lavapipe) is enough.
     #[test]
     fn vulkan_adapters_report_their_device_local_memory() {
         let all = adapters();
@@ -567,6 +603,9 @@ mod tests {
         }
         for a in vulkan {
             assert!(a.heap.is_some_and(|h| h >= 64 << 20), "{}: heap {:?}", a.describe(), a.heap);
+            // a budget the driver reports (lavapipe's does) is some of the heap
+            assert!(a.heap_free.is_none_or(|f| f > 0 && Some(f) <= a.heap), "{}: {:?} free of {:?}", a.describe(), a.heap_free, a.heap);
+            eprintln!("{}: device-local heap {:?}, free by the driver's budget {:?}", a.describe(), a.heap, a.heap_free);
         }
     }
 

@@ -446,6 +446,7 @@ fn dispatch() -> Result<()> {
                             "f16": d.shader_f16,
                             "memory": d.own_memory(),
                             "device_local_heap": d.heap,
+                            "device_local_free": d.heap_free,
                         })
                     })
                     .collect();
