@@ -9,8 +9,9 @@
 //! host's, rounded to f16) for burn's f16 matrix product, which a GPU runs on its f16 units;
 //! that copy is made for one product and let go, and takes half the bytes of an f32 one.
 //!
-//! The kernels are written in CubeCL and reaches burn's tensors through a backend extension, so
-//! it runs on every CubeCL runtime burn's WGPU backend uses (Vulkan, Metal, DX12), fused or not.
+//! The kernels are written in CubeCL and reach burn's tensors through a backend extension, so
+//! they run on every CubeCL runtime burn's WGPU backend uses (Vulkan, Metal, DX12), fused or
+//! not.
 
 use burn::backend::backend_extension;
 use burn::tensor::{Device, Int, Shape, Tensor};
@@ -183,9 +184,12 @@ fn codes_matmul_kernel(
 
 /// Units of a cube of [`codes_to_f16_kernel`], along a row.
 const ROW_UNITS: usize = 256;
+/// The most cubes a grid holds along one dimension (WebGPU's least limit).
+const MAX_CUBES: usize = 65_535;
 
 /// `out[row, col]` = W's value there (read through [`weight_at`]) rounded to f16, for W
-/// `[rows, cols]`: a cube for each `ROW_UNITS` values of a row.
+/// `[rows, cols]`: a cube for each `ROW_UNITS` values of a row, the rows numbered along the
+/// grid's y and z (a grid holds at most [`MAX_CUBES`] cubes along each).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn codes_to_f16_kernel(
@@ -193,6 +197,7 @@ fn codes_to_f16_kernel(
     scales: &[f32],
     offsets: &[f32],
     out: &mut [f16],
+    rows: u32,
     cols: u32,
     #[comptime] bits: u32,
     #[comptime] group: u32,
@@ -201,10 +206,10 @@ fn codes_to_f16_kernel(
     #[comptime] exponent_bits: u32,
     #[comptime] mantissa_bits: u32,
 ) {
-    let cols = cols as usize;
-    let row = CUBE_POS_Y as usize;
+    let (rows, cols) = (rows as usize, cols as usize);
+    let row = CUBE_POS_Z as usize * CUBE_COUNT_Y as usize + CUBE_POS_Y as usize;
     let col = CUBE_POS_X as usize * ROW_UNITS + UNIT_POS_X as usize;
-    if col < cols {
+    if row < rows && col < cols {
         let value = weight_at(words, scales, offsets, row, col, cols, bits, group, zero, has_offsets, exponent_bits, mantissa_bits);
         out[row * cols + col] = f16::cast_from(value);
     }
@@ -291,11 +296,12 @@ impl CodesMatmul for CubeBackend {
             Shape::new([rows, cols]),
             burn::tensor::DType::F16,
         );
-        let count = CubeCount::Static(cols.div_ceil(ROW_UNITS) as u32, rows as u32, 1);
+        let (y, z) = (rows.min(MAX_CUBES), rows.div_ceil(MAX_CUBES));
+        let count = CubeCount::Static(cols.div_ceil(ROW_UNITS) as u32, y as u32, z as u32);
         let (bits, group, zero, has_offsets, exponent_bits, mantissa_bits) = decode.comptime();
         // SAFETY: every index the kernel reads is within W `[rows, cols]` in its words, its
         // scales and offsets one per group (see [`codes_to_f16`]); it writes only within
-        // `[rows, cols]`, one cube row per matrix row.
+        // `[rows, cols]`.
         unsafe {
             codes_to_f16_kernel::launch_unchecked(
                 &out.client,
@@ -305,6 +311,7 @@ impl CodesMatmul for CubeBackend {
                 scales.into_buffer_arg(),
                 offsets.into_buffer_arg(),
                 out.clone().into_buffer_arg(),
+                rows as u32,
                 cols as u32,
                 bits,
                 group,
