@@ -52,10 +52,9 @@ impl Decode {
     }
 }
 
-/// The value at row `row`, column `col` of a matrix `cols` wide kept as `words` (see
-/// [`Decode::comptime`]), computed as the host computes it.
+/// The value at row `row`, column `col` of a matrix `cols` wide kept as `words`, read as
+/// `decode` says (see [`Decode::comptime`]), computed as the host computes it.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 fn weight_at(
     words: &[u32],
     scales: &[f32],
@@ -63,13 +62,14 @@ fn weight_at(
     row: usize,
     col: usize,
     cols: usize,
-    #[comptime] bits: u32,
-    #[comptime] group: u32,
-    #[comptime] zero: i32,
-    #[comptime] has_offsets: bool,
-    #[comptime] exponent_bits: u32,
-    #[comptime] mantissa_bits: u32,
+    #[comptime] decode: Decode,
 ) -> f32 {
+    let bits = comptime!(decode.comptime().0);
+    let group = comptime!(decode.comptime().1);
+    let zero = comptime!(decode.comptime().2);
+    let has_offsets = comptime!(decode.comptime().3);
+    let exponent_bits = comptime!(decode.comptime().4);
+    let mantissa_bits = comptime!(decode.comptime().5);
     let per_word = comptime!((32 / bits) as usize);
     let at = row * cols + col;
     let shift = ((col % per_word) as u32) * bits;
@@ -106,12 +106,7 @@ fn codes_matmul_kernel(
     m: u32,
     n: u32,
     k: u32,
-    #[comptime] bits: u32,
-    #[comptime] group: u32,
-    #[comptime] zero: i32,
-    #[comptime] has_offsets: bool,
-    #[comptime] exponent_bits: u32,
-    #[comptime] mantissa_bits: u32,
+    #[comptime] decode: Decode,
 ) {
     let (m, n, k) = (m as usize, n as usize, k as usize);
     let tx = UNIT_POS_X as usize;
@@ -144,7 +139,7 @@ fn codes_matmul_kernel(
             xs[c * TILE + r] = xv;
             let mut wv = 0.0;
             if n0 + r < n && col < k {
-                wv = weight_at(words, scales, offsets, n0 + r, col, k, bits, group, zero, has_offsets, exponent_bits, mantissa_bits);
+                wv = weight_at(words, scales, offsets, n0 + r, col, k, decode);
             }
             ws[c * TILE + r] = wv;
         }
@@ -199,18 +194,13 @@ fn codes_to_f16_kernel(
     out: &mut [f16],
     rows: u32,
     cols: u32,
-    #[comptime] bits: u32,
-    #[comptime] group: u32,
-    #[comptime] zero: i32,
-    #[comptime] has_offsets: bool,
-    #[comptime] exponent_bits: u32,
-    #[comptime] mantissa_bits: u32,
+    #[comptime] decode: Decode,
 ) {
     let (rows, cols) = (rows as usize, cols as usize);
     let row = CUBE_POS_Z as usize * CUBE_COUNT_Y as usize + CUBE_POS_Y as usize;
     let col = CUBE_POS_X as usize * ROW_UNITS + UNIT_POS_X as usize;
     if row < rows && col < cols {
-        let value = weight_at(words, scales, offsets, row, col, cols, bits, group, zero, has_offsets, exponent_bits, mantissa_bits);
+        let value = weight_at(words, scales, offsets, row, col, cols, decode);
         out[row * cols + col] = f16::cast_from(value);
     }
 }
@@ -258,7 +248,6 @@ impl CodesMatmul for CubeBackend {
         let out = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([m, n]), x.dtype);
         let count = CubeCount::Static(n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1);
         let dim = CubeDim::new_2d(UNITS as u32, UNITS as u32);
-        let (bits, group, zero, has_offsets, exponent_bits, mantissa_bits) = decode.comptime();
         // SAFETY: every index the kernel reads is bounded by the shapes checked in
         // [`codes_matmul`]: x `[m, cols]`, W `[n, cols]` in its words, its scales and offsets
         // one per group; it writes only within `[m, n]`.
@@ -275,12 +264,7 @@ impl CodesMatmul for CubeBackend {
                 m as u32,
                 n as u32,
                 cols as u32,
-                bits,
-                group,
-                zero,
-                has_offsets,
-                exponent_bits,
-                mantissa_bits,
+                decode,
             );
         }
         out
@@ -298,7 +282,6 @@ impl CodesMatmul for CubeBackend {
         );
         let (y, z) = (rows.min(MAX_CUBES), rows.div_ceil(MAX_CUBES));
         let count = CubeCount::Static(cols.div_ceil(ROW_UNITS) as u32, y as u32, z as u32);
-        let (bits, group, zero, has_offsets, exponent_bits, mantissa_bits) = decode.comptime();
         // SAFETY: every index the kernel reads is within W `[rows, cols]` in its words, its
         // scales and offsets one per group (see [`codes_to_f16`]); it writes only within
         // `[rows, cols]`.
@@ -313,12 +296,7 @@ impl CodesMatmul for CubeBackend {
                 out.clone().into_buffer_arg(),
                 rows as u32,
                 cols as u32,
-                bits,
-                group,
-                zero,
-                has_offsets,
-                exponent_bits,
-                mantissa_bits,
+                decode,
             );
         }
         out
@@ -334,15 +312,8 @@ pub fn codes_matmul(x: Tensor<2>, words: &Tensor<2, Int>, scales: &Tensor<2>, of
     if x.dims()[0] == 0 || rows == 0 {
         return Tensor::<2>::zeros([x.dims()[0], rows], &x.device());
     }
-    let offsets = offsets.unwrap_or(scales).clone();
-    let y = <burn::backend::Dispatch as CodesMatmul>::codes_matmul(
-        x.into_dispatch(),
-        words.clone().into_dispatch(),
-        scales.clone().into_dispatch(),
-        offsets.into_dispatch(),
-        cols,
-        decode,
-    );
+    let (words, scales, offsets) = dispatched(words, scales, offsets);
+    let y = <burn::backend::Dispatch as CodesMatmul>::codes_matmul(x.into_dispatch(), words, scales, offsets, cols, decode);
     Tensor::<2>::from_dispatch(y)
 }
 
@@ -354,15 +325,23 @@ pub fn codes_to_f16(words: &Tensor<2, Int>, scales: &Tensor<2>, offsets: Option<
     if rows == 0 || cols == 0 {
         return Tensor::<2>::zeros([rows, cols], &words.device()).cast(burn::tensor::FloatDType::F16);
     }
+    let (words, scales, offsets) = dispatched(words, scales, offsets);
+    Tensor::<2>::from_dispatch(<burn::backend::Dispatch as CodesMatmul>::codes_to_f16(words, scales, offsets, cols, decode))
+}
+
+/// W's words, scales and offsets as the operations take them (without offsets, the scales in
+/// their place, which the kernels then never read).
+fn dispatched(
+    words: &Tensor<2, Int>,
+    scales: &Tensor<2>,
+    offsets: Option<&Tensor<2>>,
+) -> (
+    burn::backend::tensor::IntTensor<burn::backend::Dispatch>,
+    burn::backend::tensor::FloatTensor<burn::backend::Dispatch>,
+    burn::backend::tensor::FloatTensor<burn::backend::Dispatch>,
+) {
     let offsets = offsets.unwrap_or(scales).clone();
-    let w = <burn::backend::Dispatch as CodesMatmul>::codes_to_f16(
-        words.clone().into_dispatch(),
-        scales.clone().into_dispatch(),
-        offsets.into_dispatch(),
-        cols,
-        decode,
-    );
-    Tensor::<2>::from_dispatch(w)
+    (words.clone().into_dispatch(), scales.clone().into_dispatch(), offsets.into_dispatch())
 }
 
 /// Whether `device` runs the kernel: a CubeCL device (the WGPU backend), not the CPU backend.
