@@ -487,3 +487,60 @@ fn healing_on_reference_activations_recomputed_per_use_equals_healing_on_cached_
         }
     }
 }
+
+#[test]
+fn span_distances_compare_the_states_entering_layers_n_apart() {
+    let tiny = Tiny { layers: 6, ..Tiny::default() };
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(&tiny, &cpu);
+    let layers = m.model.num_layers();
+    let samples = calibration(5).samples;
+    // batches of two: padded rows, and a last batch of one
+    let got = gelaco::search::baselines::span_distances(&m.model, &samples, 2, 4).unwrap();
+    assert_eq!(got.cosine.len(), 4);
+    assert_eq!(got.angular[3].len(), layers - 3);
+
+    // the states of each sample alone, on the host: states[j][token] enters layer j
+    let mut cos_sum = vec![vec![0f64; layers + 1]; 5];
+    let mut angle_sum = cos_sum.clone();
+    let mut tokens = 0usize;
+    for s in &samples {
+        let ids = m.model.ids_tensor(std::slice::from_ref(s)).unwrap();
+        let mut state = m.model.state(s.len());
+        let mut h = m.model.embed(ids);
+        let mut states = vec![gelaco::model::llama::download(h.clone()).unwrap().data];
+        for j in 0..layers {
+            h = m.model.run_layers(h, j..j + 1, &mut state, None, None);
+            states.push(gelaco::model::llama::download(h.clone()).unwrap().data);
+        }
+        let width = states[0].len() / s.len();
+        for n in 1..=4 {
+            for l in 0..=layers - n {
+                for t in 0..s.len() {
+                    let a = &states[l][t * width..(t + 1) * width];
+                    let b = &states[l + n][t * width..(t + 1) * width];
+                    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+                    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                    let c = (dot / (na * nb)).clamp(-1.0, 1.0);
+                    cos_sum[n][l] += c;
+                    angle_sum[n][l] += c.acos() / std::f64::consts::PI;
+                }
+            }
+        }
+        tokens += s.len();
+    }
+    for n in 1..=4 {
+        for l in 0..=layers - n {
+            let (c, a) = (cos_sum[n][l] / tokens as f64, angle_sum[n][l] / tokens as f64);
+            assert!((got.cosine[n - 1][l] - c).abs() < 1e-4, "cosine over {n} from {l}: {} vs {c}", got.cosine[n - 1][l]);
+            assert!((got.angular[n - 1][l] - a).abs() < 1e-4, "angle over {n} from {l}: {} vs {a}", got.angular[n - 1][l]);
+            assert!(a > 0.0 && a < 1.0);
+        }
+    }
+    // Block Influence is one minus the cosine over one layer
+    let influence = gelaco::search::baselines::block_influence(&m.model, &samples, 3).unwrap();
+    for (i, c) in influence.iter().zip(&got.cosine[0]) {
+        assert!((i - (1.0 - c)).abs() < 1e-5);
+    }
+}

@@ -285,10 +285,14 @@ fn run(spec: JobSpec, nats: Option<&crate::dist::NatsSettings>, out: &Outbox, co
     };
     let mut seeds: Vec<Plan> = baselines.iter().map(|s| s.plan.clone()).collect();
     if info.settings.init == Init::Seeded && checkpoint.is_none() {
-        out.send(Event::Stage { message: "ShortGPT plans to start from (Block Influence)".into() });
-        let influence = baselines::block_influence(engine.model(), &engine.calibration.samples, engine.options.batch_size)?;
-        for r in info.settings.seed_sizes(layers) {
+        out.send(Event::Stage { message: "plans to start from: ShortGPT's (Block Influence) and the closest blocks of layers (angular distance)".into() });
+        let sizes = info.settings.seed_sizes(layers);
+        let span = sizes.iter().copied().max().unwrap_or(1);
+        let distances = baselines::span_distances(engine.model(), &engine.calibration.samples, engine.options.batch_size, span)?;
+        let influence: Vec<f64> = distances.cosine[0].iter().map(|c| 1.0 - c).collect();
+        for &r in &sizes {
             seeds.push(baselines::shortgpt_plan(&influence, r)?);
+            seeds.push(baselines::closest_block_plan(&distances, r)?);
         }
     }
     let mut picker = validation.map(|v| Picker::new(v, &engine));

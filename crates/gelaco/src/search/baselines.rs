@@ -6,7 +6,10 @@
 //! - ShortGPT: remove the r layers with the lowest Block Influence,
 //!   BI_i = 1 - mean over tokens of cos(input of layer i, output of layer i).
 //! - SLEB and EvoPress: see [`super::depth`].
+//! - The closest block (Gromov et al.): remove the n contiguous layers whose input and
+//!   output hidden states are closest in angular distance; a seed of the default search.
 
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::collapse::{MergeOp, Plan};
@@ -138,32 +141,80 @@ pub fn laco(engine: &FitnessEngine, s: &LacoSettings) -> Result<BaselineSolution
     })
 }
 
-/// Block Influence of every layer on the calibration samples (device reductions).
-pub fn block_influence(model: &Llama, samples: &[Vec<u32>], batch: usize) -> Result<Vec<f64>> {
+/// How far apart the original model's hidden states are across spans of layers, measured
+/// once on the calibration samples: entry `[n - 1][l]` compares the state entering layer
+/// `l` with the one entering layer `l + n` (the model's last state, before the final norm,
+/// where `l + n` is the number of layers), as a mean over every real token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanDistances {
+    /// Mean cosine similarity.
+    pub cosine: Vec<Vec<f64>>,
+    /// Mean angular distance, arccos(cosine) / pi, in [0, 1].
+    pub angular: Vec<Vec<f64>>,
+}
+
+/// [`SpanDistances`] for spans of 1 to `max_span` layers: the original model run once over
+/// `samples`, `batch` at a time, keeping the last `max_span` hidden states of the batch
+/// (never the whole stack of them).
+pub fn span_distances(model: &Llama, samples: &[Vec<u32>], batch: usize, max_span: usize) -> Result<SpanDistances> {
     let layers = model.num_layers();
-    let mut total = vec![0f64; layers];
+    let max_span = max_span.clamp(1, layers.max(1));
+    let mut cos_sum: Vec<Vec<f64>> = (1..=max_span).map(|n| vec![0.0; layers + 1 - n]).collect();
+    let mut angle_sum = cos_sum.clone();
     let mut tokens = 0usize;
     for group in samples.chunks(batch.max(1)) {
         let chunk = Chunk::new(group, model);
+        let seq = chunk.seq();
         let ids = model.ids_tensor(&chunk.ids)?;
-        let mut state = model.state(chunk.seq());
-        let mut h = model.embed(ids);
-        let mut rows = Vec::with_capacity(layers);
+        let mut state = model.state(seq);
+        // the newest state first: states[k] enters layer j - k
+        let mut states: std::collections::VecDeque<Tensor<3>> = std::collections::VecDeque::with_capacity(max_span + 1);
+        states.push_front(model.embed(ids));
         for j in 0..layers {
-            let out = model.run_layers(h.clone(), j..j + 1, &mut state, None, None);
-            // per-token cosine, summed over real tokens
-            let dot = (h.clone() * out.clone()).sum_dim(2);
-            let norms = (h.square().sum_dim(2) * out.clone().square().sum_dim(2)).sqrt();
-            rows.push((dot / norms * chunk.mask.clone()).sum());
-            h = out;
-        }
-        let sums = download(burn::tensor::Tensor::cat(rows, 0))?.data;
-        for (t, s) in total.iter_mut().zip(sums) {
-            *t += s as f64;
+            let out = model.run_layers(states[0].clone(), j..j + 1, &mut state, None, None);
+            let out_sq = out.clone().square().sum_dim(2);
+            // per-token cosine of the state leaving layer j with each kept earlier one
+            let rows: Vec<Tensor<3>> = states
+                .iter()
+                .map(|h| (h.clone() * out.clone()).sum_dim(2) / (h.clone().square().sum_dim(2) * out_sq.clone()).sqrt())
+                .collect();
+            let cosines = download(Tensor::cat(rows, 2))?;
+            let spans = states.len();
+            for (row, &len) in cosines.data.chunks(seq * spans).zip(&chunk.lens) {
+                for t in row.chunks(spans).take(len) {
+                    for (k, &c) in t.iter().enumerate() {
+                        let c = (c as f64).clamp(-1.0, 1.0);
+                        // span k + 1, from the state entering layer j - k
+                        cos_sum[k][j - k] += c;
+                        angle_sum[k][j - k] += c.acos() / std::f64::consts::PI;
+                    }
+                }
+            }
+            states.push_front(out);
+            states.truncate(max_span);
         }
         tokens += chunk.lens.iter().sum::<usize>();
     }
-    Ok(total.into_iter().map(|s| 1.0 - s / tokens.max(1) as f64).collect())
+    let mean = |sums: Vec<Vec<f64>>| -> Vec<Vec<f64>> { sums.into_iter().map(|r| r.into_iter().map(|s| s / tokens.max(1) as f64).collect()).collect() };
+    Ok(SpanDistances { cosine: mean(cos_sum), angular: mean(angle_sum) })
+}
+
+/// Block Influence of every layer on the calibration samples: one minus the mean cosine of
+/// the layer's input and output.
+pub fn block_influence(model: &Llama, samples: &[Vec<u32>], batch: usize) -> Result<Vec<f64>> {
+    Ok(span_distances(model, samples, batch, 1)?.cosine.swap_remove(0).into_iter().map(|c| 1.0 - c).collect())
+}
+
+/// The contiguous block of `remove` layers whose removal joins the two closest hidden
+/// states, by angular distance (Gromov et al., arXiv 2403.17887): layers `l..l + remove`
+/// for the `l` of least `angular[remove - 1][l]`, the lowest such `l` on a tie.
+pub fn closest_block_plan(distances: &SpanDistances, remove: usize) -> Result<Plan> {
+    let row = remove.checked_sub(1).and_then(|n| distances.angular.get(n)).ok_or_else(|| {
+        Error::Invalid(format!("no angular distances over {remove} layers (measured up to {})", distances.angular.len()))
+    })?;
+    let layers = row.len() + remove - 1;
+    let start = (0..row.len()).min_by(|&a, &b| row[a].total_cmp(&row[b]).then(a.cmp(&b))).unwrap_or(0);
+    removal_plan(layers, &(start..start + remove).collect::<Vec<_>>())
 }
 
 /// The plan that removes `layers_to_remove` (original indices): each run of removed
@@ -287,6 +338,25 @@ mod tests {
         // the bottom run keeps the layer after it, and says so in --merges form
         assert_eq!(p.merges_text_with_ops(MergeOp::KeepFirst), "0:1:keep-last,3:5,8:9");
         assert_eq!(p.removed_text(), "0, 4-5, 9");
+    }
+
+    #[test]
+    fn the_closest_block_is_the_span_of_least_angular_distance() {
+        // 6 layers; spans of 1 and 2 layers
+        let distances = SpanDistances {
+            cosine: vec![vec![0.9; 6], vec![0.8; 5]],
+            angular: vec![vec![0.3, 0.2, 0.25, 0.2, 0.4, 0.5], vec![0.4, 0.35, 0.3, 0.31, 0.6]],
+        };
+        // a tie goes to the lower start
+        assert_eq!(closest_block_plan(&distances, 1).unwrap().removed_layers(), vec![1]);
+        let two = closest_block_plan(&distances, 2).unwrap();
+        assert_eq!(two.removed_layers(), vec![2, 3]);
+        assert_eq!(two.merges_text_with_ops(MergeOp::KeepFirst), "1:3");
+        // a block at the bottom keeps the layer after it
+        let bottom = SpanDistances { cosine: vec![vec![0.9; 4]], angular: vec![vec![0.1, 0.2, 0.3, 0.4]] };
+        assert_eq!(closest_block_plan(&bottom, 1).unwrap().removed_layers(), vec![0]);
+        assert!(closest_block_plan(&distances, 3).is_err());
+        assert!(closest_block_plan(&distances, 0).is_err());
     }
 
     #[test]

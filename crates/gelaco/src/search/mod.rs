@@ -38,7 +38,7 @@ crate::choice!(Init {
     Paper => "paper": "uniform over the genotype space, and the paper's operators only (offspring that repeat a model are not varied)",
     Banded => "banded": "plans whose compression falls in a band",
     Warm => "warm": "the baselines' solutions, then banded plans",
-    Seeded => "seeded": "ShortGPT's plan (one forward pass) at every size of the band, then their neighbours (one removed layer moved) and banded plans",
+    Seeded => "seeded": "ShortGPT's plan and the closest contiguous block of layers (angular distance; one forward pass for both) at every size of the band, then their neighbours (one removed layer moved) and banded plans",
 });
 
 /// The initial population of a new search: a short search starts from known good plans
@@ -153,9 +153,9 @@ impl SearchSettings {
         }
     }
 
-    /// The sizes (layers removed) of a `seeded` search's ShortGPT plans: every size of
-    /// [`SearchSettings::removed_range`], so that a front starts from ShortGPT's plan at
-    /// each size it may recommend.
+    /// The sizes (layers removed) of a `seeded` search's seeds (ShortGPT's plan and the
+    /// closest block): every size of [`SearchSettings::removed_range`], so that a front
+    /// starts from both at each size it may recommend.
     pub fn seed_sizes(&self, layers: usize) -> Vec<usize> {
         let (lo, hi) = self.removed_range(layers);
         (lo..=hi).collect()
