@@ -538,6 +538,11 @@ fn span_distances_compare_the_states_entering_layers_n_apart() {
             assert!(a > 0.0 && a < 1.0);
         }
     }
+    // a memory bound of one byte runs one sample at a time, to the same figures
+    let one = gelaco::search::baselines::span_distances_within(&m.model, &samples, 2, 4, 1).unwrap();
+    for (x, y) in one.angular.iter().flatten().zip(got.angular.iter().flatten()) {
+        assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+    }
     // Block Influence is one minus the cosine over one layer
     let influence = gelaco::search::baselines::block_influence(&m.model, &samples, 3).unwrap();
     for (i, c) in influence.iter().zip(&got.cosine[0]) {

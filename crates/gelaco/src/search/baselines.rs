@@ -153,16 +153,29 @@ pub struct SpanDistances {
     pub angular: Vec<Vec<f64>>,
 }
 
+/// The most memory [`span_distances`] keeps hidden states in: batches are made smaller
+/// (down to one sample) to stay under it.
+pub const SPAN_STATES_BYTES: usize = 256 << 20;
+
 /// [`SpanDistances`] for spans of 1 to `max_span` layers: the original model run once over
-/// `samples`, `batch` at a time, keeping the last `max_span` hidden states of the batch
-/// (never the whole stack of them).
+/// `samples`, up to `batch` at a time, keeping the last `max_span` hidden states of the
+/// batch (never the whole stack of them), within [`SPAN_STATES_BYTES`] where one sample
+/// allows. The figures do not depend on the batch.
 pub fn span_distances(model: &Llama, samples: &[Vec<u32>], batch: usize, max_span: usize) -> Result<SpanDistances> {
+    span_distances_within(model, samples, batch, max_span, SPAN_STATES_BYTES)
+}
+
+/// [`span_distances`] keeping at most `bytes` of hidden states where one sample allows.
+pub fn span_distances_within(model: &Llama, samples: &[Vec<u32>], batch: usize, max_span: usize, bytes: usize) -> Result<SpanDistances> {
     let layers = model.num_layers();
     let max_span = max_span.clamp(1, layers.max(1));
+    let longest = samples.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let per_sample = max_span * longest * model.config.hidden_size * std::mem::size_of::<f32>();
+    let batch = batch.clamp(1, (bytes / per_sample.max(1)).max(1));
     let mut cos_sum: Vec<Vec<f64>> = (1..=max_span).map(|n| vec![0.0; layers + 1 - n]).collect();
     let mut angle_sum = cos_sum.clone();
     let mut tokens = 0usize;
-    for group in samples.chunks(batch.max(1)) {
+    for group in samples.chunks(batch) {
         let chunk = Chunk::new(group, model);
         let seq = chunk.seq();
         let ids = model.ids_tensor(&chunk.ids)?;
