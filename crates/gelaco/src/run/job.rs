@@ -289,7 +289,7 @@ fn run(spec: JobSpec, nats: Option<&crate::dist::NatsSettings>, out: &Outbox, co
         let sizes = info.settings.seed_sizes(layers);
         let span = sizes.iter().copied().max().unwrap_or(1);
         let distances = baselines::span_distances(engine.model(), &engine.calibration.samples, engine.options.batch_size, span)?;
-        let influence: Vec<f64> = distances.cosine[0].iter().map(|c| 1.0 - c).collect();
+        let influence = distances.block_influence();
         for &r in &sizes {
             seeds.push(baselines::shortgpt_plan(&influence, r)?);
             seeds.push(baselines::closest_block_plan(&distances, r)?);

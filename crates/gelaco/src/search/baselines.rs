@@ -212,10 +212,16 @@ pub fn span_distances_within(model: &Llama, samples: &[Vec<u32>], batch: usize, 
     Ok(SpanDistances { cosine: mean(cos_sum), angular: mean(angle_sum) })
 }
 
-/// Block Influence of every layer on the calibration samples: one minus the mean cosine of
-/// the layer's input and output.
+impl SpanDistances {
+    /// Block Influence of every layer: one minus the mean cosine of its input and output.
+    pub fn block_influence(&self) -> Vec<f64> {
+        self.cosine[0].iter().map(|c| 1.0 - c).collect()
+    }
+}
+
+/// Block Influence of every layer on the calibration samples.
 pub fn block_influence(model: &Llama, samples: &[Vec<u32>], batch: usize) -> Result<Vec<f64>> {
-    Ok(span_distances(model, samples, batch, 1)?.cosine.swap_remove(0).into_iter().map(|c| 1.0 - c).collect())
+    Ok(span_distances(model, samples, batch, 1)?.block_influence())
 }
 
 /// The contiguous block of `remove` layers whose removal joins the two closest hidden
