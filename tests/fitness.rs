@@ -495,11 +495,6 @@ fn span_distances_compare_the_states_entering_layers_n_apart() {
     let (_dir, m) = tiny_loaded(&tiny, &cpu);
     let layers = m.model.num_layers();
     let samples = calibration(5).samples;
-    // batches of two: padded rows, and a last batch of one
-    let got = gelaco::search::baselines::span_distances(&m.model, &samples, 2, 4).unwrap();
-    assert_eq!(got.cosine.len(), 4);
-    assert_eq!(got.angular[3].len(), layers - 3);
-
     // the states of each sample alone, on the host: states[j][token] enters layer j
     let mut cos_sum = vec![vec![0f64; layers + 1]; 5];
     let mut angle_sum = cos_sum.clone();
@@ -530,14 +525,22 @@ fn span_distances_compare_the_states_entering_layers_n_apart() {
         }
         tokens += s.len();
     }
-    for n in 1..=4 {
-        for l in 0..=layers - n {
-            let (c, a) = (cos_sum[n][l] / tokens as f64, angle_sum[n][l] / tokens as f64);
-            assert!((got.cosine[n - 1][l] - c).abs() < 1e-4, "cosine over {n} from {l}: {} vs {c}", got.cosine[n - 1][l]);
-            assert!((got.angular[n - 1][l] - a).abs() < 1e-4, "angle over {n} from {l}: {} vs {a}", got.angular[n - 1][l]);
-            assert!(a > 0.0 && a < 1.0);
+    // on every backend, in batches of two: padded rows, and a last batch of one
+    for d in devices() {
+        let (_dir, on) = tiny_loaded(&tiny, &d);
+        let got = gelaco::search::baselines::span_distances(&on.model, &samples, 2, 4).unwrap();
+        assert_eq!(got.cosine.len(), 4);
+        assert_eq!(got.angular[3].len(), layers - 3);
+        for n in 1..=4 {
+            for l in 0..=layers - n {
+                let (c, a) = (cos_sum[n][l] / tokens as f64, angle_sum[n][l] / tokens as f64);
+                assert!((got.cosine[n - 1][l] - c).abs() < 1e-4, "{}: cosine over {n} from {l}: {} vs {c}", d.description, got.cosine[n - 1][l]);
+                assert!((got.angular[n - 1][l] - a).abs() < 1e-4, "{}: angle over {n} from {l}: {} vs {a}", d.description, got.angular[n - 1][l]);
+                assert!(a > 0.0 && a < 1.0);
+            }
         }
     }
+    let got = gelaco::search::baselines::span_distances(&m.model, &samples, 2, 4).unwrap();
     // a memory bound of one byte runs one sample at a time, to the same figures
     let one = gelaco::search::baselines::span_distances_within(&m.model, &samples, 2, 4, 1).unwrap();
     for (x, y) in one.angular.iter().flatten().zip(got.angular.iter().flatten()) {
