@@ -96,7 +96,8 @@ pub fn run(a: WorkerArgs, device: DeviceChoice) -> Result<()> {
     let current = gelaco::dist::worker::CurrentJob::default();
     let job = current.clone();
     let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
+        // the handler runs on one thread, one signal at a time
+        if flag.load(Ordering::SeqCst) {
             // the job goes back to the queue for another worker
             let released = job.release();
             if json {
@@ -106,9 +107,13 @@ pub fn run(a: WorkerArgs, device: DeviceChoice) -> Result<()> {
             }
             std::process::exit(130);
         }
-        if !json {
+        // said before the worker can see the flag, so before it says it stopped
+        if json {
+            println!("{}", serde_json::json!({"event": "stopping"}));
+        } else {
             eprintln!("stopping once the current job is done (again to leave at once, handing the job back)");
         }
+        flag.store(true, Ordering::SeqCst);
     });
     gelaco::dist::worker::run_with(&options, &stop, &current, &mut |event| {
         if json {
