@@ -320,6 +320,49 @@ fn a_search_stopped_in_its_first_generation_keeps_what_it_evaluated() {
     }
 }
 
+/// The plans a seeded search on `f`'s model starts from that remove `lo..=hi` layers:
+/// ShortGPT's and the closest block of each size, from the run's calibration in `out`.
+fn starting_points(f: &Fixture, out: &Path, lo: usize, hi: usize) -> Vec<gelaco::collapse::Plan> {
+    use gelaco::search::baselines::{closest_block_plan, shortgpt_plan, span_distances};
+    let m = gelaco::model::load(&f.model, gelaco::backend::select(DeviceChoice::Cpu).unwrap()).unwrap();
+    let calibration = store::read_calibration(out).unwrap();
+    let distances = span_distances(&m.model, &calibration.samples, EngineOptions::default().batch_size, hi).unwrap();
+    (lo..=hi).flat_map(|r| [shortgpt_plan(&distances.block_influence(), r).unwrap(), closest_block_plan(&distances, r).unwrap()]).collect()
+}
+
+#[test]
+fn the_plans_a_seeded_search_started_from_are_validated_beside_the_fittest_of_their_size() {
+    use gelaco::eval::validation::{ValidationOptions, ValidationSource};
+    let f = fixture();
+    let out = f.root.join("sp");
+    let mut s = spec(&f, &out, settings(150));
+    if let JobSpec::New { validation, engine, .. } = &mut s {
+        *validation = Some((ValidationSource::Rest, ValidationOptions { window: 16, windows: 2 }));
+        // the likelihood of the text, which the distances between states do not foretell
+        engine.objective = gelaco::fitness::Objective::Nll;
+    }
+    let events = run_to_end(s);
+    let front = final_front(&events);
+    let candidates = store::read_candidates(&out).unwrap();
+    let (lo, hi) = settings(150).removed_range(8);
+    let log: Vec<EvaluatedPlan> =
+        std::fs::read_to_string(out.join("evaluations.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let key = |r: &gelaco::fitness::FitnessResult| gelaco::export::recipe::plan_of(r).model_key();
+    let mut below_the_fittest = 0;
+    for plan in starting_points(&f, &out, lo, hi) {
+        let e = front.iter().chain(&candidates).find(|e| key(&e.result) == plan.model_key());
+        let e = e.unwrap_or_else(|| panic!("the starting point {} is neither on the front nor a candidate", plan.merges_text()));
+        assert!(e.validation_perplexity.is_some(), "the starting point {} was not validated", plan.merges_text());
+        let size = e.result.remaining_layers;
+        let fitter: std::collections::HashSet<String> =
+            log.iter().filter(|l| l.result.remaining_layers == size && l.result.fitness > e.result.fitness).map(|l| key(&l.result)).collect();
+        if fitter.len() >= gelaco::run::pick::CANDIDATES_PER_SIZE {
+            below_the_fittest += 1;
+        }
+    }
+    assert!(below_the_fittest > 0, "every starting point is among the fittest of its size: the search tells nothing here");
+}
+
 #[test]
 fn validation_marks_one_recommended_solution_per_size_and_refuses_calibration_text() {
     use gelaco::eval::validation::{ValidationOptions, ValidationSource};
@@ -342,15 +385,18 @@ fn validation_marks_one_recommended_solution_per_size_and_refuses_calibration_te
     let log: Vec<EvaluatedPlan> =
         std::fs::read_to_string(out.join("evaluations.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!candidates.is_empty(), "36 evaluations leave sizes with more than one plan");
+    let (lo, hi) = settings(36).removed_range(8);
+    let starting = starting_points(&f, &out, lo, hi);
     for c in &candidates {
         assert!(!front.iter().any(|f| f.merges == c.merges), "{} is on the front", c.merges);
         assert!(log.iter().any(|e| e.merges == c.merges), "{} was never evaluated", c.merges);
         let size = c.result.remaining_layers;
-        let of_size = front.iter().chain(&candidates).filter(|e| e.result.remaining_layers == size).count();
-        assert!(of_size <= gelaco::run::pick::CANDIDATES_PER_SIZE, "{of_size} plans of {size} layers");
+        let is_start = |e: &&FrontEntry| starting.iter().any(|p| p.model_key() == gelaco::export::recipe::plan_of(&e.result).model_key());
+        let of_size = front.iter().chain(&candidates).filter(|e| e.result.remaining_layers == size && !is_start(e)).count();
+        assert!(of_size <= gelaco::run::pick::CANDIDATES_PER_SIZE, "{of_size} plans of {size} layers besides the starting points");
         let better = log.iter().filter(|e| e.result.remaining_layers == size && e.result.fitness > c.result.fitness);
         let better: std::collections::HashSet<&str> = better.map(|e| e.merges.as_str()).collect();
-        assert!(better.len() < gelaco::run::pick::CANDIDATES_PER_SIZE, "{} is not among the fittest of {size} layers", c.merges);
+        assert!(better.len() < gelaco::run::pick::CANDIDATES_PER_SIZE || is_start(&c), "{} is not among the fittest of {size} layers", c.merges);
     }
     let mut sizes: Vec<usize> = front.iter().chain(&candidates).map(|e| e.result.remaining_layers).chain(baselines.iter().map(|b| b.result.remaining_layers)).collect();
     sizes.sort_unstable();

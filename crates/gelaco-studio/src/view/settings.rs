@@ -93,7 +93,7 @@ pub(super) fn run_settings(app: &mut App, ui: &mut Ui) {
             ui.end_row();
             let l = ui.label("Initialisation");
             egui::ComboBox::from_id_salt("init").selected_text(format!("{:?}", s.init).to_lowercase()).show_ui(ui, |ui| {
-                tip(ui.selectable_value(&mut s.init, Init::Seeded, "seeded"), "Start from ShortGPT's plans and the closest contiguous blocks of layers (angular distance) at every size of the band (one forward pass), their neighbours (one removed layer moved) and plans that remove 5-50% of the layers (recommended)");
+                tip(ui.selectable_value(&mut s.init, Init::Seeded, "seeded"), "Start from ShortGPT's plans and the closest contiguous blocks of layers (angular distance) at every size of the band (one forward pass; validated at the end beside the fittest of their size), their neighbours (one removed layer moved) and plans that remove 5-50% of the layers (recommended)");
                 tip(ui.selectable_value(&mut s.init, Init::Banded, "banded"), "Start from plans that remove 5-50% of the layers");
                 tip(ui.selectable_value(&mut s.init, Init::Paper, "paper"), "Uniform random genotypes, as the paper (removes most layers)");
                 tip(ui.selectable_value(&mut s.init, Init::Warm, "warm"), "Start from the LaCo and ShortGPT solutions");

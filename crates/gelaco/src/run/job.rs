@@ -284,16 +284,19 @@ fn run(spec: JobSpec, nats: Option<&crate::dist::NatsSettings>, out: &Outbox, co
         return Ok(());
     };
     let mut seeds: Vec<Plan> = baselines.iter().map(|s| s.plan.clone()).collect();
-    if info.settings.init == Init::Seeded && checkpoint.is_none() {
+    // a resumed run finds its starting points again (the same numbers), for validation
+    let mut starting_points = Vec::new();
+    if info.settings.init == Init::Seeded {
         out.send(Event::Stage { message: "plans to start from: ShortGPT's (Block Influence) and the closest blocks of layers (angular distance)".into() });
         let sizes = info.settings.seed_sizes(layers);
         let span = sizes.iter().copied().max().unwrap_or(1);
         let distances = baselines::span_distances(engine.model(), &engine.calibration.samples, engine.options.batch_size, span)?;
         let influence = distances.block_influence();
         for &r in &sizes {
-            seeds.push(baselines::shortgpt_plan(&influence, r)?);
-            seeds.push(baselines::closest_block_plan(&distances, r)?);
+            starting_points.push(baselines::shortgpt_plan(&influence, r)?);
+            starting_points.push(baselines::closest_block_plan(&distances, r)?);
         }
+        seeds.extend(starting_points.iter().cloned());
     }
     let mut picker = validation.map(|v| Picker::new(v, &engine));
     if let (Some(cal), Some(h)) = (heal_calibration, &info.heal_picks) {
@@ -343,6 +346,8 @@ fn run(spec: JobSpec, nats: Option<&crate::dist::NatsSettings>, out: &Outbox, co
     problem.fidelity = fidelity;
     problem.farm = farm.as_ref().map(|f| f as &dyn crate::search::problem::Farm);
     problem.vary_repeats = settings.init != Init::Paper;
+    let baseline_models: std::collections::HashSet<String> = baselines.iter().map(|b| b.plan.model_key()).collect();
+    problem.starting_points = starting_points.into_iter().filter(|p| !baseline_models.contains(&p.model_key())).collect();
     for e in &logged {
         problem.preload_logged(e);
     }

@@ -211,12 +211,12 @@ pub(super) fn front_entries(problem: &PlanProblem) -> Vec<FrontEntry> {
     entries(problem, problem.archive_front())
 }
 
-/// The fittest few plans of each size that are not on `front` (see
-/// [`PlanProblem::size_leaders`]).
+/// The fittest few plans of each size (see [`PlanProblem::size_leaders`]), then the
+/// starting points the search evaluated, that are not on `front`; each model once.
 pub(super) fn candidate_entries(problem: &PlanProblem, front: &[FrontEntry]) -> Vec<FrontEntry> {
-    let on_front: std::collections::HashSet<String> = front.iter().map(|f| plan_of(&f.result).model_key()).collect();
-    let leaders = problem.size_leaders(CANDIDATES_PER_SIZE).into_iter().filter(|(_, r)| !on_front.contains(&plan_of(r).model_key()));
-    entries(problem, leaders.collect())
+    let mut seen: std::collections::HashSet<String> = front.iter().map(|f| plan_of(&f.result).model_key()).collect();
+    let plans = problem.size_leaders(CANDIDATES_PER_SIZE).into_iter().chain(problem.evaluated_starting_points());
+    entries(problem, plans.filter(|(_, r)| seen.insert(plan_of(r).model_key())).collect())
 }
 
 fn entries(problem: &PlanProblem, plans: Vec<(Vec<f64>, Arc<FitnessResult>)>) -> Vec<FrontEntry> {

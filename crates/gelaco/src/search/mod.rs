@@ -38,7 +38,7 @@ crate::choice!(Init {
     Paper => "paper": "uniform over the genotype space, and the paper's operators only (offspring that repeat a model are not varied)",
     Banded => "banded": "plans whose compression falls in a band",
     Warm => "warm": "the baselines' solutions, then banded plans",
-    Seeded => "seeded": "ShortGPT's plan and the closest contiguous block of layers (angular distance; one forward pass for both) at every size of the band, then their neighbours (one removed layer moved) and banded plans",
+    Seeded => "seeded": "ShortGPT's plan and the closest contiguous block of layers (angular distance; one forward pass for both) at every size of the band, validated at the end beside the fittest of their size, then their neighbours (one removed layer moved) and banded plans",
 });
 
 /// The initial population of a new search: a short search starts from known good plans

@@ -183,6 +183,10 @@ pub struct PlanProblem<'e> {
     pub vary_repeats: bool,
     /// Where evaluations are done when not here (see [`Problem::prepare`]).
     pub farm: Option<&'e dyn Farm>,
+    /// Plans the search started from that are not baselines (ShortGPT's and the closest
+    /// blocks in a seeded search): validation weighs them beside the fittest of each size,
+    /// since a plan the objective ranks lower can validate, or heal, better.
+    pub starting_points: Vec<Plan>,
     /// Results the farm computed for the plans about to be evaluated, by model key.
     farmed: HashMap<String, Arc<FitnessResult>>,
     on_evaluated: Box<dyn FnMut(&EvaluatedPlan) -> Result<()> + 'e>,
@@ -210,6 +214,7 @@ impl<'e> PlanProblem<'e> {
             screened: 0,
             vary_repeats: true,
             farm: None,
+            starting_points: Vec::new(),
             farmed: HashMap::new(),
             on_evaluated,
         }
@@ -273,6 +278,28 @@ impl<'e> PlanProblem<'e> {
         for (_, mut plans) in by_size.into_iter().rev() {
             plans.sort_by(|a, b| b.1.fitness.total_cmp(&a.1.fitness));
             out.extend(plans.into_iter().take(k).map(|(g, r)| (g.clone(), r.clone())));
+        }
+        out
+    }
+
+    /// The starting points this search evaluated, as (genes, result), in their order; each
+    /// model once.
+    pub fn evaluated_starting_points(&self) -> Vec<(Vec<f64>, Arc<FitnessResult>)> {
+        let wanted: Vec<String> = self.starting_points.iter().map(Plan::model_key).collect();
+        let mut found: HashMap<&str, (Vec<f64>, Arc<FitnessResult>)> = HashMap::new();
+        for (g, key) in &self.archive {
+            let Some(r) = self.cache.get(key) else { continue };
+            let model = self.encoding.decode(g).model_key();
+            if let Some(w) = wanted.iter().find(|w| **w == model) {
+                found.entry(w.as_str()).or_insert_with(|| (g.clone(), r.clone()));
+            }
+        }
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for w in &wanted {
+            if let Some(x) = found.get(w.as_str()).filter(|_| seen.insert(w.as_str())) {
+                out.push(x.clone());
+            }
         }
         out
     }
