@@ -285,23 +285,17 @@ impl<'e> PlanProblem<'e> {
     /// The starting points this search evaluated, as (genes, result), in their order; each
     /// model once.
     pub fn evaluated_starting_points(&self) -> Vec<(Vec<f64>, Arc<FitnessResult>)> {
-        let wanted: Vec<String> = self.starting_points.iter().map(Plan::model_key).collect();
-        let mut found: HashMap<&str, (Vec<f64>, Arc<FitnessResult>)> = HashMap::new();
-        for (g, key) in &self.archive {
-            let Some(r) = self.cache.get(key) else { continue };
-            let model = self.encoding.decode(g).model_key();
-            if let Some(w) = wanted.iter().find(|w| **w == model) {
-                found.entry(w.as_str()).or_insert_with(|| (g.clone(), r.clone()));
-            }
-        }
-        let mut out = Vec::new();
+        // the archive is kept by model key
         let mut seen = HashSet::new();
-        for w in &wanted {
-            if let Some(x) = found.get(w.as_str()).filter(|_| seen.insert(w.as_str())) {
-                out.push(x.clone());
-            }
-        }
-        out
+        self.starting_points
+            .iter()
+            .map(Plan::model_key)
+            .filter(|k| seen.insert(k.clone()))
+            .filter_map(|k| {
+                let (genes, _) = self.archive.iter().find(|(_, a)| *a == k)?;
+                Some((genes.clone(), self.cache.get(&k)?.clone()))
+            })
+            .collect()
     }
 
     /// Results known before the run (a resumed run's log, baselines).
