@@ -552,3 +552,43 @@ fn span_distances_compare_the_states_entering_layers_n_apart() {
         assert!((i - (1.0 - c)).abs() < 1e-5);
     }
 }
+
+#[test]
+fn validation_run_on_from_the_first_changed_layer_equals_a_full_forward_bit_for_bit() {
+    use gelaco::eval::validation::Validation;
+    use gelaco::run::pick::Picker;
+    let tiny = Tiny { layers: 8, ..Tiny::default() };
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(&tiny, &cpu);
+    let cal = calibration(16);
+    let engine = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { batch_size: 4, ..EngineOptions::default() }).unwrap();
+    let mut rng = StdRng::seed_from_u64(11);
+    let windows: Vec<Vec<u32>> = (0..3).map(|_| (0..24).map(|_| rng.random_range(0..256)).collect()).collect();
+    let validation = Validation { source: "random ids".into(), hash: calibration::hash_ids(&windows), windows };
+    let mut picker = Picker::new(validation.clone(), &engine);
+    let healer = FitnessEngine::healer(&m.model, cal, MergeSettings::default(), Heal::Linear).unwrap();
+    // the first changed layer: 8 (nothing kept yet), 3 (from the embeddings), 5 (on from the
+    // states kept at 3), 0 (before every kept layer), 3 again (kept)
+    for ranges in [vec![], vec![(3, 4)], vec![(5, 7)], vec![(0, 1), (4, 6)], vec![(3, 5)]] {
+        let plan = Plan::from_ranges(&ranges, 8, MergeOp::KeepFirst).unwrap();
+        let result = engine.evaluate(&plan).unwrap();
+        let full = validation.perplexity(&engine.build_on(&plan, usize::MAX).unwrap()).unwrap();
+        let picked = picker.perplexity(&result).unwrap().unwrap();
+        assert_eq!(picked.to_bits(), full.to_bits(), "{ranges:?}: {picked} vs {full}");
+        if ranges.is_empty() {
+            continue;
+        }
+        // a healed model keeps the original's layers before its first change too
+        let healed = healer.build_on(&plan, usize::MAX).unwrap();
+        let first = plan.first_changed_layer();
+        let entering = validation.entering(&m.model, None, first).unwrap();
+        let from = validation.perplexity_from(&healed, first, &entering).unwrap();
+        let whole = validation.perplexity(&healed).unwrap();
+        assert_eq!(from.to_bits(), whole.to_bits(), "{ranges:?} healed: {from} vs {whole}");
+        assert_ne!(whole.to_bits(), full.to_bits(), "{ranges:?}: healing changed nothing");
+    }
+    // states for another number of windows, or from past the model's end, are refused
+    let entering = validation.entering(&m.model, None, 2).unwrap();
+    assert!(validation.perplexity_from(&m.model, 2, &entering[..2]).is_err());
+    assert!(validation.entering(&m.model, None, 9).is_err());
+}

@@ -30,6 +30,16 @@ pub fn window_nll(model: &Llama, ids: &[u32]) -> Result<f64> {
         return Err(Error::Invalid("a perplexity window needs at least 2 tokens".into()));
     }
     let normed = model.forward(&[ids.to_vec()], None)?;
+    head_nll(model, normed, ids)
+}
+
+/// Summed NLL of `ids[1..]` from the final-normed hidden states of one window
+/// (`[1, ids.len(), hidden]`), through `model`'s LM head in chunks.
+pub fn head_nll(model: &Llama, normed: Tensor<3>, ids: &[u32]) -> Result<f64> {
+    let n = ids.len();
+    if n < 2 {
+        return Err(Error::Invalid("a perplexity window needs at least 2 tokens".into()));
+    }
     let device = &model.device;
     let mut total: Option<Tensor<1>> = None;
     let mut start = 0;

@@ -8,9 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::perplexity::window_nll;
+use super::perplexity::{head_nll, window_nll};
 use crate::error::{Error, Result};
 use crate::fitness::calibration::{self, CalibOptions, CalibSource, hash_ids};
 use crate::model::Tokenizer;
@@ -131,6 +132,59 @@ impl Validation {
             tokens += w.len() - 1;
         }
         Ok((nll / tokens.max(1) as f64).exp())
+    }
+
+    /// [`Validation::perplexity`] of a model whose layers before `first` are those of the
+    /// model `entering` was computed on: `entering[i]` is the hidden state of window `i`
+    /// entering layer `first` (see [`Validation::entering`]). The same number as a full
+    /// forward, for the layers `first` and after only.
+    pub fn perplexity_from(&self, model: &Llama, first: usize, entering: &[Tensor<3>]) -> Result<f64> {
+        if entering.len() != self.windows.len() || first > model.num_layers() {
+            return Err(Error::Invalid(format!(
+                "validation from layer {first} of {} needs the states of {} windows, got {}",
+                model.num_layers(),
+                self.windows.len(),
+                entering.len()
+            )));
+        }
+        let mut nll = 0.0;
+        let mut tokens = 0usize;
+        for (w, h) in self.windows.iter().zip(entering) {
+            let mut state = model.state(w.len());
+            let h = model.run_layers(h.clone(), first..model.num_layers(), &mut state, None, None);
+            nll += head_nll(model, model.final_norm(h), w)?;
+            tokens += w.len() - 1;
+        }
+        Ok((nll / tokens.max(1) as f64).exp())
+    }
+
+    /// The hidden state of each window entering layer `to` of `model`, from the states
+    /// entering layer `from` (`None`: from the embeddings, `from` is then 0).
+    pub fn entering(&self, model: &Llama, from: Option<(usize, &[Tensor<3>])>, to: usize) -> Result<Vec<Tensor<3>>> {
+        let (from, states) = match from {
+            Some((k, states)) => (k, Some(states)),
+            None => (0, None),
+        };
+        if from > to || to > model.num_layers() {
+            return Err(Error::Invalid(format!("validation states from layer {from} to {to} of {}", model.num_layers())));
+        }
+        self.windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let h = match states {
+                    Some(s) => s.get(i).cloned().ok_or_else(|| Error::Invalid("validation states for fewer windows than the text has".into()))?,
+                    None => model.embed(model.ids_tensor(&[w.clone()])?),
+                };
+                let mut state = model.state(w.len());
+                Ok(model.run_layers(h, from..to, &mut state, None, None))
+            })
+            .collect()
+    }
+
+    /// Bytes of one set of [`Validation::entering`] states of a model of `hidden` size.
+    pub fn entering_bytes(&self, hidden: usize) -> usize {
+        self.windows.iter().map(|w| w.len() * hidden * std::mem::size_of::<f32>()).sum()
     }
 
     /// Tokens scored.

@@ -3,9 +3,11 @@
 //! with the lowest validation perplexity is marked `recommended`. The search never sees the
 //! validation text; it only decides among what the search and the baselines found.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+
+use burn::tensor::Tensor;
 
 use super::FrontEntry;
 use super::heal_picks::HEALED_PER_SIZE;
@@ -14,6 +16,7 @@ use crate::eval::validation::Validation;
 use crate::export::recipe::plan_of;
 use crate::fitness::calibration::Calibration;
 use crate::fitness::{FitnessEngine, FitnessResult, Heal};
+use crate::model::llama::Llama;
 use crate::search::baselines::BaselineSolution;
 use crate::search::problem::PlanProblem;
 
@@ -29,11 +32,18 @@ pub struct Picker<'a> {
     healing: Option<(Heal, Calibration, RangeInclusive<usize>)>,
     healer: Option<FitnessEngine>,
     healed: HashMap<String, Option<f64>>,
+    /// The original's hidden states of the validation windows entering some layers: a
+    /// compressed model's layers before its first change are the original's, so its
+    /// validation runs from there (as many as [`Picker::entering_limit`] holds).
+    entering: BTreeMap<usize, Vec<Tensor<3>>>,
 }
+
+/// The most memory for the original's validation states kept by a [`Picker`], in MiB.
+pub const ENTERING_MB: usize = 256;
 
 impl<'a> Picker<'a> {
     pub fn new(validation: Validation, engine: &'a FitnessEngine) -> Self {
-        Picker { validation, engine, cache: HashMap::new(), healing: None, healer: None, healed: HashMap::new() }
+        Picker { validation, engine, cache: HashMap::new(), healing: None, healer: None, healed: HashMap::new(), entering: BTreeMap::new() }
     }
 
     /// At the end of the search, also heal the best [`HEALED_PER_SIZE`] plans of each size
@@ -56,17 +66,42 @@ impl<'a> Picker<'a> {
         if let Some(v) = self.cache.get(&key) {
             return Ok(*v);
         }
-        let v = self.validate(&self.engine.build_on(&plan, usize::MAX)?)?;
+        let v = self.validate(&self.engine.build_on(&plan, usize::MAX)?, plan.first_changed_layer())?;
         self.cache.insert(key, v);
         Ok(v)
     }
 
-    fn validate(&self, model: &crate::model::llama::Llama) -> Result<Option<f64>> {
-        match self.validation.perplexity(model) {
+    /// Validation perplexity of `model`, whose layers before `first` are the original's.
+    fn validate(&mut self, model: &Llama, first: usize) -> Result<Option<f64>> {
+        let first = first.min(model.num_layers());
+        let v = self.entering(first).and_then(|entering| self.validation.perplexity_from(model, first, &entering));
+        match v {
             Ok(p) if p.is_finite() => Ok(Some(p)),
             Ok(_) | Err(Error::Numerical(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Bytes of validation states kept: [`ENTERING_MB`], or a quarter of the engine's
+    /// cache for the original's activations where that is less.
+    pub fn entering_limit(&self) -> usize {
+        ENTERING_MB.min(self.engine.options.cache_mb / 4) << 20
+    }
+
+    /// The original's validation states entering layer `layer`: kept, or run on from the
+    /// nearest kept layer before it (kept in turn while they fit in the limit).
+    fn entering(&mut self, layer: usize) -> Result<Vec<Tensor<3>>> {
+        if let Some(s) = self.entering.get(&layer) {
+            return Ok(s.clone());
+        }
+        let original = self.engine.model();
+        let from = self.entering.range(..layer).next_back().map(|(&k, s)| (k, s.as_slice()));
+        let states = self.validation.entering(original, from, layer)?;
+        let each = self.validation.entering_bytes(original.config.hidden_size);
+        if (self.entering.len() + 1) * each <= self.entering_limit() {
+            self.entering.insert(layer, states.clone());
+        }
+        Ok(states)
     }
 
     /// Validation perplexity of `plan` healed (`None`: not finite, or healing failed
@@ -80,9 +115,9 @@ impl<'a> Picker<'a> {
             let Some((method, cal, _)) = &self.healing else { return Ok(None) };
             self.healer = Some(super::heal_picks::engine(self.engine, *method, cal.clone())?);
         }
-        let Some(healer) = &self.healer else { return Ok(None) };
-        let v = match healer.build_on(plan, usize::MAX) {
-            Ok(m) => self.validate(&m)?,
+        let Some(built) = self.healer.as_ref().map(|h| h.build_on(plan, usize::MAX)) else { return Ok(None) };
+        let v = match built {
+            Ok(m) => self.validate(&m, plan.first_changed_layer())?,
             Err(Error::Numerical(_)) => None,
             Err(e) => return Err(e),
         };
