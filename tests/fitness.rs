@@ -558,37 +558,45 @@ fn validation_run_on_from_the_first_changed_layer_equals_a_full_forward_bit_for_
     use gelaco::eval::validation::Validation;
     use gelaco::run::pick::Picker;
     let tiny = Tiny { layers: 8, ..Tiny::default() };
-    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
-    let (_dir, m) = tiny_loaded(&tiny, &cpu);
     let cal = calibration(16);
-    let engine = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { batch_size: 4, ..EngineOptions::default() }).unwrap();
     let mut rng = StdRng::seed_from_u64(11);
     let windows: Vec<Vec<u32>> = (0..3).map(|_| (0..24).map(|_| rng.random_range(0..256)).collect()).collect();
     let validation = Validation { source: "random ids".into(), hash: calibration::hash_ids(&windows), windows };
-    let mut picker = Picker::new(validation.clone(), &engine);
-    let healer = FitnessEngine::healer(&m.model, cal, MergeSettings::default(), Heal::Linear).unwrap();
-    // the first changed layer: 8 (nothing kept yet), 3 (from the embeddings), 5 (on from the
-    // states kept at 3), 0 (before every kept layer), 3 again (kept)
-    for ranges in [vec![], vec![(3, 4)], vec![(5, 7)], vec![(0, 1), (4, 6)], vec![(3, 5)]] {
-        let plan = Plan::from_ranges(&ranges, 8, MergeOp::KeepFirst).unwrap();
-        let result = engine.evaluate(&plan).unwrap();
-        let full = validation.perplexity(&engine.build_on(&plan, usize::MAX).unwrap()).unwrap();
-        let picked = picker.perplexity(&result).unwrap().unwrap();
-        assert_eq!(picked.to_bits(), full.to_bits(), "{ranges:?}: {picked} vs {full}");
-        if ranges.is_empty() {
-            continue;
+    // the whole forward of `gelaco perplexity` over the same windows
+    let whole_text = |model: &gelaco::model::llama::Llama| {
+        let ids: Vec<u32> = validation.windows.concat();
+        gelaco::eval::perplexity::perplexity(model, &ids, 24, None, |_, _| true).unwrap().perplexity
+    };
+    for d in devices() {
+        let on = &d.description;
+        let (_dir, m) = tiny_loaded(&tiny, &d);
+        let engine = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { batch_size: 4, ..EngineOptions::default() }).unwrap();
+        let mut picker = Picker::new(validation.clone(), &engine);
+        let healer = FitnessEngine::healer(&m.model, cal.clone(), MergeSettings::default(), Heal::Linear).unwrap();
+        // the first changed layer: 8 (nothing kept yet), 3 (from the embeddings), 5 (on from
+        // the states kept at 3), 0 (before every kept layer), 3 again (kept)
+        for ranges in [vec![], vec![(3, 4)], vec![(5, 7)], vec![(0, 1), (4, 6)], vec![(3, 5)]] {
+            let plan = Plan::from_ranges(&ranges, 8, MergeOp::KeepFirst).unwrap();
+            let result = engine.evaluate(&plan).unwrap();
+            let full = whole_text(&engine.build_on(&plan, usize::MAX).unwrap());
+            let picked = picker.perplexity(&result).unwrap().unwrap();
+            assert_eq!(picked.to_bits(), full.to_bits(), "{on} {ranges:?}: {picked} vs {full}");
+            if ranges.is_empty() {
+                continue;
+            }
+            // a healed model keeps the original's layers before its first change too
+            let healed = healer.build_on(&plan, usize::MAX).unwrap();
+            let first = plan.first_changed_layer();
+            let entering = validation.entering(&m.model, None, first).unwrap();
+            let from = validation.perplexity_from(&healed, first, &entering).unwrap();
+            let whole = whole_text(&healed);
+            assert_eq!(from.to_bits(), whole.to_bits(), "{on} {ranges:?} healed: {from} vs {whole}");
+            assert_eq!(validation.perplexity(&healed).unwrap().to_bits(), whole.to_bits(), "{on} {ranges:?} healed, from the embeddings");
+            assert_ne!(whole.to_bits(), full.to_bits(), "{on} {ranges:?}: healing changed nothing");
         }
-        // a healed model keeps the original's layers before its first change too
-        let healed = healer.build_on(&plan, usize::MAX).unwrap();
-        let first = plan.first_changed_layer();
-        let entering = validation.entering(&m.model, None, first).unwrap();
-        let from = validation.perplexity_from(&healed, first, &entering).unwrap();
-        let whole = validation.perplexity(&healed).unwrap();
-        assert_eq!(from.to_bits(), whole.to_bits(), "{ranges:?} healed: {from} vs {whole}");
-        assert_ne!(whole.to_bits(), full.to_bits(), "{ranges:?}: healing changed nothing");
+        // states for another number of windows, or from past the model's end, are refused
+        let entering = validation.entering(&m.model, None, 2).unwrap();
+        assert!(validation.perplexity_from(&m.model, 2, &entering[..2]).is_err());
+        assert!(validation.entering(&m.model, None, 9).is_err());
     }
-    // states for another number of windows, or from past the model's end, are refused
-    let entering = validation.entering(&m.model, None, 2).unwrap();
-    assert!(validation.perplexity_from(&m.model, 2, &entering[..2]).is_err());
-    assert!(validation.entering(&m.model, None, 9).is_err());
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::perplexity::{head_nll, window_nll};
+use super::perplexity::head_nll;
 use crate::error::{Error, Result};
 use crate::fitness::calibration::{self, CalibOptions, CalibSource, hash_ids};
 use crate::model::Tokenizer;
@@ -125,13 +125,7 @@ impl Validation {
     /// Perplexity of `model` over the windows: exp of the mean NLL of every token after a
     /// window's first.
     pub fn perplexity(&self, model: &Llama) -> Result<f64> {
-        let mut nll = 0.0;
-        let mut tokens = 0usize;
-        for w in &self.windows {
-            nll += window_nll(model, w)?;
-            tokens += w.len() - 1;
-        }
-        Ok((nll / tokens.max(1) as f64).exp())
+        self.perplexity_from(model, 0, &self.entering(model, None, 0)?)
     }
 
     /// [`Validation::perplexity`] of a model whose layers before `first` are those of the
