@@ -262,6 +262,7 @@ fn fitness_bad_input() {
     assert!(m["weights_budget"].as_u64().unwrap() < 1 << 30, "{m}");
     assert!(m["reference_cache_bytes"].as_u64().unwrap() > 0 && m["reference_chunks_cached"] == m["reference_chunks"], "{m}");
     assert!(m["evaluation_activations_bytes"].as_u64().unwrap() > 0, "{m}");
+    assert_eq!(m["reference_layer_stride"], 1, "every layer's states fit: {m}");
     assert_eq!(v["memory"]["budget_given"], false);
 
     // a budget that holds the model but not the activations of scoring this many tokens at

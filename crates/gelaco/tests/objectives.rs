@@ -171,6 +171,47 @@ fn healing_fits_the_removed_layers_output_and_keeps_the_architecture() {
 }
 
 #[test]
+fn a_cache_keeping_every_few_layers_gives_the_same_fitness_and_healing_bit_for_bit() {
+    let tiny = Tiny { layers: 12, ..Tiny::default() };
+    let cpu = backend::select(DeviceChoice::Cpu).unwrap();
+    let (_dir, m) = loaded(&tiny, &cpu);
+    let cal = calibration(30);
+    let plans: Vec<Plan> = [vec![], vec![(3, 4)], vec![(0, 1), (7, 9)], vec![(5, 8)], vec![(10, 11)]]
+        .iter()
+        .map(|r| Plan::from_ranges(r, 12, MergeOp::KeepFirst).unwrap())
+        .collect();
+    let engine = |objective, heal, cache_mb| {
+        let e = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { objective, heal, cache_mb, batch_size: 4, ..Default::default() }).unwrap();
+        let (chunks, cached) = e.cache_state();
+        assert_eq!(chunks, cached, "{objective:?} cache {cache_mb}: every chunk is cached");
+        e
+    };
+    for objective in [Objective::Kl, Objective::Nll] {
+        // 1 MiB holds every layer's states of a few hundred tokens of this model, not of all
+        let (every, few) = (engine(objective, Heal::None, 64), engine(objective, Heal::None, 1));
+        assert_eq!(every.cache_stride(), 1);
+        assert!(few.cache_stride() > 1, "{objective:?}: the small cache keeps every layer's states");
+        assert!(few.cache_bytes() < every.cache_bytes());
+        for plan in &plans {
+            let (a, b) = (every.evaluate(plan).unwrap(), few.evaluate(plan).unwrap());
+            assert_eq!((a.kl, a.nll, a.fitness), (b.kl, b.nll, b.fitness), "{objective:?} {}", plan.merges_text());
+        }
+    }
+    let (every, few) = (engine(Objective::Nll, Heal::Linear, 64), engine(Objective::Nll, Heal::Linear, 1));
+    assert!(few.cache_stride() > 1);
+    let weights = |model: &Llama| -> Vec<Vec<f32>> { model.layers.iter().map(|l| download(l.mlp.down.weight_t()).unwrap().data).collect() };
+    for plan in plans.iter().filter(|p| p.removed() > 0) {
+        let (a, b) = (every.build_on(plan, usize::MAX).unwrap(), few.build_on(plan, usize::MAX).unwrap());
+        assert!(weights(&a) == weights(&b), "{}: healed differently", plan.merges_text());
+        // on the first chunks only, as when the plans of a size are screened
+        let chunks = every.chunks_holding(16);
+        assert_eq!(chunks, 4);
+        let (a, b) = (every.build_on(plan, chunks).unwrap(), few.build_on(plan, chunks).unwrap());
+        assert!(weights(&a) == weights(&b), "{}: healed differently on {chunks} chunks", plan.merges_text());
+    }
+}
+
+#[test]
 fn sleb_and_evopress_remove_the_asked_layers() {
     let tiny = Tiny { layers: 8, ..Tiny::default() };
     let cpu = backend::select(DeviceChoice::Cpu).unwrap();

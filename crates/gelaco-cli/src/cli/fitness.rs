@@ -363,6 +363,7 @@ fn memory_json(m: &gelaco::model::LoadedModel, engine: &FitnessEngine) -> serde_
         "reference_cache_bytes": engine.cache_bytes(),
         "reference_chunks": chunks,
         "reference_chunks_cached": cached,
+        "reference_layer_stride": engine.cache_stride(),
         "evaluation_activations_bytes": engine.working_bytes(),
         "weights_peak_bytes": stats.peak_bytes,
         "codes_on_device": m.memory.codes_on_device,

@@ -92,7 +92,8 @@ impl FitnessEngine {
         let targets: Vec<usize> = groups.iter().filter(|g| g.start() != g.end()).map(|g| g.end() + 1).collect();
         let keep = |j: usize| j == start || targets.contains(&j);
         let refs: Vec<_> = (0..chunks).map(|i| self.reference(i, &keep)).collect::<Result<_>>()?;
-        let mut hidden: Vec<Tensor<3>> = refs.iter().map(|r| r.hidden_in(start)).collect::<Result<_>>()?;
+        let original = |i: usize, j: usize| refs[i].hidden_entering(&self.model, &self.chunks[i], j);
+        let mut hidden: Vec<Tensor<3>> = (0..refs.len()).map(|i| original(i, start)).collect::<Result<_>>()?;
         let mut model = compressed.clone();
         // layers after the last collapsed group need not run: nothing after them is fitted
         let last = groups.iter().rposition(|g| g.start() != g.end()).unwrap_or(0);
@@ -116,7 +117,7 @@ impl FitnessEngine {
                 let mut taps = Vec::with_capacity(1);
                 let out = model.run_layers(h.clone(), c..c + 1, &mut state, None, Some(&mut taps));
                 let down = taps.pop().ok_or_else(|| Error::Invalid("a layer produced no taps".into()))?.down;
-                let target = refs[i].hidden_in(end + 1)?;
+                let target = original(i, end + 1)?;
                 let without = out - down.clone();
                 let residual = target - without.clone();
                 let [b, s, d] = down.dims();

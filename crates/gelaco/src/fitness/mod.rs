@@ -4,7 +4,7 @@
 //! `nll` ([`objective`]), whose fitness is `exp(-loss)` so that higher is better for all.
 //!
 //! The engine computes the original model's activations once (within `cache_mb`, and
-//! within the model's memory budget, beside its dequantised weights), builds
+//! within the model's memory budget, beside its dequantised weights; see [`reference`]), builds
 //! compressed models from shared tensors plus merged layers, starts their forward pass at
 //! the first changed layer from the cached hidden state, and reduces on the device.
 
@@ -28,7 +28,7 @@ use calibration::Calibration;
 pub use heal::Heal;
 pub use objective::Objective;
 use objective::{HeadRows, chunk_losses, effective_top_k};
-use reference::{Chunk, ReferenceActs, bytes_per_token, working_bytes};
+use reference::{Chunk, ReferenceActs, bytes_per_token, kept_bytes_per_token, working_bytes};
 use similarity::{ChunkSimilarity, chunk_similarity};
 
 /// The objective of a new search or evaluation, chosen by the measurements in the README
@@ -263,6 +263,8 @@ pub struct FitnessEngine {
     top_k: Option<usize>,
     cached: Vec<Option<ReferenceActs>>,
     cache_bytes: u64,
+    /// Cached chunks keep the original's state entering every `stride`-th layer.
+    stride: usize,
     /// The most bytes of activations one evaluation holds at once.
     working_bytes: u64,
     /// What an evaluation's activations need beyond the budget's reserve for them, and the
@@ -350,6 +352,18 @@ impl FitnessEngine {
         // the layers' dequantised weights beyond one layer, and what it takes comes out of
         // their share; chunks left out are recomputed when used, with the same results
         let room = budget.min(model.spare_memory() / 2);
+        // `kl` and `nll` read the original's state entering one layer: where every layer's
+        // does not fit for every chunk, every few layers' are kept for all of them (a state
+        // between is a few layers' work, a chunk not kept a whole forward pass); similarity
+        // reads every layer's module outputs from the first changed one
+        let padded: u64 = chunks.iter().map(|c| (c.batch() * c.seq()) as u64).sum();
+        let layers = model.num_layers().max(1);
+        let kept = |stride: usize| kept_bytes_per_token(model, options.objective, top_k, stride) as u64;
+        let stride = match options.objective {
+            Objective::Similarity => 1,
+            Objective::Kl | Objective::Nll => (1..=layers).find(|&s| kept(s) * padded <= room).unwrap_or(layers),
+        };
+        let per_token = kept(stride);
         let mut used = 0u64;
         let keep: Vec<bool> = chunks
             .iter()
@@ -365,11 +379,12 @@ impl FitnessEngine {
         let reservations = Arc::new([for_activations, model.reserve_memory(used)]);
         let mut cached = Vec::with_capacity(chunks.len());
         for ((c, r), keep) in chunks.iter().zip(&rows).zip(keep) {
-            cached.push(if keep { Some(ReferenceActs::compute(model, c, options.objective, top_k, r.as_ref(), &|_| true)?) } else { None });
+            cached.push(if keep { Some(ReferenceActs::compute(model, c, options.objective, top_k, r.as_ref(), &|j| j % stride == 0)?) } else { None });
         }
         tracing::debug!(
             chunks = chunks.len(),
             cached = cached.iter().flatten().count(),
+            stride,
             mib = used / (1024 * 1024),
             taken_from_weights_mib = reservations[1].bytes() / (1024 * 1024),
             activations_beyond_reserve_mib = beyond / (1024 * 1024),
@@ -384,6 +399,7 @@ impl FitnessEngine {
             top_k,
             cached,
             cache_bytes: used,
+            stride,
             working_bytes: working,
             _reservations: reservations,
         })
@@ -392,6 +408,12 @@ impl FitnessEngine {
     /// (chunks, chunks whose reference activations are cached).
     pub fn cache_state(&self) -> (usize, usize) {
         (self.chunks.len(), self.cached.iter().flatten().count())
+    }
+
+    /// Cached chunks keep the original's hidden state entering every this many layers (1:
+    /// every layer's); the others are run on from the nearest kept one when read.
+    pub fn cache_stride(&self) -> usize {
+        self.stride
     }
 
     /// Bytes the cached reference activations hold.
@@ -443,6 +465,18 @@ impl FitnessEngine {
         for (i, c) in self.chunks.iter().enumerate() {
             seen += c.lens.iter().sum::<usize>();
             if seen >= want {
+                return i + 1;
+            }
+        }
+        self.chunks.len()
+    }
+
+    /// How many leading chunks hold at least `samples` samples (all where fewer).
+    pub fn chunks_holding(&self, samples: usize) -> usize {
+        let mut seen = 0;
+        for (i, c) in self.chunks.iter().enumerate() {
+            seen += c.batch();
+            if seen >= samples {
                 return i + 1;
             }
         }
@@ -552,7 +586,7 @@ impl FitnessEngine {
                 reference.final_hidden.clone()
             } else {
                 let mut state = compressed.state(chunk.seq());
-                let h = compressed.run_layers(reference.hidden_in(first)?, first..compressed.num_layers(), &mut state, None, None);
+                let h = compressed.run_layers(reference.hidden_entering(&self.model, chunk, first)?, first..compressed.num_layers(), &mut state, None, None);
                 compressed.final_norm(h)
             };
             let target = if objective == Objective::Kl { reference.target.as_ref() } else { None };

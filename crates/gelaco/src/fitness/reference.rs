@@ -1,5 +1,8 @@
 //! Original-model activations on the calibration set: computed once, kept on the device
-//! within a memory budget; chunks that do not fit are recomputed when needed.
+//! within a memory budget. Where every layer's states of every chunk do not fit, the
+//! language-modelling objectives keep every few layers' (states between are run on from the
+//! nearest kept one, a few layers' work); chunks that do not fit even so are recomputed
+//! when needed.
 
 use burn::tensor::{Tensor, TensorData};
 
@@ -145,6 +148,22 @@ impl ReferenceActs {
             .ok_or_else(|| Error::Invalid(format!("the original's hidden state entering layer {j} was not kept")))
     }
 
+    /// The hidden state entering original layer `j` (leaving the last one for `j` past it):
+    /// kept, or run on through `model`'s layers from the nearest kept state before it (from
+    /// the embeddings where none is kept), the same values as the forward pass that keeps
+    /// them.
+    pub fn hidden_entering(&self, model: &Llama, chunk: &Chunk, j: usize) -> Result<Tensor<3>> {
+        if j >= self.hidden_in.len() || self.hidden_in[j].is_some() {
+            return self.hidden_in(j);
+        }
+        let (from, h) = match (0..j).rev().find(|&k| self.hidden_in[k].is_some()) {
+            Some(k) => (k, self.hidden_in(k)?),
+            None => (0, model.embed(model.ids_tensor(&chunk.ids)?)),
+        };
+        let mut state = model.state(chunk.seq());
+        Ok(model.run_layers(h, from..j, &mut state, None, None))
+    }
+
     /// The module outputs of original layer `j` (similarity).
     pub fn taps(&self, j: usize) -> Result<&MaskedTaps> {
         self.taps
@@ -164,6 +183,12 @@ fn tap_floats(model: &Llama) -> usize {
 
 /// Bytes the cached activations of one padded token take under `objective`.
 pub fn bytes_per_token(model: &Llama, objective: Objective, top_k: Option<usize>) -> usize {
+    kept_bytes_per_token(model, objective, top_k, 1)
+}
+
+/// [`bytes_per_token`] when the states entering every `stride`-th layer are kept (from the
+/// first), as [`ReferenceActs::compute`] keeps them for `|j| j % stride == 0`.
+pub fn kept_bytes_per_token(model: &Llama, objective: Objective, top_k: Option<usize>, stride: usize) -> usize {
     let c = &model.config;
     let taps = match objective {
         Objective::Similarity => tap_floats(model),
@@ -173,7 +198,7 @@ pub fn bytes_per_token(model: &Llama, objective: Objective, top_k: Option<usize>
         Objective::Kl => TargetDist::bytes_per_row(c.vocab_size, top_k),
         Objective::Similarity | Objective::Nll => 0,
     };
-    4 * (model.num_layers() * (c.hidden_size + taps) + 2 * c.hidden_size) + target
+    4 * (model.num_layers().div_ceil(stride.max(1)) * (c.hidden_size + taps) + 2 * c.hidden_size) + target
 }
 
 /// The most bytes of activations one evaluation holds at once on a chunk of `batch`
