@@ -16,7 +16,7 @@
 # paper-faithful search's, default 1800), EVOPRESS_GENERATIONS (default 20), EVOPRESS_SIZES
 # (the sizes whose EvoPress search this call runs, default SIZES: one search per size, each
 # kept once done), HEAL_SAMPLES (the samples ShortGPT's plans are healed on for the
-# "ShortGPT (healed)" rows, default 128, as the search heals its picks), SEED (1), DEVICE
+# "ShortGPT (healed)" rows, default 512, as the search heals its picks), SEED (1), DEVICE
 # (cpu), OUT (runs/quality-DATE), BIN (a gelaco binary to use instead of building one),
 # LACO_THRESHOLDS (the sweep), METHODS (which methods this call computes, default "gelaco
 # paper shortgpt sleb evopress laco"), EVALUATE (1: evaluate every model whose method is
@@ -41,7 +41,7 @@ paper_seconds=${PAPER_SECONDS:-1800}
 evopress_generations=${EVOPRESS_GENERATIONS:-20}
 evopress_sizes=${EVOPRESS_SIZES:-$sizes}
 laco_thresholds=${LACO_THRESHOLDS:-0.95 0.9 0.85 0.8 0.7 0.6}
-heal_samples=${HEAL_SAMPLES:-128}
+heal_samples=${HEAL_SAMPLES:-512}
 seed=${SEED:-1}
 device=${DEVICE:-cpu}
 out=${OUT:-runs/quality-$(date +%Y%m%d-%H%M%S)}

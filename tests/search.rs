@@ -448,7 +448,7 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
     if let JobSpec::New { calib: c, validation, heal_picks: h, baselines, .. } = &mut s {
         *c = CalibSource::File(calib.clone());
         *validation = Some((ValidationSource::Rest, ValidationOptions { window: 32, windows: 4 }));
-        *h = Some(HealPicks { method: Heal::Linear, samples: 40 });
+        *h = Some(HealPicks { method: Heal::Linear, samples: 40, screen: 0 });
         *baselines = true;
     }
     let events = run_to_end(s);
@@ -466,6 +466,7 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
     let recorded = info.heal_picks.clone().expect("run.json records how the picks are healed");
     let fit = heal_picks::read(&out, &info).unwrap().expect("the fitting samples are in the run folder");
     assert_eq!((recorded.hash.as_str(), recorded.samples, recorded.tokens), (fit.hash.as_str(), 40, fit.tokens()));
+    assert_eq!(recorded.screen_samples, None, "every plan healed on all samples, as before screening");
     // no fitting sample is validation text
     let validation = store::read_validation(&out).unwrap().unwrap();
     let scored: Vec<u32> = validation.windows.concat();
@@ -539,13 +540,80 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
     let mut s = spec(&f, &out, settings(12));
     if let JobSpec::New { validation, heal_picks: h, .. } = &mut s {
         *validation = Some((ValidationSource::Rest, ValidationOptions { window: 16, windows: 2 }));
-        *h = Some(HealPicks { method: Heal::Linear, samples: 2 });
+        *h = Some(HealPicks { method: Heal::Linear, samples: 2, screen: 0 });
     }
     let events = run_to_end(s);
     assert!(events.iter().any(|e| matches!(e, Event::Stage { message } if message.contains("will not be healed"))));
     assert!(matches!(events.last(), Some(Event::Done { .. })), "{:?}", events.last());
     assert!(store::read_info(&out).unwrap().heal_picks.is_none());
     assert!(!out.join(heal_picks::FILE).exists());
+}
+
+#[test]
+fn screened_healing_fits_only_the_best_screened_plan_of_each_size_on_all_samples() {
+    use gelaco::eval::validation::{ValidationOptions, ValidationSource};
+    use gelaco::export::Recipe;
+    use gelaco::fitness::{FitnessEngine, Heal};
+    use gelaco::run::heal_picks::{self, HealPicks};
+    let f = fixture();
+    let calib = f.root.join("long.txt");
+    let lines: String = (0..80).map(|i| format!("the hand and the thing number {i} went out to the shop today\n")).collect();
+    std::fs::write(&calib, lines).unwrap();
+    let out = f.root.join("screened");
+    let mut s = spec(&f, &out, settings(36));
+    if let JobSpec::New { calib: c, validation, heal_picks: h, baselines, .. } = &mut s {
+        *c = CalibSource::File(calib.clone());
+        *validation = Some((ValidationSource::Rest, ValidationOptions { window: 32, windows: 4 }));
+        *h = Some(HealPicks { method: Heal::Linear, samples: 40, screen: 16 });
+        *baselines = true;
+    }
+    let events = run_to_end(s);
+    assert!(matches!(events.last(), Some(Event::Done { .. })), "{:?}", events.last());
+    assert!(events.iter().any(|e| matches!(e, Event::Stage { message } if message.contains("on 16 samples") && message.contains("all 40"))));
+    let info = store::read_info(&out).unwrap();
+    assert_eq!(info.heal_picks.as_ref().and_then(|h| h.screen_samples), Some(16));
+    let fit = heal_picks::read(&out, &info).unwrap().unwrap();
+    let validation = store::read_validation(&out).unwrap().unwrap();
+    let m = gelaco::model::load(&f.model, gelaco::backend::select(DeviceChoice::Cpu).unwrap()).unwrap();
+    let healer = FitnessEngine::healer(&m.model, fit.clone(), info.engine.merge, Heal::Linear).unwrap();
+    let screen = healer.chunks_holding(16);
+    assert!(screen < healer.cache_state().0, "the screen is part of the samples");
+    let screened = |r: &gelaco::fitness::FitnessResult| {
+        let plan = gelaco::export::recipe::plan_of(r);
+        validation.perplexity(&healer.build_on(&plan, screen).unwrap()).unwrap()
+    };
+    let front = final_front(&events);
+    let candidates = store::read_candidates(&out).unwrap();
+    let baselines = store::read_baselines(&out).unwrap();
+    let all: Vec<(&gelaco::fitness::FitnessResult, Option<f64>, Option<f64>)> = front
+        .iter()
+        .chain(&candidates)
+        .map(|e| (&e.result, e.validation_perplexity, e.healed_validation_perplexity))
+        .chain(baselines.iter().map(|b| (&b.result, b.validation_perplexity, b.healed_validation_perplexity)))
+        .collect();
+    let (lo, hi) = settings(36).removed_range(8);
+    let mut compared = 0;
+    for removed in lo..=hi {
+        // the two best distinct models of the size by validation unhealed were screened;
+        // only the one that validated best healed on the screen is healed, on every sample
+        let mut of_size: Vec<_> = all.iter().filter(|e| 8 - e.0.remaining_layers == removed && e.1.is_some()).collect();
+        of_size.sort_by(|a, b| a.1.unwrap().total_cmp(&b.1.unwrap()));
+        of_size.dedup_by_key(|e| gelaco::export::recipe::plan_of(e.0).model_key());
+        let healed: Vec<_> = of_size.iter().filter(|e| e.2.is_some()).collect();
+        assert!(healed.len() <= 1, "{removed} removed: {} models healed", healed.len());
+        if of_size.len() < 2 || healed.is_empty() {
+            continue;
+        }
+        let (a, b) = (screened(of_size[0].0), screened(of_size[1].0));
+        let winner = if b < a { of_size[1] } else { of_size[0] };
+        assert!(std::ptr::eq(*healed[0], winner), "{removed} removed: screened {a} and {b}, another was healed");
+        let r = Recipe::from_run(&out, &info, winner.0, true, "test".into()).unwrap();
+        assert_eq!(r.heal.as_ref().unwrap().calibration, fit, "the chosen plan is healed on every sample");
+        let full = validation.perplexity(&healer.build_on(&gelaco::export::recipe::plan_of(winner.0), usize::MAX).unwrap()).unwrap();
+        assert!((full - winner.2.unwrap()).abs() <= 1e-6 * full, "{removed} removed: {full} vs {}", winner.2.unwrap());
+        compared += 1;
+    }
+    assert!(compared > 0, "no size had two plans to screen");
 }
 
 /// Remove, at any depth, the JSON keys that run folders written before objectives,

@@ -284,7 +284,7 @@ fn run_folder(dir: &Path, layers: usize) {
         message: None,
         baselines: false,
         validation: None,
-        heal_picks: Some(HealPicksInfo::of(gelaco::fitness::Heal::Linear, &healing)),
+        heal_picks: Some(HealPicksInfo::of(gelaco::fitness::Heal::Linear, &healing, 0)),
         nonce: None,
     };
     let store = RunStore::create(dir, &info, &calibration).unwrap();

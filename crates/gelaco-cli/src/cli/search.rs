@@ -129,6 +129,11 @@ pub struct SearchArgs {
     /// chooses its own (fewer when the text has fewer).
     #[arg(long, default_value_t = HealPicks::default().samples)]
     heal_samples: usize,
+    /// The best plans of each size are healed on the first N of those samples first, and
+    /// the one that then validates best on all of them (a fit costs in proportion to its
+    /// text); 0 heals every one on all of them.
+    #[arg(long, value_name = "N", default_value_t = HealPicks::default().screen)]
+    heal_screen_samples: usize,
     /// Multi-fidelity selection: offspring scored on TOKENS calibration tokens first, the
     /// share KEEP going on, only full-set scores deciding survival ("256:0.25,full:1");
     /// "full:1" scores every offspring on the full set.
@@ -233,7 +238,7 @@ pub fn search(a: SearchArgs, device: DeviceChoice) -> Result<()> {
         baselines: a.baselines,
         validation: validation_source(&a.validation, &a.calib.calib)
             .map(|s| (s, ValidationOptions { window: a.validation_window, windows: a.validation_windows })),
-        heal_picks: Some(HealPicks { method: a.heal_picks, samples: a.heal_samples }),
+        heal_picks: Some(HealPicks { method: a.heal_picks, samples: a.heal_samples, screen: a.heal_screen_samples }),
         import: a.import.clone(),
     };
     drive(job::spawn_on(spec, nats, None), a.json)

@@ -5,6 +5,11 @@
 //! validates better than its plan unhealed, it is that solution's model, and it competes
 //! for the recommendation like any other.
 //!
+//! A fit on more text generalises better, and costs in proportion. So the plans of a size
+//! are first healed on a part of the fitting samples (the screen: the healing engine's
+//! first chunks, which hold the longest samples), and only the one that validates best
+//! that way is healed on all of them: that is its healed model; the others stay unhealed.
+//!
 //! Healing inside the search (`--heal linear`) fits on the tokens it is then scored on,
 //! which flatters healed plans and steers the search towards plans that fall apart on
 //! other text. Here the fit uses several times the search's tokens and never sees the text
@@ -25,7 +30,10 @@ use crate::model::Tokenizer;
 pub const HEALED_PER_SIZE: usize = 2;
 
 /// Fitting samples of a new run (of the calibration's length each).
-pub const DEFAULT_SAMPLES: usize = 128;
+pub const DEFAULT_SAMPLES: usize = 512;
+
+/// Of those, the samples a new run screens the plans of each size on.
+pub const DEFAULT_SCREEN_SAMPLES: usize = 128;
 
 /// The fitting samples in the run folder.
 pub const FILE: &str = "heal-calibration.json";
@@ -36,11 +44,14 @@ pub struct HealPicks {
     pub method: Heal,
     /// Samples to fit on, picked as the calibration picks its own.
     pub samples: usize,
+    /// How many of those the plans of each size are screened on (0, or as many as there
+    /// are: every plan fitted on all of them).
+    pub screen: usize,
 }
 
 impl Default for HealPicks {
     fn default() -> Self {
-        HealPicks { method: Heal::Linear, samples: DEFAULT_SAMPLES }
+        HealPicks { method: Heal::Linear, samples: DEFAULT_SAMPLES, screen: DEFAULT_SCREEN_SAMPLES }
     }
 }
 
@@ -52,11 +63,18 @@ pub struct HealPicksInfo {
     pub hash: String,
     pub samples: usize,
     pub tokens: usize,
+    /// The plans of each size are healed on this many of the samples first, and the one
+    /// that validates best is healed on all of them (absent: every plan on all of them, as
+    /// in runs written before screening existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen_samples: Option<usize>,
 }
 
 impl HealPicksInfo {
-    pub fn of(method: Heal, c: &Calibration) -> Self {
-        HealPicksInfo { method, hash: c.hash.clone(), samples: c.samples.len(), tokens: c.tokens() }
+    /// Fitted on `c`, screened on `screen` of its samples where that is fewer.
+    pub fn of(method: Heal, c: &Calibration, screen: usize) -> Self {
+        let screen_samples = (screen > 0 && screen < c.samples.len()).then_some(screen);
+        HealPicksInfo { method, hash: c.hash.clone(), samples: c.samples.len(), tokens: c.tokens(), screen_samples }
     }
 }
 

@@ -27,9 +27,9 @@ pub struct Picker<'a> {
     pub validation: Validation,
     engine: &'a FitnessEngine,
     cache: HashMap<String, Option<f64>>,
-    /// How the picks are healed, on what, and the sizes (layers removed) healed; the
-    /// engine that heals them, once needed.
-    healing: Option<(Heal, Calibration, RangeInclusive<usize>)>,
+    /// How the picks are healed, on what, the sizes (layers removed) healed and the
+    /// samples they are screened on; the engine that heals them, once needed.
+    healing: Option<(Heal, Calibration, RangeInclusive<usize>, Option<usize>)>,
     healer: Option<FitnessEngine>,
     healed: HashMap<String, Option<f64>>,
     /// The original's hidden states of the validation windows entering some layers: a
@@ -48,10 +48,23 @@ impl<'a> Picker<'a> {
 
     /// At the end of the search, also heal the best [`HEALED_PER_SIZE`] plans of each size
     /// that removes a number of layers in `removed` (the sizes the search aims at) with
-    /// `method`, fitted on `calibration` (see [`super::heal_picks`]).
-    pub fn with_healing(mut self, method: Heal, calibration: Calibration, removed: RangeInclusive<usize>) -> Self {
-        self.healing = Some((method, calibration, removed));
+    /// `method`, fitted on `calibration`; with `screen`, each on `screen` of those samples
+    /// (the healing engine's first chunks), and the one of each size that then validates
+    /// best on all of them (see [`super::heal_picks`]).
+    pub fn with_healing(mut self, method: Heal, calibration: Calibration, removed: RangeInclusive<usize>, screen: Option<usize>) -> Self {
+        self.healing = Some((method, calibration, removed, screen));
         self
+    }
+
+    /// What [`Picker::annotate_final`] does to heal, in words.
+    pub fn healing_stage(&self) -> String {
+        match &self.healing {
+            Some((_, cal, _, Some(screen))) => format!(
+                "healing the best {HEALED_PER_SIZE} plans of each size on {screen} samples, the one of each that validates best on all {}, and validating them",
+                cal.samples.len()
+            ),
+            _ => format!("healing the best {HEALED_PER_SIZE} plans of each size and validating them again"),
+        }
     }
 
     /// Whether [`Picker::annotate_final`] heals.
@@ -104,25 +117,63 @@ impl<'a> Picker<'a> {
         Ok(states)
     }
 
-    /// Validation perplexity of `plan` healed (`None`: not finite, or healing failed
-    /// numerically).
-    fn healed_perplexity(&mut self, plan: &crate::collapse::Plan) -> Result<Option<f64>> {
-        let key = plan.model_key();
-        if let Some(v) = self.healed.get(&key) {
-            return Ok(*v);
+    /// Validation perplexity of `plan` healed on the fitting samples of the first `chunks`
+    /// chunks of the healing engine (`None`: not finite, or healing failed numerically).
+    fn healed_on(&mut self, plan: &crate::collapse::Plan, chunks: usize) -> Result<Option<f64>> {
+        let built = self.healer()?.build_on(plan, chunks);
+        match built {
+            Ok(m) => self.validate(&m, plan.first_changed_layer()),
+            Err(Error::Numerical(_)) => Ok(None),
+            Err(e) => Err(e),
         }
-        if self.healer.is_none() {
-            let Some((method, cal, _)) = &self.healing else { return Ok(None) };
-            self.healer = Some(super::heal_picks::engine(self.engine, *method, cal.clone())?);
-        }
-        let Some(built) = self.healer.as_ref().map(|h| h.build_on(plan, usize::MAX)) else { return Ok(None) };
-        let v = match built {
-            Ok(m) => self.validate(&m, plan.first_changed_layer())?,
-            Err(Error::Numerical(_)) => None,
-            Err(e) => return Err(e),
+    }
+
+    /// The engine that heals the picks, made when first needed.
+    fn healer(&mut self) -> Result<&FitnessEngine> {
+        let healer = match (self.healer.take(), &self.healing) {
+            (Some(h), _) => h,
+            (None, Some((method, cal, ..))) => super::heal_picks::engine(self.engine, *method, cal.clone())?,
+            (None, None) => return Err(Error::Invalid("the run does not heal its picks".into())),
         };
-        self.healed.insert(key, v);
-        Ok(v)
+        Ok(self.healer.insert(healer))
+    }
+
+    /// Heal the plans of one size (see [`Picker::with_healing`]) and record each one's
+    /// healed validation perplexity (`None` for those screened out); `step()` before each
+    /// fit.
+    fn heal_size(&mut self, plans: &[crate::collapse::Plan], step: &mut dyn FnMut()) -> Result<()> {
+        let screen = self.healing.as_ref().and_then(|h| h.3).filter(|_| plans.len() > 1);
+        let chosen: Vec<&crate::collapse::Plan> = match screen {
+            Some(samples) => {
+                let chunks = self.healer()?.chunks_holding(samples);
+                let mut best: Option<(f64, &crate::collapse::Plan)> = None;
+                for plan in plans {
+                    step();
+                    if let Some(v) = self.healed_on(plan, chunks)? {
+                        if best.is_none_or(|(b, _)| v < b) {
+                            best = Some((v, plan));
+                        }
+                    }
+                    self.healed.insert(plan.model_key(), None);
+                }
+                best.map(|(_, p)| p).into_iter().collect()
+            }
+            None => plans.iter().collect(),
+        };
+        for plan in chosen {
+            step();
+            let v = self.healed_on(plan, usize::MAX)?;
+            self.healed.insert(plan.model_key(), v);
+        }
+        Ok(())
+    }
+
+    /// How many fits [`Picker::heal_size`] makes for `plans`.
+    fn fits(&self, plans: &[crate::collapse::Plan]) -> usize {
+        match self.healing.as_ref().and_then(|h| h.3) {
+            Some(_) if plans.len() > 1 => plans.len() + 1,
+            _ => plans.len(),
+        }
     }
 
     /// How many of these solutions have no validation perplexity yet.
@@ -162,15 +213,23 @@ impl<'a> Picker<'a> {
         for b in baselines.iter_mut() {
             b.validation_perplexity = self.perplexity(&b.result)?;
         }
-        if let Some((_, _, removed)) = &self.healing {
+        if let Some((_, _, removed, _)) = &self.healing {
             if let Some(progress) = heal {
                 let scored = front.iter().chain(candidates.iter()).map(|f| (&f.result, f.validation_perplexity));
                 let scored = scored.chain(baselines.iter().map(|b| (&b.result, b.validation_perplexity)));
                 let scored = scored.filter(|(r, _)| removed.contains(&(r.psi.len() - r.remaining_layers)));
-                let plans: Vec<_> = best_per_size(scored, HEALED_PER_SIZE).into_iter().filter(|p| !self.healed.contains_key(&p.model_key())).collect();
-                for (i, plan) in plans.iter().enumerate() {
-                    progress(i, plans.len());
-                    self.healed_perplexity(plan)?;
+                let sizes: Vec<Vec<_>> = best_per_size(scored, HEALED_PER_SIZE)
+                    .into_iter()
+                    .map(|plans| plans.into_iter().filter(|p| !self.healed.contains_key(&p.model_key())).collect::<Vec<_>>())
+                    .filter(|plans| !plans.is_empty())
+                    .collect();
+                let of = sizes.iter().map(|plans| self.fits(plans)).sum();
+                let mut done = 0;
+                for plans in &sizes {
+                    self.heal_size(plans, &mut || {
+                        progress(done, of);
+                        done += 1;
+                    })?;
                 }
             }
             let healed = |r: &FitnessResult| self.healed.get(&plan_of(r).model_key()).copied().flatten();
@@ -187,8 +246,8 @@ impl<'a> Picker<'a> {
 }
 
 /// The `k` plans of lowest validation perplexity of each size that remove layers (distinct
-/// models; ties to the first listed).
-fn best_per_size<'r>(scored: impl Iterator<Item = (&'r FitnessResult, Option<f64>)>, k: usize) -> Vec<crate::collapse::Plan> {
+/// models; ties to the first listed), lowest first, one list per size.
+fn best_per_size<'r>(scored: impl Iterator<Item = (&'r FitnessResult, Option<f64>)>, k: usize) -> Vec<Vec<crate::collapse::Plan>> {
     let mut by_size: std::collections::BTreeMap<usize, Vec<(f64, crate::collapse::Plan)>> = Default::default();
     let mut seen = std::collections::HashSet::new();
     for (r, ppl) in scored {
@@ -199,9 +258,9 @@ fn best_per_size<'r>(scored: impl Iterator<Item = (&'r FitnessResult, Option<f64
     }
     by_size
         .into_values()
-        .flat_map(|mut v| {
+        .map(|mut v| {
             v.sort_by(|a, b| a.0.total_cmp(&b.0));
-            v.into_iter().take(k).map(|(_, plan)| plan)
+            v.into_iter().take(k).map(|(_, plan)| plan).collect()
         })
         .collect()
 }
@@ -343,7 +402,7 @@ mod tests {
         let identity = (result(&Plan::identity(10), 1.0), Some(5.0));
         let one_removed = (result(&removal_plan(10, &[1]).unwrap(), 0.4), Some(1.0));
         let all = results.iter().chain([&identity, &one_removed]).map(|(r, p)| (r, *p));
-        let chosen: Vec<String> = best_per_size(all, 2).iter().map(|p| p.merges_text()).collect();
+        let chosen: Vec<String> = best_per_size(all, 2).iter().flatten().map(|p| p.merges_text()).collect();
         // 8 layers left: the two lowest of four; 9 left: its only plan; 10 left: the
         // original is never healed
         assert_eq!(chosen.len(), 3, "{chosen:?}");

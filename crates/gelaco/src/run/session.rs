@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use super::FrontEntry;
 use super::job::{Command, Event, Outbox, Progress, StopReason};
-use super::heal_picks::HEALED_PER_SIZE;
 use super::pick::{Picker, candidate_entries, front_entries};
 use super::store::{Checkpoint, RunInfo, RunStore, Status};
 use crate::error::Result;
@@ -256,8 +255,9 @@ fn pick(
     }
     let before: Vec<(bool, Option<f64>)> = baselines.iter().map(|b| (b.recommended, b.healed_validation_perplexity)).collect();
     if last && p.heals() {
+        let stage = p.healing_stage();
         let progress = |done: usize, of: usize| {
-            out.send(Event::Stage { message: format!("healing the best {HEALED_PER_SIZE} plans of each size and validating them again: {done} of {of} done") });
+            out.send(Event::Stage { message: format!("{stage}: {done} of {of} fits done") });
         };
         p.annotate_final(front, candidates, baselines, &progress)?;
     } else {
