@@ -432,6 +432,29 @@ fn validation_marks_one_recommended_solution_per_size_and_refuses_calibration_te
     assert!(matches!(events.last(), Some(Event::Failed { error, .. }) if error.is_input_error() && error.to_string().contains("calibration sample")), "{:?}", events.last());
 }
 
+/// A search with baselines into `name`, on text enough for validation and for fitting a
+/// 64 x 64 map on other lines, healing its picks on 40 samples screened on `screen`; it
+/// ran to the end.
+fn healing_run(f: &Fixture, name: &str, screen: usize) -> (PathBuf, Vec<Event>) {
+    use gelaco::eval::validation::{ValidationOptions, ValidationSource};
+    use gelaco::fitness::Heal;
+    use gelaco::run::heal_picks::HealPicks;
+    let calib = f.root.join("long.txt");
+    let lines: String = (0..80).map(|i| format!("the hand and the thing number {i} went out to the shop today\n")).collect();
+    std::fs::write(&calib, lines).unwrap();
+    let out = f.root.join(name);
+    let mut s = spec(f, &out, settings(36));
+    if let JobSpec::New { calib: c, validation, heal_picks: h, baselines, .. } = &mut s {
+        *c = CalibSource::File(calib.clone());
+        *validation = Some((ValidationSource::Rest, ValidationOptions { window: 32, windows: 4 }));
+        *h = Some(HealPicks { method: Heal::Linear, samples: 40, screen });
+        *baselines = true;
+    }
+    let events = run_to_end(s);
+    assert!(matches!(events.last(), Some(Event::Done { .. })), "{:?}", events.last());
+    (out, events)
+}
+
 #[test]
 fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_where_they_validate_better() {
     use gelaco::eval::validation::{ValidationOptions, ValidationSource};
@@ -439,20 +462,7 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
     use gelaco::fitness::Heal;
     use gelaco::run::heal_picks::{self, HEALED_PER_SIZE, HealPicks};
     let f = fixture();
-    // text enough for validation and for fitting a 64 x 64 map on other lines
-    let calib = f.root.join("long.txt");
-    let lines: String = (0..80).map(|i| format!("the hand and the thing number {i} went out to the shop today\n")).collect();
-    std::fs::write(&calib, lines).unwrap();
-    let out = f.root.join("hp");
-    let mut s = spec(&f, &out, settings(36));
-    if let JobSpec::New { calib: c, validation, heal_picks: h, baselines, .. } = &mut s {
-        *c = CalibSource::File(calib.clone());
-        *validation = Some((ValidationSource::Rest, ValidationOptions { window: 32, windows: 4 }));
-        *h = Some(HealPicks { method: Heal::Linear, samples: 40, screen: 0 });
-        *baselines = true;
-    }
-    let events = run_to_end(s);
-    assert!(matches!(events.last(), Some(Event::Done { .. })), "{:?}", events.last());
+    let (out, events) = healing_run(&f, "hp", 0);
     let front = final_front(&events);
     let candidates = store::read_candidates(&out).unwrap();
     let baselines = store::read_baselines(&out).unwrap();
@@ -551,24 +561,11 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
 
 #[test]
 fn screened_healing_fits_only_the_best_screened_plan_of_each_size_on_all_samples() {
-    use gelaco::eval::validation::{ValidationOptions, ValidationSource};
     use gelaco::export::Recipe;
     use gelaco::fitness::{FitnessEngine, Heal};
-    use gelaco::run::heal_picks::{self, HealPicks};
+    use gelaco::run::heal_picks;
     let f = fixture();
-    let calib = f.root.join("long.txt");
-    let lines: String = (0..80).map(|i| format!("the hand and the thing number {i} went out to the shop today\n")).collect();
-    std::fs::write(&calib, lines).unwrap();
-    let out = f.root.join("screened");
-    let mut s = spec(&f, &out, settings(36));
-    if let JobSpec::New { calib: c, validation, heal_picks: h, baselines, .. } = &mut s {
-        *c = CalibSource::File(calib.clone());
-        *validation = Some((ValidationSource::Rest, ValidationOptions { window: 32, windows: 4 }));
-        *h = Some(HealPicks { method: Heal::Linear, samples: 40, screen: 16 });
-        *baselines = true;
-    }
-    let events = run_to_end(s);
-    assert!(matches!(events.last(), Some(Event::Done { .. })), "{:?}", events.last());
+    let (out, events) = healing_run(&f, "screened", 16);
     assert!(events.iter().any(|e| matches!(e, Event::Stage { message } if message.contains("on 16 samples") && message.contains("all 40"))));
     let info = store::read_info(&out).unwrap();
     assert_eq!(info.heal_picks.as_ref().and_then(|h| h.screen_samples), Some(16));
