@@ -569,6 +569,10 @@ fn validation_run_on_from_the_first_changed_layer_equals_a_full_forward_bit_for_
     };
     for d in devices() {
         let on = &d.description;
+        // the CPU backend runs the same kernels for any shape: bit for bit; WGPU's matrix
+        // products are autotuned by timing per shape, and the whole text is batched
+        // otherwise than the validation windows, so a busy machine can pick other kernels
+        let same = |a: f64, b: f64| if gelaco::backend::is_cpu(&d.device) { a.to_bits() == b.to_bits() } else { (a - b).abs() <= 1e-5 * b.abs() };
         let (_dir, m) = tiny_loaded(&tiny, &d);
         let engine = FitnessEngine::new(&m.model, cal.clone(), EngineOptions { batch_size: 4, ..EngineOptions::default() }).unwrap();
         let mut picker = Picker::new(validation.clone(), &engine);
@@ -580,7 +584,7 @@ fn validation_run_on_from_the_first_changed_layer_equals_a_full_forward_bit_for_
             let result = engine.evaluate(&plan).unwrap();
             let full = whole_text(&engine.build_on(&plan, usize::MAX).unwrap());
             let picked = picker.perplexity(&result).unwrap().unwrap();
-            assert_eq!(picked.to_bits(), full.to_bits(), "{on} {ranges:?}: {picked} vs {full}");
+            assert!(same(picked, full), "{on} {ranges:?}: {picked} vs {full}");
             if ranges.is_empty() {
                 continue;
             }
@@ -590,8 +594,8 @@ fn validation_run_on_from_the_first_changed_layer_equals_a_full_forward_bit_for_
             let entering = validation.entering(&m.model, None, first).unwrap();
             let from = validation.perplexity_from(&healed, first, &entering).unwrap();
             let whole = whole_text(&healed);
-            assert_eq!(from.to_bits(), whole.to_bits(), "{on} {ranges:?} healed: {from} vs {whole}");
-            assert_eq!(validation.perplexity(&healed).unwrap().to_bits(), whole.to_bits(), "{on} {ranges:?} healed, from the embeddings");
+            assert!(same(from, whole), "{on} {ranges:?} healed: {from} vs {whole}");
+            assert!(same(validation.perplexity(&healed).unwrap(), whole), "{on} {ranges:?} healed, from the embeddings");
             assert_ne!(whole.to_bits(), full.to_bits(), "{on} {ranges:?}: healing changed nothing");
         }
         // states for another number of windows, or from past the model's end, are refused
