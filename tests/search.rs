@@ -447,7 +447,7 @@ fn healing_run(f: &Fixture, name: &str, screen: usize) -> (PathBuf, Vec<Event>) 
     if let JobSpec::New { calib: c, validation, heal_picks: h, baselines, .. } = &mut s {
         *c = CalibSource::File(calib.clone());
         *validation = Some((ValidationSource::Rest, ValidationOptions { window: 32, windows: 4 }));
-        *h = Some(HealPicks { method: Heal::Linear, samples: 40, screen });
+        *h = Some(HealPicks { method: Heal::Linear, samples: 40, screen, per_size: 3 });
         *baselines = true;
     }
     let events = run_to_end(s);
@@ -460,7 +460,7 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
     use gelaco::eval::validation::{ValidationOptions, ValidationSource};
     use gelaco::export::{Recipe, Variant};
     use gelaco::fitness::Heal;
-    use gelaco::run::heal_picks::{self, HEALED_PER_SIZE, HealPicks};
+    use gelaco::run::heal_picks::{self, HealPicks};
     let f = fixture();
     let (out, events) = healing_run(&f, "hp", 0);
     let front = final_front(&events);
@@ -477,6 +477,7 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
     let fit = heal_picks::read(&out, &info).unwrap().expect("the fitting samples are in the run folder");
     assert_eq!((recorded.hash.as_str(), recorded.samples, recorded.tokens), (fit.hash.as_str(), 40, fit.tokens()));
     assert_eq!(recorded.screen_samples, None, "every plan healed on all samples, as before screening");
+    assert_eq!(recorded.per_size, 3);
     // no fitting sample is validation text
     let validation = store::read_validation(&out).unwrap().unwrap();
     let scored: Vec<u32> = validation.windows.concat();
@@ -484,7 +485,7 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
         let inner = &sample[1..sample.len() - 1];
         assert!(!scored.windows(inner.len()).any(|w| w == inner), "a fitting sample is validation text: {sample:?}");
     }
-    // the best HEALED_PER_SIZE of each size the search aims at (by validation perplexity)
+    // the best `per_size` of each size the search aims at (by validation perplexity)
     // are healed, no other; the recommended solution of each size has the lowest
     // perplexity of its model
     let (lo, hi) = settings(36).removed_range(8);
@@ -506,8 +507,8 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
         }
         let mut seen = Vec::new();
         for e in of_size.iter().filter(|_| (lo..=hi).contains(&(8 - size))) {
-            if !seen.contains(&e.1) && seen.len() < HEALED_PER_SIZE {
-                assert!(e.2.is_some(), "{size} layers: a plan among the best {HEALED_PER_SIZE} was not healed");
+            if !seen.contains(&e.1) && seen.len() < recorded.per_size {
+                assert!(e.2.is_some(), "{size} layers: a plan among the best {} was not healed", recorded.per_size);
                 seen.push(e.1);
             }
         }
@@ -550,13 +551,27 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
     let mut s = spec(&f, &out, settings(12));
     if let JobSpec::New { validation, heal_picks: h, .. } = &mut s {
         *validation = Some((ValidationSource::Rest, ValidationOptions { window: 16, windows: 2 }));
-        *h = Some(HealPicks { method: Heal::Linear, samples: 2, screen: 0 });
+        *h = Some(HealPicks { method: Heal::Linear, samples: 2, screen: 0, per_size: 2 });
     }
     let events = run_to_end(s);
     assert!(events.iter().any(|e| matches!(e, Event::Stage { message } if message.contains("will not be healed"))));
     assert!(matches!(events.last(), Some(Event::Done { .. })), "{:?}", events.last());
     assert!(store::read_info(&out).unwrap().heal_picks.is_none());
     assert!(!out.join(heal_picks::FILE).exists());
+    // healing no plan of each size is a setting error, before the run folder is made
+    let out = f.root.join("hp-none");
+    let mut s = spec(&f, &out, settings(12));
+    if let JobSpec::New { validation, heal_picks: h, .. } = &mut s {
+        *validation = Some((ValidationSource::Rest, ValidationOptions { window: 16, windows: 2 }));
+        *h = Some(HealPicks { per_size: 0, ..HealPicks::default() });
+    }
+    let events = run_to_end(s);
+    assert!(
+        matches!(events.last(), Some(Event::Failed { error, .. }) if error.is_input_error() && error.to_string().contains("heal_per_size")),
+        "{:?}",
+        events.last()
+    );
+    assert!(!out.join("run.json").exists());
 }
 
 #[test]
@@ -591,8 +606,9 @@ fn screened_healing_fits_only_the_best_screened_plan_of_each_size_on_all_samples
     let (lo, hi) = settings(36).removed_range(8);
     let mut compared = 0;
     for removed in lo..=hi {
-        // the two best distinct models of the size by validation unhealed were screened;
-        // only the one that validated best healed on the screen is healed, on every sample
+        // the best `per_size` distinct models of the size by validation unhealed were
+        // screened; only the one that validated best healed on the screen is healed, on
+        // every sample
         let mut of_size: Vec<_> = all.iter().filter(|e| 8 - e.0.remaining_layers == removed && e.1.is_some()).collect();
         of_size.sort_by(|a, b| a.1.unwrap().total_cmp(&b.1.unwrap()));
         of_size.dedup_by_key(|e| gelaco::export::recipe::plan_of(e.0).model_key());
@@ -601,9 +617,11 @@ fn screened_healing_fits_only_the_best_screened_plan_of_each_size_on_all_samples
         if of_size.len() < 2 || healed.is_empty() {
             continue;
         }
-        let (a, b) = (screened(of_size[0].0), screened(of_size[1].0));
-        let winner = if b < a { of_size[1] } else { of_size[0] };
-        assert!(std::ptr::eq(*healed[0], winner), "{removed} removed: screened {a} and {b}, another was healed");
+        let per_size = info.heal_picks.as_ref().unwrap().per_size;
+        let scores: Vec<f64> = of_size.iter().take(per_size).map(|e| screened(e.0)).collect();
+        let best = (0..scores.len()).fold(0, |b, i| if scores[i] < scores[b] { i } else { b });
+        let winner = of_size[best];
+        assert!(std::ptr::eq(*healed[0], winner), "{removed} removed: screened {scores:?}, another was healed");
         let r = Recipe::from_run(&out, &info, winner.0, true, "test".into()).unwrap();
         assert_eq!(r.heal.as_ref().unwrap().calibration, fit, "the chosen plan is healed on every sample");
         let full = validation.perplexity(&healer.build_on(&gelaco::export::recipe::plan_of(winner.0), usize::MAX).unwrap()).unwrap();
@@ -616,8 +634,21 @@ fn screened_healing_fits_only_the_best_screened_plan_of_each_size_on_all_samples
 /// Remove, at any depth, the JSON keys that run folders written before objectives,
 /// healing, validation and multi-fidelity selection did not have.
 fn strip_new_keys(v: &mut serde_json::Value) {
-    const NEW: [&str; 12] =
-        ["objective", "kl", "nll", "heal", "kl_top_k", "fidelity", "validation", "kind", "validation_perplexity", "recommended", "screened", "first_chunk_tokens"];
+    const NEW: [&str; 13] = [
+        "objective",
+        "kl",
+        "nll",
+        "heal",
+        "kl_top_k",
+        "fidelity",
+        "validation",
+        "kind",
+        "validation_perplexity",
+        "recommended",
+        "screened",
+        "first_chunk_tokens",
+        "per_size",
+    ];
     match v {
         serde_json::Value::Object(m) => {
             for k in NEW {

@@ -284,7 +284,7 @@ fn run_folder(dir: &Path, layers: usize) {
         message: None,
         baselines: false,
         validation: None,
-        heal_picks: Some(HealPicksInfo::of(gelaco::fitness::Heal::Linear, &healing, 0)),
+        heal_picks: Some(HealPicksInfo::of(&heal_picks::HealPicks { screen: 0, ..Default::default() }, &healing)),
         nonce: None,
     };
     let store = RunStore::create(dir, &info, &calibration).unwrap();

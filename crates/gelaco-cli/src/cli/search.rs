@@ -134,6 +134,10 @@ pub struct SearchArgs {
     /// text); 0 heals every one on all of them.
     #[arg(long, value_name = "N", default_value_t = HealPicks::default().screen)]
     heal_screen_samples: usize,
+    /// How many plans of each size are healed, the best by validation perplexity unhealed
+    /// (healing can reorder them).
+    #[arg(long, value_name = "N", default_value_t = HealPicks::default().per_size)]
+    heal_per_size: usize,
     /// Multi-fidelity selection: offspring scored on TOKENS calibration tokens first, the
     /// share KEEP going on, only full-set scores deciding survival ("256:0.25,full:1");
     /// "full:1" scores every offspring on the full set.
@@ -238,7 +242,7 @@ pub fn search(a: SearchArgs, device: DeviceChoice) -> Result<()> {
         baselines: a.baselines,
         validation: validation_source(&a.validation, &a.calib.calib)
             .map(|s| (s, ValidationOptions { window: a.validation_window, windows: a.validation_windows })),
-        heal_picks: Some(HealPicks { method: a.heal_picks, samples: a.heal_samples, screen: a.heal_screen_samples }),
+        heal_picks: Some(HealPicks { method: a.heal_picks, samples: a.heal_samples, screen: a.heal_screen_samples, per_size: a.heal_per_size }),
         import: a.import.clone(),
     };
     drive(job::spawn_on(spec, nats, None), a.json)

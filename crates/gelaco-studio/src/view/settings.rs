@@ -157,7 +157,8 @@ pub(super) fn run_settings(app: &mut App, ui: &mut Ui) {
                 tip(
                     ui.add_enabled(s.validation && !healing, egui::Checkbox::new(&mut s.heal_picks, "the picks")),
                     format!(
-                        "Heal the best plans of each size (by validation perplexity) on {} calibration samples apart from the validation's (each screened on {} of them first, the better of each size fitted on all), validate them again, and recommend the healed model where it validates better",
+                        "Heal the best {} plans of each size (by validation perplexity) on {} calibration samples apart from the validation's (each screened on {} of them first, the best of each size fitted on all), validate them again, and recommend the healed model where it validates better",
+                        gelaco::run::heal_picks::DEFAULT_PER_SIZE,
                         gelaco::run::heal_picks::DEFAULT_SAMPLES,
                         gelaco::run::heal_picks::DEFAULT_SCREEN_SAMPLES
                     )

@@ -26,8 +26,17 @@ use crate::fitness::{FitnessEngine, Heal, heal};
 use crate::limits::token_samples;
 use crate::model::Tokenizer;
 
-/// How many plans of each size are healed: the best by validation perplexity unhealed.
-pub const HEALED_PER_SIZE: usize = 2;
+/// How many plans of each size a new run heals: the best by validation perplexity
+/// unhealed. Healing reorders plans (one whose collapsed groups restore well can overtake
+/// the plan that validated best unhealed), so a third is screened beside the best two.
+pub const DEFAULT_PER_SIZE: usize = 3;
+
+/// How many plans of each size runs written before the number was a setting heal.
+pub const LEGACY_PER_SIZE: usize = 2;
+
+fn legacy_per_size() -> usize {
+    LEGACY_PER_SIZE
+}
 
 /// Fitting samples of a new run (of the calibration's length each).
 pub const DEFAULT_SAMPLES: usize = 512;
@@ -47,11 +56,13 @@ pub struct HealPicks {
     /// How many of those the plans of each size are screened on (0, or as many as there
     /// are: every plan fitted on all of them).
     pub screen: usize,
+    /// How many plans of each size are healed (the best by validation perplexity).
+    pub per_size: usize,
 }
 
 impl Default for HealPicks {
     fn default() -> Self {
-        HealPicks { method: Heal::Linear, samples: DEFAULT_SAMPLES, screen: DEFAULT_SCREEN_SAMPLES }
+        HealPicks { method: Heal::Linear, samples: DEFAULT_SAMPLES, screen: DEFAULT_SCREEN_SAMPLES, per_size: DEFAULT_PER_SIZE }
     }
 }
 
@@ -68,13 +79,18 @@ pub struct HealPicksInfo {
     /// in runs written before screening existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub screen_samples: Option<usize>,
+    /// How many plans of each size are healed, the best by validation perplexity (absent:
+    /// [`LEGACY_PER_SIZE`], as runs written before it was a setting).
+    #[serde(default = "legacy_per_size")]
+    pub per_size: usize,
 }
 
 impl HealPicksInfo {
-    /// Fitted on `c`, screened on `screen` of its samples where that is fewer.
-    pub fn of(method: Heal, c: &Calibration, screen: usize) -> Self {
-        let screen_samples = (screen > 0 && screen < c.samples.len()).then_some(screen);
-        HealPicksInfo { method, hash: c.hash.clone(), samples: c.samples.len(), tokens: c.tokens(), screen_samples }
+    /// As `h` says, fitted on `c`: screened on `h.screen` of its samples where that is
+    /// fewer.
+    pub fn of(h: &HealPicks, c: &Calibration) -> Self {
+        let screen_samples = (h.screen > 0 && h.screen < c.samples.len()).then_some(h.screen);
+        HealPicksInfo { method: h.method, hash: c.hash.clone(), samples: c.samples.len(), tokens: c.tokens(), screen_samples, per_size: h.per_size }
     }
 }
 
@@ -152,4 +168,18 @@ pub fn read(dir: &Path, info: &RunInfo) -> Result<Option<Calibration>> {
         Ok(())
     })
     .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_written_before_the_number_of_plans_healed_was_a_setting_heals_two_per_size() {
+        let old = r#"{"method":"linear","hash":"ab","samples":512,"tokens":49794,"screen_samples":128}"#;
+        let h: HealPicksInfo = serde_json::from_str(old).unwrap();
+        assert_eq!(h.per_size, LEGACY_PER_SIZE);
+        let new: HealPicksInfo = serde_json::from_str(&serde_json::to_string(&HealPicksInfo { per_size: 3, ..h }).unwrap()).unwrap();
+        assert_eq!(new.per_size, 3);
+    }
 }

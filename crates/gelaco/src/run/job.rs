@@ -301,7 +301,7 @@ fn run(spec: JobSpec, nats: Option<&crate::dist::NatsSettings>, out: &Outbox, co
     let mut picker = validation.map(|v| Picker::new(v, &engine));
     if let (Some(cal), Some(h)) = (heal_calibration, &info.heal_picks) {
         let (lo, hi) = info.settings.removed_range(layers);
-        picker = picker.map(|p| p.with_healing(h.method, cal, lo..=hi, h.screen_samples));
+        picker = picker.map(|p| p.with_healing(h.method, cal, lo..=hi, h.screen_samples, h.per_size));
     }
     if let Some(p) = picker.as_mut() {
         if p.missing(&[], &baselines) > 0 {
@@ -411,6 +411,9 @@ fn open(spec: JobSpec, device: ComputeDevice, out: &Outbox) -> Result<Opened> {
         },
         None => (None, None),
     };
+    if heal_picks.as_ref().is_some_and(|h| h.per_size == 0) {
+        return Err(Error::setting("heal_per_size", "must be at least 1"));
+    }
     let heal_calibration = match heal_picks {
         Some(h) if h.method != crate::fitness::Heal::None && engine.heal == crate::fitness::Heal::None && validation.is_some() => {
             match heal_picks::calibration(free.as_deref(), &calibration, h.samples, &m.tokenizer, m.model.config.hidden_size) {
@@ -441,7 +444,7 @@ fn open(spec: JobSpec, device: ComputeDevice, out: &Outbox) -> Result<Opened> {
         message: None,
         baselines,
         validation: validation.as_ref().map(|v| ValidationInfo { source: v.source.clone(), hash: v.hash.clone(), tokens: v.tokens() }),
-        heal_picks: heal_calibration.as_ref().map(|(h, c)| HealPicksInfo::of(h.method, c, h.screen)),
+        heal_picks: heal_calibration.as_ref().map(|(h, c)| HealPicksInfo::of(h, c)),
         nonce: Some(crate::dist::nonce()),
     };
     let store = RunStore::create(&dir, &info, &calibration)?;

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use burn::tensor::Tensor;
 
 use super::FrontEntry;
-use super::heal_picks::HEALED_PER_SIZE;
 use crate::error::{Error, Result};
 use crate::eval::validation::Validation;
 use crate::export::recipe::plan_of;
@@ -27,15 +26,27 @@ pub struct Picker<'a> {
     pub validation: Validation,
     engine: &'a FitnessEngine,
     cache: HashMap<String, Option<f64>>,
-    /// How the picks are healed, on what, the sizes (layers removed) healed and the
-    /// samples they are screened on; the engine that heals them, once needed.
-    healing: Option<(Heal, Calibration, RangeInclusive<usize>, Option<usize>)>,
+    /// How the picks are healed: see [`Picker::with_healing`]; the engine that heals them,
+    /// once needed.
+    healing: Option<Healing>,
     healer: Option<FitnessEngine>,
     healed: HashMap<String, Option<f64>>,
     /// The original's hidden states of the validation windows entering some layers: a
     /// compressed model's layers before its first change are the original's, so its
     /// validation runs from there (as many as [`Picker::entering_limit`] holds).
     entering: BTreeMap<usize, Vec<Tensor<3>>>,
+}
+
+/// How a [`Picker`] heals the picks.
+struct Healing {
+    method: Heal,
+    calibration: Calibration,
+    /// The sizes (layers removed) healed.
+    removed: RangeInclusive<usize>,
+    /// The samples the plans of a size are screened on.
+    screen: Option<usize>,
+    /// How many plans of each size are healed.
+    per_size: usize,
 }
 
 /// The most memory for the original's validation states kept by a [`Picker`], in MiB.
@@ -46,24 +57,32 @@ impl<'a> Picker<'a> {
         Picker { validation, engine, cache: HashMap::new(), healing: None, healer: None, healed: HashMap::new(), entering: BTreeMap::new() }
     }
 
-    /// At the end of the search, also heal the best [`HEALED_PER_SIZE`] plans of each size
-    /// that removes a number of layers in `removed` (the sizes the search aims at) with
-    /// `method`, fitted on `calibration`; with `screen`, each on `screen` of those samples
-    /// (the healing engine's first chunks), and the one of each size that then validates
-    /// best on all of them (see [`super::heal_picks`]).
-    pub fn with_healing(mut self, method: Heal, calibration: Calibration, removed: RangeInclusive<usize>, screen: Option<usize>) -> Self {
-        self.healing = Some((method, calibration, removed, screen));
+    /// At the end of the search, also heal the best `per_size` plans of each size that
+    /// removes a number of layers in `removed` (the sizes the search aims at) with `method`,
+    /// fitted on `calibration`; with `screen`, each on `screen` of those samples (the
+    /// healing engine's first chunks), and the one of each size that then validates best on
+    /// all of them (see [`super::heal_picks`]).
+    pub fn with_healing(
+        mut self,
+        method: Heal,
+        calibration: Calibration,
+        removed: RangeInclusive<usize>,
+        screen: Option<usize>,
+        per_size: usize,
+    ) -> Self {
+        self.healing = Some(Healing { method, calibration, removed, screen, per_size });
         self
     }
 
     /// What [`Picker::annotate_final`] does to heal, in words.
     pub fn healing_stage(&self) -> String {
         match &self.healing {
-            Some((_, cal, _, Some(screen))) => format!(
-                "healing the best {HEALED_PER_SIZE} plans of each size on {screen} samples, the one of each that validates best on all {}, and validating them",
-                cal.samples.len()
+            Some(Healing { calibration, screen: Some(screen), per_size, .. }) => format!(
+                "healing the best {per_size} plans of each size on {screen} samples, the one of each that validates best on all {}, and validating them",
+                calibration.samples.len()
             ),
-            _ => format!("healing the best {HEALED_PER_SIZE} plans of each size and validating them again"),
+            Some(Healing { per_size, .. }) => format!("healing the best {per_size} plans of each size and validating them again"),
+            None => "validating".into(),
         }
     }
 
@@ -132,7 +151,7 @@ impl<'a> Picker<'a> {
     fn healer(&mut self) -> Result<&FitnessEngine> {
         let healer = match (self.healer.take(), &self.healing) {
             (Some(h), _) => h,
-            (None, Some((method, cal, ..))) => super::heal_picks::engine(self.engine, *method, cal.clone())?,
+            (None, Some(h)) => super::heal_picks::engine(self.engine, h.method, h.calibration.clone())?,
             (None, None) => return Err(Error::Invalid("the run does not heal its picks".into())),
         };
         Ok(self.healer.insert(healer))
@@ -142,7 +161,7 @@ impl<'a> Picker<'a> {
     /// healed validation perplexity (`None` for those screened out); `step()` before each
     /// fit.
     fn heal_size(&mut self, plans: &[crate::collapse::Plan], step: &mut dyn FnMut()) -> Result<()> {
-        let screen = self.healing.as_ref().and_then(|h| h.3).filter(|_| plans.len() > 1);
+        let screen = self.healing.as_ref().and_then(|h| h.screen).filter(|_| plans.len() > 1);
         let chosen: Vec<&crate::collapse::Plan> = match screen {
             Some(samples) => {
                 let chunks = self.healer()?.chunks_holding(samples);
@@ -170,7 +189,7 @@ impl<'a> Picker<'a> {
 
     /// How many fits [`Picker::heal_size`] makes for `plans`.
     fn fits(&self, plans: &[crate::collapse::Plan]) -> usize {
-        match self.healing.as_ref().and_then(|h| h.3) {
+        match self.healing.as_ref().and_then(|h| h.screen) {
             Some(_) if plans.len() > 1 => plans.len() + 1,
             _ => plans.len(),
         }
@@ -213,12 +232,13 @@ impl<'a> Picker<'a> {
         for b in baselines.iter_mut() {
             b.validation_perplexity = self.perplexity(&b.result)?;
         }
-        if let Some((_, _, removed, _)) = &self.healing {
+        if let Some(Healing { removed, per_size, .. }) = &self.healing {
+            let per_size = *per_size;
             if let Some(progress) = heal {
                 let scored = front.iter().chain(candidates.iter()).map(|f| (&f.result, f.validation_perplexity));
                 let scored = scored.chain(baselines.iter().map(|b| (&b.result, b.validation_perplexity)));
                 let scored = scored.filter(|(r, _)| removed.contains(&(r.psi.len() - r.remaining_layers)));
-                let sizes: Vec<Vec<_>> = best_per_size(scored, HEALED_PER_SIZE)
+                let sizes: Vec<Vec<_>> = best_per_size(scored, per_size)
                     .into_iter()
                     .map(|plans| plans.into_iter().filter(|p| !self.healed.contains_key(&p.model_key())).collect::<Vec<_>>())
                     .filter(|plans| !plans.is_empty())
