@@ -53,15 +53,20 @@ pub fn words(e: &gelaco::Error) -> String {
 }
 
 /// The whole error chain of `e` as one line, each core error in the command line's words.
+/// A cause that an error before it already prints (a file error names its I/O error) is
+/// not said twice.
 pub fn describe(e: &anyhow::Error) -> String {
-    let mut text = format!("{e:#}");
+    let mut text = String::new();
     for cause in e.chain() {
-        if let Some(core) = cause.downcast_ref::<gelaco::Error>() {
-            let (plain, own) = (core.to_string(), words(core));
-            if plain != own {
-                text = text.replacen(&plain, &own, 1);
-            }
+        let plain = cause.to_string();
+        if !text.is_empty() && text.contains(&plain) {
+            continue;
         }
+        let own = cause.downcast_ref::<gelaco::Error>().map(words).unwrap_or(plain);
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&own);
     }
     text
 }
@@ -91,5 +96,12 @@ mod tests {
         assert_eq!(words(&e), "--cache-mb 1 cannot hold one sample");
         let chained = anyhow::Error::new(e).context("fitness");
         assert_eq!(describe(&chained), "fitness: --cache-mb 1 cannot hold one sample");
+    }
+
+    #[test]
+    fn a_file_error_says_its_cause_once() {
+        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let e = anyhow::Error::new(gelaco::Error::io("calib/wiki.txt", missing)).context("calibration");
+        assert_eq!(describe(&e), "calibration: calib/wiki.txt: No such file or directory (os error 2)");
     }
 }
