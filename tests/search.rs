@@ -168,8 +168,16 @@ fn stop_pause_and_failure_are_events() {
     if let JobSpec::New { model, .. } = &mut bad {
         *model = f.root.join("missing.gguf");
     }
-    let events = run_to_end(bad);
-    assert!(matches!(events.last(), Some(Event::Failed { error, .. }) if error.to_string().contains("missing.gguf") && error.is_input_error()));
+    assert_refused(&run_to_end(bad), "missing.gguf");
+}
+
+/// The job ended with an input error whose message names `what`.
+fn assert_refused(events: &[Event], what: &str) {
+    assert!(
+        matches!(events.last(), Some(Event::Failed { error, .. }) if error.is_input_error() && error.to_string().contains(what)),
+        "expected an input error naming {what}: {:?}",
+        events.last()
+    );
 }
 
 fn gelaco_cmd(args: &[&str]) -> Command {
@@ -428,8 +436,7 @@ fn validation_marks_one_recommended_solution_per_size_and_refuses_calibration_te
     if let JobSpec::New { validation, .. } = &mut s {
         *validation = Some((ValidationSource::File(f.calib.clone()), ValidationOptions::default()));
     }
-    let events = run_to_end(s);
-    assert!(matches!(events.last(), Some(Event::Failed { error, .. }) if error.is_input_error() && error.to_string().contains("calibration sample")), "{:?}", events.last());
+    assert_refused(&run_to_end(s), "calibration sample");
 }
 
 /// A search with baselines into `name`, on text enough for validation and for fitting a
@@ -558,20 +565,19 @@ fn the_best_plans_of_each_size_are_healed_apart_from_validation_and_recommended_
     assert!(matches!(events.last(), Some(Event::Done { .. })), "{:?}", events.last());
     assert!(store::read_info(&out).unwrap().heal_picks.is_none());
     assert!(!out.join(heal_picks::FILE).exists());
-    // healing no plan of each size is a setting error, before the run folder is made
-    let out = f.root.join("hp-none");
-    let mut s = spec(&f, &out, settings(12));
-    if let JobSpec::New { validation, heal_picks: h, .. } = &mut s {
-        *validation = Some((ValidationSource::Rest, ValidationOptions { window: 16, windows: 2 }));
-        *h = Some(HealPicks { per_size: 0, ..HealPicks::default() });
+    // healing no plan of each size, or on no sample, is a setting error, found before the
+    // model is read (here it is missing) and before the run folder is made
+    for (heal, setting) in [(HealPicks { per_size: 0, ..HealPicks::default() }, "heal_per_size"), (HealPicks { samples: 0, ..HealPicks::default() }, "heal_samples")] {
+        let out = f.root.join(format!("refused-{setting}"));
+        let mut s = spec(&f, &out, settings(12));
+        if let JobSpec::New { model, validation, heal_picks: h, .. } = &mut s {
+            *model = f.root.join("missing.gguf");
+            *validation = Some((ValidationSource::Rest, ValidationOptions { window: 16, windows: 2 }));
+            *h = Some(heal);
+        }
+        assert_refused(&run_to_end(s), setting);
+        assert!(!out.join("run.json").exists());
     }
-    let events = run_to_end(s);
-    assert!(
-        matches!(events.last(), Some(Event::Failed { error, .. }) if error.is_input_error() && error.to_string().contains("heal_per_size")),
-        "{:?}",
-        events.last()
-    );
-    assert!(!out.join("run.json").exists());
 }
 
 #[test]
@@ -823,12 +829,7 @@ fn imported_recipes_are_baselines_and_starting_points() {
     if let JobSpec::New { import, .. } = &mut s {
         *import = vec![bad];
     }
-    let events = run_to_end(s);
-    assert!(
-        matches!(events.last(), Some(Event::Failed { error, .. }) if error.is_input_error() && error.to_string().contains("other-model.json")),
-        "{:?}",
-        events.last()
-    );
+    assert_refused(&run_to_end(s), "other-model.json");
     assert!(!out.join("run.json").exists());
 }
 

@@ -61,6 +61,19 @@ pub struct HealPicks {
     pub per_size: usize,
 }
 
+impl HealPicks {
+    /// Refuses what no run can heal with, naming the setting.
+    pub fn check(&self) -> Result<()> {
+        if self.samples == 0 {
+            return Err(Error::setting("heal_samples", "must be at least 1"));
+        }
+        if self.per_size == 0 {
+            return Err(Error::setting("heal_per_size", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for HealPicks {
     fn default() -> Self {
         HealPicks { method: Heal::Linear, samples: DEFAULT_SAMPLES, screen: DEFAULT_SCREEN_SAMPLES, per_size: DEFAULT_PER_SIZE }
@@ -122,9 +135,7 @@ pub fn calibration(
     tokenizer: &Tokenizer,
     hidden_size: usize,
 ) -> Result<Calibration> {
-    if samples == 0 {
-        return Err(Error::setting("heal_samples", "must be at least 1"));
-    }
+    HealPicks { samples, ..HealPicks::default() }.check()?;
     let cal = match (free, &run_calibration.source) {
         (Some(free), source @ CalibSource::File(path)) => {
             let copts = &run_calibration.options;

@@ -394,6 +394,9 @@ fn open(spec: JobSpec, device: ComputeDevice, out: &Outbox) -> Result<Opened> {
         }
         JobSpec::Resume { dir, model, evaluations, .. } => return open_resumed(&dir, model, evaluations, device),
     };
+    if let Some(h) = &heal_picks {
+        h.check()?;
+    }
     let m = model::load(&path, device)?;
     settings.validate(m.model.num_layers())?;
     let identity = model_identity(&m)?;
@@ -411,9 +414,6 @@ fn open(spec: JobSpec, device: ComputeDevice, out: &Outbox) -> Result<Opened> {
         },
         None => (None, None),
     };
-    if heal_picks.as_ref().is_some_and(|h| h.per_size == 0) {
-        return Err(Error::setting("heal_per_size", "must be at least 1"));
-    }
     let heal_calibration = match heal_picks {
         Some(h) if h.method != crate::fitness::Heal::None && engine.heal == crate::fitness::Heal::None && validation.is_some() => {
             match heal_picks::calibration(free.as_deref(), &calibration, h.samples, &m.tokenizer, m.model.config.hidden_size) {
