@@ -227,8 +227,8 @@ fn fitness_matches_pytorch_on_wgpu() {
 
 /// The engine's original and candidates alike computed with f16 products, against PyTorch in
 /// f32, on two `rdsc` cases: one span with its base norms kept, and the long span whose
-/// activations overflow f16 unless scaled. f16 arithmetic on a CPU without f16
-/// instructions, as lavapipe runs it on many, takes minutes a case.
+/// activations overflow f16 unless scaled. lavapipe's f16 arithmetic is slow on a CPU
+/// without f16 arithmetic instructions: these two took 3.5 minutes on a 2-core AMD EPYC.
 #[test]
 fn fitness_in_f16_stays_near_pytorch_on_wgpu() {
     let Some(_turn) = wgpu_turn() else {
